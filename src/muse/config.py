@@ -1,0 +1,398 @@
+"""Typed configuration for MUSE models.
+
+Every YAML key is a dataclass field name; every value is validated in ``__post_init__`` with a
+message that names the field and the allowed values. This module must not import torch so that
+configs can be read, checked and printed on any machine in milliseconds.
+
+Presets live in ``configs/*.yaml`` and may inherit from one another with ``extends: NAME``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value, key or file is invalid. The message names the offending field."""
+
+
+def _check_choice(path: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{path} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def _check_positive(path: str, value: Any, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ConfigError(f"{path} must be a {'non-negative' if allow_zero else 'positive'} integer; got {value!r}")
+
+
+LINEAR_KINDS = ("dense", "lowrank", "tt")
+
+
+@dataclass
+class LinearConfig:
+    """How a projection is parameterised: dense, low-rank (W = A·B) or tensor-train."""
+
+    kind: str = "dense"
+    rank: int = 0  # rank of A·B, or the TT bond rank; unused for dense
+    bias: bool = True
+
+    def __post_init__(self):
+        _check_choice("linear.kind", self.kind, LINEAR_KINDS)
+        _check_positive("linear.rank", self.rank, allow_zero=True)
+        if self.kind != "dense" and self.rank < 1:
+            raise ConfigError(f"linear.rank must be >= 1 when linear.kind is {self.kind!r}; got {self.rank}")
+
+
+@dataclass
+class EmbeddingConfig:
+    kind: str = "dense"  # dense | lowrank | tt
+    rank: int = 16  # low-rank r, or TT bond rank
+    num_cores: int | None = None  # TT cores (2..4); None picks from V and d
+    vocab_factors: list[int] | None = None  # override the automatic mixed radix of V
+    dim_factors: list[int] | None = None  # override the factorisation of d
+    phase: str = "none"  # none | cos | complex ("holographic" bond phases, TT only)
+
+    def __post_init__(self):
+        _check_choice("embedding.kind", self.kind, ("dense", "lowrank", "tt"))
+        _check_positive("embedding.rank", self.rank)
+        _check_choice("embedding.phase", self.phase, ("none", "cos", "complex"))
+        if self.phase != "none" and self.kind != "tt":
+            raise ConfigError("embedding.phase applies only to embedding.kind 'tt'")
+        if self.num_cores is not None and self.num_cores not in (2, 3, 4):
+            raise ConfigError(f"embedding.num_cores must be 2, 3, 4 or null; got {self.num_cores!r}")
+        for name in ("vocab_factors", "dim_factors"):
+            f = getattr(self, name)
+            if f is not None:
+                if not (2 <= len(f) <= 4) or any(not isinstance(x, int) or x < 1 for x in f):
+                    raise ConfigError(f"embedding.{name} must be 2-4 positive integers; got {f!r}")
+                if self.num_cores is not None and len(f) != self.num_cores:
+                    raise ConfigError(f"embedding.{name} has {len(f)} factors but embedding.num_cores is {self.num_cores}")
+        if self.vocab_factors and self.dim_factors and len(self.vocab_factors) != len(self.dim_factors):
+            raise ConfigError("embedding.vocab_factors and embedding.dim_factors must have the same length")
+
+
+@dataclass
+class AttentionConfig:
+    """Causal softmax attention through ``F.scaled_dot_product_attention``."""
+
+    rope_base: float = 10000.0  # used when model.positions is 'rope'
+
+    def __post_init__(self):
+        if not self.rope_base > 1:
+            raise ConfigError(f"mixer.attention.rope_base must be > 1; got {self.rope_base!r}")
+
+
+@dataclass
+class SemiseparableConfig:
+    """Adaptive-rank semiseparable mixer (DESIGN.md §1.2)."""
+
+    max_rank: int = 16  # r: per-head rank of the U·Vᵀ part
+    min_rank: int = 1  # first min_rank gates are fixed open
+    gates: bool = True  # adaptive rank gates g = σ(x W_g) on the ranks above min_rank
+    gate_l1: float = 1e-3  # λ of the L1 penalty λ·mean(g) returned as auxiliary loss
+    uv_norm: str = "scale"  # scale: u, v ← u/√r, v/√r ; l2: L2-normalise u and v per head
+    decay: str = "data"  # none | fixed (learned per-head constant) | data (per token, per head)
+    band_width: int = 3  # width w of the causal local band T (depthwise conv); 0 disables it
+    head_norm: bool = True  # RMS-normalise each head's output before W_o
+    value_proj: str = "linear"  # linear (W_z from mixer.linear) | identity
+    out_proj: str = "linear"  # linear (W_o from mixer.linear) | identity
+    impl: str = "chunked"  # quadratic (reference, O(N²)) | chunked | recurrent
+    chunk_size: int = 64
+
+    def __post_init__(self):
+        p = "mixer.semiseparable"
+        _check_positive(f"{p}.max_rank", self.max_rank)
+        _check_positive(f"{p}.min_rank", self.min_rank, allow_zero=True)
+        if self.min_rank > self.max_rank:
+            raise ConfigError(f"{p}.min_rank ({self.min_rank}) must be <= {p}.max_rank ({self.max_rank})")
+        if not self.gate_l1 >= 0:
+            raise ConfigError(f"{p}.gate_l1 must be >= 0; got {self.gate_l1!r}")
+        _check_choice(f"{p}.uv_norm", self.uv_norm, ("scale", "l2"))
+        _check_choice(f"{p}.decay", self.decay, ("none", "fixed", "data"))
+        _check_positive(f"{p}.band_width", self.band_width, allow_zero=True)
+        _check_choice(f"{p}.value_proj", self.value_proj, ("linear", "identity"))
+        _check_choice(f"{p}.out_proj", self.out_proj, ("linear", "identity"))
+        _check_choice(f"{p}.impl", self.impl, ("quadratic", "chunked", "recurrent"))
+        _check_positive(f"{p}.chunk_size", self.chunk_size)
+
+
+MIXER_KINDS = ("attention", "semiseparable")
+
+
+@dataclass
+class MixerConfig:
+    kind: str = "attention"
+    linear: LinearConfig = field(default_factory=LinearConfig)  # every projection of the mixer
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    semiseparable: SemiseparableConfig = field(default_factory=SemiseparableConfig)
+
+    def __post_init__(self):
+        _check_choice("mixer.kind", self.kind, MIXER_KINDS)
+
+
+@dataclass
+class FFNConfig:
+    kind: str = "dense"  # dense | lowrank | tt
+    mult: float = 4.0  # hidden = round(mult · d)
+    activation: str = "gelu"  # gelu | swiglu
+    rank: int = 0  # low-rank r or TT rank (DESIGN: standard r = d/16, ultra r = d/64)
+    bias: bool = True
+
+    def __post_init__(self):
+        _check_choice("ffn.kind", self.kind, LINEAR_KINDS)
+        _check_choice("ffn.activation", self.activation, ("gelu", "swiglu"))
+        if not self.mult > 0:
+            raise ConfigError(f"ffn.mult must be > 0; got {self.mult!r}")
+        _check_positive("ffn.rank", self.rank, allow_zero=True)
+        if self.kind != "dense" and self.rank < 1:
+            raise ConfigError(f"ffn.rank must be >= 1 when ffn.kind is {self.kind!r}; got {self.rank}")
+
+    def linear(self) -> LinearConfig:
+        return LinearConfig(kind=self.kind, rank=self.rank, bias=self.bias)
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "dense"  # dense | tied (shares the embedding) | lowrank (d→r→V) | tt
+    rank: int = 0
+    bias: bool = False
+    loss_chunk: int = 2048  # tokens per chunk of the recomputed cross-entropy
+
+    def __post_init__(self):
+        _check_choice("head.kind", self.kind, ("dense", "tied", "lowrank", "tt"))
+        _check_positive("head.rank", self.rank, allow_zero=True)
+        if self.kind in ("lowrank", "tt") and self.rank < 1:
+            raise ConfigError(f"head.rank must be >= 1 when head.kind is {self.kind!r}; got {self.rank}")
+        if self.kind == "tied" and self.bias:
+            raise ConfigError("head.bias must be false when head.kind is 'tied'")
+        _check_positive("head.loss_chunk", self.loss_chunk)
+
+
+@dataclass
+class NormConfig:
+    kind: str = "layernorm"  # layernorm | rmsnorm
+    eps: float = 1e-5
+    shared: bool = False  # one pre-mixer and one pre-FFN norm shared by all blocks
+
+    def __post_init__(self):
+        _check_choice("norm.kind", self.kind, ("layernorm", "rmsnorm"))
+        if not self.eps > 0:
+            raise ConfigError(f"norm.eps must be > 0; got {self.eps!r}")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4096
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    max_seq_len: int = 256
+    positions: str = "learned"  # learned (GPT-2 table) | rope (attention only) | none
+    dropout: float = 0.0
+    init_std: float = 0.02
+    checkpointing: bool = False  # activation checkpointing per block
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    mixer: MixerConfig = field(default_factory=MixerConfig)
+    ffn: FFNConfig = field(default_factory=FFNConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+            _check_positive(f"model.{name}", getattr(self, name))
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        _check_choice("model.positions", self.positions, ("learned", "rope", "none"))
+        if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
+            raise ConfigError("model.positions 'rope' needs an even head dimension (d_model / n_heads)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1); got {self.dropout!r}")
+        if not self.init_std > 0:
+            raise ConfigError(f"model.init_std must be > 0; got {self.init_std!r}")
+        if self.embedding.kind == "dense" and self.embedding.phase != "none":
+            raise ConfigError("embedding.phase applies only to embedding.kind 'tt'")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass
+class Config:
+    """Top-level config: what a preset YAML holds."""
+
+    name: str = "custom"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+# ----------------------------------------------------------------------------- dict <-> dataclass
+
+
+def _unwrap_optional(tp):
+    """``int | None`` -> (int, True); other types -> (tp, False)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(path: str, tp, value):
+    """Check a YAML/CLI value against a field type (ints stay ints; bools are not ints)."""
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{path} may not be null")
+    if dataclasses.is_dataclass(base):
+        return from_dict(base, value, path)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base is str:
+        if isinstance(value, str):
+            return value
+    elif typing.get_origin(base) is list:
+        (item,) = typing.get_args(base)
+        if isinstance(value, (list, tuple)):
+            return [_coerce(f"{path}[{i}]", item, v) for i, v in enumerate(value)]
+    else:  # pragma: no cover - only reached if a new field type is added without support here
+        raise ConfigError(f"{path}: unsupported field type {tp!r}")
+    raise ConfigError(f"{path} must be of type {getattr(base, '__name__', base)}; got {value!r}")
+
+
+def from_dict(cls, data: Any, path: str = ""):
+    """Build dataclass ``cls`` from a nested dict; unknown keys name the valid ones."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or cls.__name__} must be a mapping; got {data!r}")
+    hints = field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key {where!r}; valid keys{' under ' + path if path else ''}: {', '.join(names)}")
+        kwargs[key] = _coerce(where, hints[key], value)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:  # pragma: no cover - defensive
+        raise ConfigError(f"{path or cls.__name__}: {e}") from None
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def flat_keys(cls, prefix: str = "") -> dict[str, Any]:
+    """All leaf keys of a dataclass as dotted paths -> type (used to derive the CLI)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        tp = field_types(cls)[f.name]
+        base, _ = _unwrap_optional(tp)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(base):
+            out.update(flat_keys(base, key + "."))
+        else:
+            out[key] = tp
+    return out
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def set_dotted(d: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def preset_dirs() -> list[Path]:
+    """Installed wheels carry the presets inside the package; a source checkout has them at the root."""
+    here = Path(__file__).resolve().parent
+    return [p for p in (here / "configs", here.parents[1] / "configs") if p.is_dir()]
+
+
+def list_presets() -> list[str]:
+    names = set()
+    for d in preset_dirs():
+        names.update(p.stem for p in d.glob("*.yaml"))
+    return sorted(names)
+
+
+def _find_preset(name: str) -> Path:
+    for d in preset_dirs():
+        p = d / f"{name}.yaml"
+        if p.is_file():
+            return p
+    raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(list_presets())}")
+
+
+def load_raw(name_or_path: str | Path, _seen: tuple = ()) -> dict:
+    """Read a preset name or YAML path into a dict, resolving ``extends`` chains."""
+    s = str(name_or_path)
+    path = Path(s) if (s.endswith((".yaml", ".yml")) or "/" in s) else _find_preset(s)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"circular 'extends' in {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    own_name = data.get("name")
+    parent = data.pop("extends", None)
+    if parent is not None:
+        data = deep_merge(load_raw(parent, _seen + (path.resolve(),)), data)
+    data["name"] = own_name or path.stem  # an inheriting preset is never named after its parent
+    return data
+
+
+def load_config(name_or_path: str | Path = "tiny", overrides: dict | None = None) -> Config:
+    """Load a preset by name (``configs/NAME.yaml``) or a YAML file, then apply dotted overrides."""
+    data = load_raw(name_or_path)
+    for k, v in (overrides or {}).items():
+        set_dotted(data, k, v)
+    return from_dict(Config, data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,413 @@
+"""Tensor-train (TT) matrices: the shared math behind TT embeddings, TT linear layers and TT heads.
+
+A matrix W ∈ R^{M×N} is padded to (∏m_i) × (∏n_i) and stored as k cores
+G_i ∈ R^{r_{i-1} × m_i × n_i × r_i} with r_0 = r_k = 1. Row index t and column index c are
+written in mixed radix over the factors (t_1 / c_1 most significant), and
+
+    W[t, c] = G_1[:, t_1, c_1, :] · G_2[:, t_2, c_2, :] · … · G_k[:, t_k, c_k, :].
+
+Every forward path (row gather, x @ W, y @ Wᵀ) contracts the cores one by one, so the cost
+and the activations scale with the cores and the batch, never with M·N. Padded rows and
+columns exist only inside the cores and are dropped from every result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+PHASES = ("none", "cos", "complex")
+
+# cos-phase init: θ ~ U(−a, a). Not exactly 0: d cos θ / dθ = −sin θ vanishes there, so the
+# phases would never leave their init. With a = 0.1, cos θ ≥ 0.995 at the start.
+_COS_PHASE_INIT = 0.1
+
+
+# ----------------------------------------------------------------------------- factorization
+def _prod(xs) -> int:
+    return math.prod(int(x) for x in xs)
+
+
+def _imbalance(fs: list[int]) -> float:
+    # Σ log² f is minimised, for a fixed product, by the most equal factors
+    return sum(math.log(f) ** 2 for f in fs)
+
+
+def _exact_splits(n: int, k: int, lo: int):
+    """All non-decreasing k-tuples of integers ≥ lo whose product is exactly n."""
+    if k == 1:
+        if n >= lo:
+            yield [n]
+        return
+    f = lo
+    while f**k <= n:
+        if n % f == 0:
+            for rest in _exact_splits(n // f, k - 1, f):
+                yield [f, *rest]
+        f += 1
+
+
+def _padded_splits(n: int, k: int):
+    """Non-decreasing k-tuples (factors ≥ 2, max ≤ 2·min) with product ≥ n, tight in the last factor."""
+    root = max(2, math.ceil(n ** (1.0 / k)))
+    while root > 2 and (root - 1) ** k >= n:  # guard float error in the k-th root
+        root -= 1
+    while root**k < n:
+        root += 1
+    if k == 1:
+        yield [root]
+        return
+    # max ≤ 2·min and product ≥ n give min·(2·min)^{k−1} ≥ n: a lower bound on the smallest factor
+    lo = max(2, int((n / 2 ** (k - 1)) ** (1.0 / k)) - 1)
+
+    def rec(prefix: list[int], left: int, cap: int):
+        p = _prod(prefix)
+        if left == 1:
+            last = max(prefix[-1], -(-n // p))  # the smallest last factor reaching n
+            if last <= cap:
+                yield [*prefix, last]
+            return
+        for f in range(prefix[-1], cap + 1):
+            yield from rec([*prefix, f], left - 1, cap)
+            if p * f**left >= n:  # all-f already reaches n; a larger f only adds padding
+                break
+
+    for first in range(lo, root + 1):
+        yield from rec([first], k - 1, 2 * first)
+
+
+def factorize(n: int, k: int, exact: bool) -> list[int]:
+    """Split n into k integer factors, each ≥ 2, as balanced as possible, in ascending order.
+
+    exact=True (dimensions): the product is exactly n whenever such a split exists (the most
+    balanced one, i.e. minimal Σ log² f); otherwise the padded rule below.
+    exact=False (vocabularies): among splits whose largest factor is at most twice the smallest,
+    the one with the smallest product ≥ n (least padding), ties broken by balance. The
+    all-equal split ⌈n^{1/k}⌉^k always qualifies, so a prime n still works.
+
+    >>> factorize(512, 3, True), factorize(3072, 3, True), factorize(10000, 3, False)
+    ([8, 8, 8], [12, 16, 16], [20, 20, 25])
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"factorize: n must be an integer >= 1; got {n!r}")
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"factorize: k must be an integer >= 1; got {k!r}")
+    if exact:
+        best = min(_exact_splits(n, k, 2), key=_imbalance, default=None)
+        if best is not None:
+            return best
+    return min(_padded_splits(n, k), key=lambda fs: (_prod(fs), _imbalance(fs)))
+
+
+def auto_num_cores(rows: int, cols: int) -> int:
+    """Number of TT cores for a rows×cols matrix.
+
+    With n = max(rows, cols): 2 cores if n ≤ 4096, 3 if n ≤ 2^19 (524 288), else 4 — more
+    cores only pay off once a factor per core stays large. The result is then capped at
+    ⌊log₂ min(rows, cols)⌋ (at least 2) so the smaller side still splits into factors ≥ 2
+    without mostly padding.
+    """
+    if rows < 1 or cols < 1:
+        raise ValueError(f"auto_num_cores: rows and cols must be >= 1; got rows={rows}, cols={cols}")
+    n = max(rows, cols)
+    k = 2 if n <= 4096 else 3 if n <= 2**19 else 4
+    return max(2, min(k, int(math.log2(min(rows, cols)))))
+
+
+def _check_factors(name: str, factors, size: int) -> list[int]:
+    fs = list(factors)
+    if not fs or any(not isinstance(f, int) or f < 1 for f in fs):
+        raise ValueError(f"{name} must be a list of positive integers; got {factors!r}")
+    if _prod(fs) < size:
+        raise ValueError(f"{name}={fs} has product {_prod(fs)} < {size}; it must cover all {size} indices")
+    return fs
+
+
+def _ends_first(factors: list[int]) -> list[int]:
+    """Largest factors on the outer cores, smallest in the middle: [a≤b≤c] → [c, a, b].
+
+    Inner cores pay r² per (m_i, n_i) entry and the two outer ones only r, so this order
+    lowers Σ r_{i−1} m_i n_i r_i (e.g. V=50 000, d=1024, r=16: 69 120 instead of 97 920).
+    """
+    front, back = [], []
+    for i, f in enumerate(sorted(factors, reverse=True)):
+        (front if i % 2 == 0 else back).append(f)
+    return front + back[::-1]
+
+
+def resolve_factors(rows: int, cols: int, num_cores=None, row_factors=None, col_factors=None):
+    """(k, row_factors, col_factors): explicit factors win, then num_cores, then auto_num_cores.
+
+    Automatic factors come from ``factorize`` (rows: exact=False, cols: exact=True) and are
+    placed largest-at-the-ends (``_ends_first``); explicit factors keep the given order.
+    """
+    lengths = {len(f) for f in (row_factors, col_factors) if f is not None}
+    if num_cores is not None:
+        lengths.add(num_cores)
+    if len(lengths) > 1:
+        raise ValueError(
+            f"num_cores={num_cores}, row_factors={row_factors} and col_factors={col_factors} "
+            "disagree on the number of cores"
+        )
+    k = lengths.pop() if lengths else auto_num_cores(rows, cols)
+    if not isinstance(k, int) or k < 2:
+        raise ValueError(f"num_cores must be an integer >= 2; got {k!r}")
+    if row_factors is not None:
+        rf = _check_factors("row_factors", row_factors, rows)
+    else:
+        rf = _ends_first(factorize(rows, k, exact=False))
+    if col_factors is not None:
+        cf = _check_factors("col_factors", col_factors, cols)
+    else:
+        cf = _ends_first(factorize(cols, k, exact=True))
+    return k, rf, cf
+
+
+def _bond_ranks(rank, m: list[int], n: list[int]) -> list[int]:
+    """[1, r_1, …, r_{k−1}, 1], each clipped to the largest rank the bond can use."""
+    k = len(m)
+    ranks = [rank] * (k - 1) if isinstance(rank, int) else list(rank)
+    if len(ranks) != k - 1 or any(not isinstance(r, int) or r < 1 for r in ranks):
+        raise ValueError(f"rank must be an integer >= 1 or a list of {k - 1} such integers; got {rank!r}")
+    sizes = [mi * ni for mi, ni in zip(m, n)]
+    # a bond cannot carry more than the smaller side's number of (row, col) entries
+    clip = [min(_prod(sizes[: i + 1]), _prod(sizes[i + 1 :])) for i in range(k - 1)]
+    return [1, *(min(r, c) for r, c in zip(ranks, clip)), 1]
+
+
+# ----------------------------------------------------------------------------- contraction
+def _tt_apply(x: Tensor, cores: list[Tensor], in_f: list[int], out_f: list[int]) -> Tensor:
+    """x: (B, ∏in_f) → (B, ∏out_f) through cores (r, in_i, out_i, r'), one core at a time."""
+    B = x.shape[0]
+    state = x.reshape(B, x.shape[1], 1, 1)  # (B, input digits left, output digits so far, bond)
+    for core, mi, ni in zip(cores, in_f, out_f):
+        _, q, p, r = state.shape
+        state = state.reshape(B, mi, q // mi, p, r)  # (B, m_i, Q, P, r)
+        state = torch.einsum("bmqpa,amnc->bqpnc", state, core)  # (B, Q, P, n_i, r')
+        state = state.reshape(B, q // mi, p * ni, core.shape[-1])
+    return state.reshape(B, math.prod(out_f))  # (B, ∏out_f)
+
+
+class TTMatrix(nn.Module):
+    """A rows×cols matrix in tensor-train format, used without ever forming it.
+
+    The logical shape is (``num_rows``, ``num_cols``) = (M, N); ``rows(idx)`` gathers rows.
+
+    Args:
+        rows, cols: logical shape M×N; the cores cover ∏row_factors × ∏col_factors.
+        rank: bond rank, an int or a list of k−1 ints; each is clipped to the bond's maximum.
+        num_cores: k; default from the factors if given, else ``auto_num_cores(rows, cols)``.
+        row_factors: default ``factorize(rows, k, exact=False)``, largest factors on the outer cores.
+        col_factors: default ``factorize(cols, k, exact=True)``, likewise.
+        phase: "none" | "cos" | "complex" — learnable bond phases θ_i ∈ R^{r_i}.
+            "cos" scales bond i by cos θ_i (θ ~ U(−0.1, 0.1): cos ≈ 1 but with a non-zero
+            gradient). "complex" uses complex cores (real and imaginary parts are separate real
+            parameters), bond factors e^{iθ_i} (θ = 0 at init: the cores are circularly
+            symmetric, so a random start phase would add nothing) and returns the real part.
+        init_std: std of the entries of W at init; core entries are N(0, σ²) with σ solved
+            from Var W = (∏ bond gains) · σ^{2k} (see ``reset_parameters``).
+    """
+
+    def __init__(
+        self,
+        rows: int,
+        cols: int,
+        rank: int | list[int],
+        num_cores: int | None = None,
+        row_factors: list[int] | None = None,
+        col_factors: list[int] | None = None,
+        phase: str = "none",
+        init_std: float = 0.02,
+    ):
+        super().__init__()
+        if not isinstance(rows, int) or rows < 1 or not isinstance(cols, int) or cols < 1:
+            raise ValueError(f"rows and cols must be integers >= 1; got rows={rows!r}, cols={cols!r}")
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}; got {phase!r}")
+        if not init_std > 0:
+            raise ValueError(f"init_std must be > 0; got {init_std!r}")
+        self.num_rows, self.num_cols, self.phase, self.init_std = rows, cols, phase, float(init_std)
+        k, self.row_factors, self.col_factors = resolve_factors(rows, cols, num_cores, row_factors, col_factors)
+        self.num_cores = k
+        self.ranks = _bond_ranks(rank, self.row_factors, self.col_factors)  # [1, r_1, …, r_{k−1}, 1]
+        shapes = [(self.ranks[i], self.row_factors[i], self.col_factors[i], self.ranks[i + 1]) for i in range(k)]
+        self.cores = nn.ParameterList(nn.Parameter(torch.empty(s)) for s in shapes)
+        self.cores_imag = (
+            nn.ParameterList(nn.Parameter(torch.empty(s)) for s in shapes) if phase == "complex" else None
+        )
+        self.phases = (
+            nn.ParameterList(nn.Parameter(torch.empty(r)) for r in self.ranks[1:-1]) if phase != "none" else None
+        )
+        self.reset_parameters()
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return _prod(self.row_factors), _prod(self.col_factors)
+
+    def reset_parameters(self) -> None:
+        """Cores ~ N(0, σ²) so that entries of W have std ``init_std``.
+
+        W[t, c] sums ∏_i r_i paths, each a product of k independent core entries times the bond
+        factors, so Var W = σ^{2k} · ∏_i Σ_j |b_ij|². With b = 1 ("none"), b = e^{iθ} ("complex",
+        |b| = 1) that is ∏ r_i; with b = cos θ, θ ~ U(−a, a) it is ∏ r_i·E[cos²θ] with
+        E[cos²θ] = ½ + sin(2a)/(4a). Complex entries have E|z|² = 2σ² and the real part keeps half
+        of E|W|², so there Var Re W = ∏ r_i · (2σ²)^k / 2. The gain uses expectations, not the
+        drawn θ, so the init also runs on the meta device.
+        """
+        k, bonds = self.num_cores, self.ranks[1:-1]
+        gain = float(_prod(bonds))
+        if self.phase == "cos":
+            a = _COS_PHASE_INIT
+            gain *= (0.5 + math.sin(2 * a) / (4 * a)) ** len(bonds)
+            for th in self.phases:
+                nn.init.uniform_(th, -a, a)
+        elif self.phase == "complex":
+            for th in self.phases:
+                nn.init.zeros_(th)
+        var = self.init_std**2
+        if self.phase == "complex":
+            sigma = math.sqrt((2 * var / gain) ** (1 / k) / 2)
+        else:
+            sigma = (var / gain) ** (1 / (2 * k))
+        for p in self.cores:
+            nn.init.normal_(p, std=sigma)
+        for p in self.cores_imag or []:
+            nn.init.normal_(p, std=sigma)
+
+    def extra_repr(self) -> str:
+        return (
+            f"rows={self.num_rows}, cols={self.num_cols}, row_factors={self.row_factors}, "
+            f"col_factors={self.col_factors}, ranks={self.ranks}, phase={self.phase!r}"
+        )
+
+    def num_params(self) -> int:
+        """Stored parameters: Σ r_{i−1} m_i n_i r_i (doubled for complex) plus the bond phases."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ cores with phases
+    def _effective_cores(self) -> list[Tensor]:
+        """The cores with bond factors folded into their right bond index (real or complex)."""
+        if self.phase == "none":
+            return list(self.cores)
+        if self.phase == "cos":
+            cores = list(self.cores)
+            return [c * th.cos() for c, th in zip(cores, self.phases)] + cores[-1:]
+        # complex: half precision has no complex kernels, so compute in at least fp32
+        up = lambda t: t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+        cores = [torch.complex(up(re), up(im)) for re, im in zip(self.cores, self.cores_imag)]
+        bonds = [torch.complex(up(th).cos(), up(th).sin()) for th in self.phases]  # e^{iθ}
+        return [c * b for c, b in zip(cores, bonds)] + cores[-1:]
+
+    def _finish(self, out: Tensor) -> Tensor:
+        if out.is_complex():
+            out = out.real.to(self.cores[0].dtype)
+        return out
+
+    # ------------------------------------------------------------------ forward paths
+    def rows(self, idx: Tensor) -> Tensor:
+        """Rows W[idx]: (*idx.shape) → (*idx.shape, N).
+
+        Only the unique ids are contracted (a batch of language tokens repeats ids heavily);
+        the result is scattered back with the inverse index. Peak memory is
+        O(U · ∏n_i · r) for U unique ids, independent of M.
+        """
+        if idx.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"idx must be an integer tensor (int64 or int32); got {idx.dtype}")
+        uniq, inv = torch.unique(idx.reshape(-1), return_inverse=True)  # (U,), (L,)
+        if uniq.numel() and bool((uniq[0] < 0) | (uniq[-1] >= self.num_rows)):
+            raise ValueError(
+                f"idx values must lie in [0, {self.num_rows}); got min {int(uniq[0])}, max {int(uniq[-1])}"
+            )
+        uniq = uniq.long()
+        U, cores = uniq.numel(), self._effective_cores()
+        stride = self.padded_shape[0]
+        res = None
+        for core, mi, ni in zip(cores, self.row_factors, self.col_factors):
+            stride //= mi
+            digit = torch.div(uniq, stride, rounding_mode="floor") % mi  # (U,)
+            r0, r1 = core.shape[0], core.shape[-1]
+            # (m_i, r0, n_i·r1): one core-sized copy, then a single gather per unique id
+            sliced = core.permute(1, 0, 2, 3).reshape(mi, r0, ni * r1).index_select(0, digit)  # (U, r0, n_i·r1)
+            if res is None:
+                res = sliced.reshape(U, ni, r1)  # r0 = 1: (U, n_1, r_1)
+            else:
+                P = res.shape[1]
+                res = torch.bmm(res, sliced).reshape(U, P * ni, r1)  # (U, P·n_i, r_i)
+        table = self._finish(res.reshape(U, self.padded_shape[1])[:, : self.num_cols])  # (U, N)
+        return table.index_select(0, inv).reshape(*idx.shape, self.num_cols)
+
+    def matmul(self, x: Tensor) -> Tensor:
+        """x @ W: (..., M) → (..., N), by sequential core contraction (W is never formed)."""
+        if x.shape[-1] != self.num_rows:
+            raise ValueError(f"x must have last dimension rows={self.num_rows}; got shape {tuple(x.shape)}")
+        lead, (Mp, _) = x.shape[:-1], self.padded_shape
+        x = x.reshape(-1, self.num_rows)
+        if Mp > self.num_rows:
+            x = nn.functional.pad(x, (0, Mp - self.num_rows))  # zero rows of the padding contribute nothing
+        cores = self._effective_cores()
+        if cores[0].is_complex():
+            x = x.to(cores[0].dtype)
+        out = _tt_apply(x, cores, self.row_factors, self.col_factors)[:, : self.num_cols]  # (B, N)
+        return self._finish(out).reshape(*lead, self.num_cols)
+
+    def matmul_t(self, y: Tensor) -> Tensor:
+        """y @ Wᵀ: (..., N) → (..., M), contracting the transposed cores (r, n_i, m_i, r')."""
+        if y.shape[-1] != self.num_cols:
+            raise ValueError(f"y must have last dimension cols={self.num_cols}; got shape {tuple(y.shape)}")
+        lead, (_, Np) = y.shape[:-1], self.padded_shape
+        y = y.reshape(-1, self.num_cols)
+        if Np > self.num_cols:
+            y = nn.functional.pad(y, (0, Np - self.num_cols))
+        cores = [c.transpose(1, 2) for c in self._effective_cores()]
+        if cores[0].is_complex():
+            y = y.to(cores[0].dtype)
+        out = _tt_apply(y, cores, self.col_factors, self.row_factors)[:, : self.num_rows]  # (B, M)
+        return self._finish(out).reshape(*lead, self.num_rows)
+
+    def to_dense(self) -> Tensor:
+        """The full (M, N) matrix, for export and tests; differentiable w.r.t. the cores."""
+        return self.rows(torch.arange(self.num_rows, device=self.cores[0].device))
+
+    # ------------------------------------------------------------------ TT-SVD
+    @classmethod
+    def from_dense(
+        cls,
+        W: Tensor,
+        rank: int | list[int],
+        num_cores: int | None = None,
+        row_factors: list[int] | None = None,
+        col_factors: list[int] | None = None,
+    ) -> "TTMatrix":
+        """TT-SVD of an (M, N) matrix: sequential truncated SVDs, left-orthogonal cores.
+
+        Exact (up to float64 round-off) when every bond rank reaches the full TT rank, i.e. for
+        any rank ≥ the bond's maximum. Phase "none"; the result has W's dtype and device.
+        """
+        if W.dim() != 2:
+            raise ValueError(f"W must be a 2-D (rows, cols) tensor; got shape {tuple(W.shape)}")
+        M, N = W.shape
+        k, m, n = resolve_factors(M, N, num_cores, row_factors, col_factors)
+        wanted = _bond_ranks(rank, m, n)[1:-1]
+        Mp, Np = _prod(m), _prod(n)
+        T = W.detach().to(torch.float64).new_zeros(Mp, Np)
+        T[:M, :N] = W.detach().to(torch.float64)
+        # (m_1..m_k, n_1..n_k) → (m_1, n_1, m_2, n_2, …): core i owns the digit pair (t_i, c_i)
+        T = T.reshape(*m, *n).permute(*[d for i in range(k) for d in (i, k + i)])
+        cores, r_prev, C = [], 1, T.reshape(-1)
+        for i in range(k - 1):
+            C = C.reshape(r_prev * m[i] * n[i], -1)  # (r_{i−1}·m_i·n_i, rest)
+            Uf, S, Vh = torch.linalg.svd(C, full_matrices=False)
+            r = min(wanted[i], S.numel())
+            cores.append(Uf[:, :r].reshape(r_prev, m[i], n[i], r))
+            C = S[:r, None] * Vh[:r]  # (r_i, rest): singular values move right
+            r_prev = r
+        cores.append(C.reshape(r_prev, m[-1], n[-1], 1))
+        tt = cls(M, N, [c.shape[-1] for c in cores[:-1]], row_factors=m, col_factors=n)
+        tt = tt.to(device=W.device, dtype=W.dtype if W.is_floating_point() else torch.float32)
+        with torch.no_grad():
+            for p, c in zip(tt.cores, cores):
+                p.copy_(c)
+        return tt
+

@@ -1,0 +1,1 @@
+"""Memory toolkit: parameter accounting (and, with the memory issue, measured peaks)."""

@@ -1,0 +1,170 @@
+"""MuseLM: embedding → blocks (mixer + FFN, pre-norm) → norm → head, assembled from a config.
+
+Single-device by design: distribution (DDP/FSDP) wraps this module from the outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from muse.config import Config, ModelConfig
+from muse.layers.embedding import DenseEmbedding, LowRankEmbedding, TTEmbedding
+from muse.layers.ffn import FFN
+from muse.layers.head import chunked_cross_entropy, make_head
+from muse.layers.norm import make_norm
+from muse.mixers import build_mixer
+
+
+def make_embedding(cfg: ModelConfig) -> nn.Module:
+    e, V, d = cfg.embedding, cfg.vocab_size, cfg.d_model
+    if e.kind == "tt":
+        return TTEmbedding(
+            V, d, e.rank, num_cores=e.num_cores, vocab_factors=e.vocab_factors,
+            dim_factors=e.dim_factors, phase=e.phase, init_std=cfg.init_std,
+        )
+    if e.kind == "lowrank":
+        return LowRankEmbedding(V, d, e.rank, init_std=cfg.init_std)
+    return DenseEmbedding(V, d, init_std=cfg.init_std)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, norms: tuple[nn.Module, nn.Module] | None = None):
+        super().__init__()
+        self.norm1, self.norm2 = norms or (make_norm(cfg.norm, cfg.d_model), make_norm(cfg.norm, cfg.d_model))
+        self.mixer = build_mixer(cfg, layer_idx)
+        self.ffn = FFN(cfg.d_model, cfg.ffn, cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:  # (B, N, d)
+        h, aux = self.mixer(self.norm1(x))
+        x = x + self.drop(h)
+        x = x + self.drop(self.ffn(self.norm2(x)))
+        return x, aux
+
+    def step(self, x_t: Tensor, state: Any, pos: int) -> tuple[Tensor, Any]:  # (B, d)
+        h, state = self.mixer.step(self.norm1(x_t), state, pos)
+        x_t = x_t + h
+        return x_t + self.ffn(self.norm2(x_t)), state
+
+
+@dataclass
+class LMOutput:
+    logits: Tensor | None  # (B, N, V), None when only the loss was asked for
+    loss: Tensor | None  # mean next-token NLL (float32), without the auxiliary losses
+    aux_loss: Tensor | None  # sum of the mixers' auxiliary losses (rank-gate L1, ...)
+
+
+class MuseLM(nn.Module):
+    def __init__(self, cfg: ModelConfig | Config):
+        super().__init__()
+        cfg = cfg.model if isinstance(cfg, Config) else cfg
+        self.cfg = cfg
+        self.embed = make_embedding(cfg)
+        self.pos = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.positions == "learned" else None
+        if self.pos is not None:
+            nn.init.normal_(self.pos.weight, std=cfg.init_std)
+        self.drop = nn.Dropout(cfg.dropout)
+        shared = (make_norm(cfg.norm, cfg.d_model), make_norm(cfg.norm, cfg.d_model)) if cfg.norm.shared else None
+        self.blocks = nn.ModuleList(Block(cfg, i, shared) for i in range(cfg.n_layers))
+        self.norm = make_norm(cfg.norm, cfg.d_model)
+        self.head = make_head(cfg.head, cfg.d_model, cfg.vocab_size, cfg.init_std)
+
+    # ------------------------------------------------------------------ forward
+    def logits(self, h: Tensor) -> Tensor:
+        """(..., d) → (..., V); a tied head contracts with the (possibly TT) embedding directly."""
+        return self.embed.attend(h) if self.head is None else self.head(h)
+
+    def _check_ids(self, idx: Tensor, offset: int = 0) -> None:
+        if idx.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"token ids must be an integer tensor; got {idx.dtype}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.cfg.vocab_size):
+            raise ValueError(
+                f"token id {int(idx.max()) if int(idx.max()) >= self.cfg.vocab_size else int(idx.min())} "
+                f"is outside the vocabulary [0, {self.cfg.vocab_size}) (model.vocab_size)"
+            )
+        if idx.size(-1) + offset > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {idx.size(-1) + offset} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+
+    def hidden(self, idx: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Final-norm hidden states (B, N, d) and the summed auxiliary loss."""
+        self._check_ids(idx)
+        x = self.embed(idx)  # (B, N, d)
+        if self.pos is not None:
+            x = x + self.pos(torch.arange(idx.size(1), device=idx.device))
+        x = self.drop(x)
+        aux = None
+        for block in self.blocks:
+            if self.cfg.checkpointing and self.training and torch.is_grad_enabled():
+                x, a = checkpoint(block, x, use_reentrant=False)
+            else:
+                x, a = block(x)
+            if a is not None:
+                aux = a if aux is None else aux + a
+        return self.norm(x), aux
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None, return_logits: bool | None = None) -> LMOutput:
+        """idx, targets: (B, N) token ids. With targets, logits are only built when asked for."""
+        h, aux = self.hidden(idx)
+        loss = None
+        if targets is not None:
+            loss = chunked_cross_entropy(self.logits, h, targets, self.cfg.head.loss_chunk)
+        want_logits = targets is None if return_logits is None else return_logits
+        return LMOutput(self.logits(h) if want_logits else None, loss, aux)
+
+    # ------------------------------------------------------------------ decoding
+    def init_state(self, batch_size: int, device=None, dtype=None) -> dict[str, Any]:
+        """Per-layer recurrent state (semiseparable) or KV cache (attention), at position 0."""
+        p = next(self.parameters())
+        device, dtype = device or p.device, dtype or p.dtype
+        return {"pos": 0, "layers": [b.mixer.init_state(batch_size, device, dtype) for b in self.blocks]}
+
+    @torch.no_grad()
+    def step(self, idx_t: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """One decoding step: idx_t (B,) → logits (B, V); equals the last row of a full forward."""
+        pos = state["pos"]
+        self._check_ids(idx_t[:, None], offset=pos)
+        x = self.embed(idx_t)  # (B, d)
+        if self.pos is not None:
+            x = x + self.pos.weight[pos]
+        layers = []
+        for block, s in zip(self.blocks, state["layers"]):
+            x, s = block.step(x, s, pos)
+            layers.append(s)
+        return self.logits(self.norm(x)), {"pos": pos + 1, "layers": layers}
+
+    def prefill(self, idx: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """Feed a prompt token by token; returns the last logits (B, V) and the state after it."""
+        state = self.init_state(idx.size(0))
+        logits = None
+        for t in range(idx.size(1)):
+            logits, state = self.step(idx[:, t], state)
+        return logits, state
+
+    # ------------------------------------------------------------------ accounting
+    def num_params(self) -> int:
+        """Actual parameters (shared tensors counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def dense_equivalent_params(self) -> int:
+        from muse.memory.params import dense_equivalent
+
+        return dense_equivalent(self.cfg)["total"]
+
+    def mixer_stats(self) -> dict[str, float]:
+        stats = [b.mixer.stats() for b in self.blocks]
+        keys = {k for s in stats for k in s}
+        return {k: sum(s[k] for s in stats if k in s) / sum(1 for s in stats if k in s) for k in sorted(keys)}
+
+
+def build_model(cfg: Config | ModelConfig, device: str | torch.device | None = None) -> MuseLM:
+    """Build a model; ``device='meta'`` allocates nothing (parameter accounting of 100 B shapes)."""
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        return MuseLM(cfg)
+

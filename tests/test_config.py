@@ -1,0 +1,114 @@
+"""Config dataclasses: validation messages name the field, YAML round-trips, presets resolve."""
+
+import pytest
+
+from muse.config import (
+    Config, ConfigError, EmbeddingConfig, FFNConfig, HeadConfig, ModelConfig, SemiseparableConfig,
+    from_dict, list_presets, load_config, load_raw, save_config, to_dict,
+)
+
+
+def test_config_module_does_not_import_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "src" / "muse" / "config.py"
+    # load the file on its own: importing the package would import the model (and torch)
+    code = (
+        "import importlib.util, sys; s = importlib.util.spec_from_file_location('cfg_probe', %r);"
+        "m = importlib.util.module_from_spec(s); sys.modules['cfg_probe'] = m; s.loader.exec_module(m);"
+        "print('torch' in sys.modules)" % str(path)
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"model": {"d_model": 130, "n_heads": 4}}, "model.n_heads"),
+        ({"model": {"vocab_size": 0}}, "model.vocab_size"),
+        ({"model": {"mixer": {"kind": "lstm"}}}, "mixer.kind"),
+        ({"model": {"ffn": {"kind": "lowrank"}}}, "ffn.rank"),
+        ({"model": {"ffn": {"activation": "relu"}}}, "ffn.activation"),
+        ({"model": {"head": {"kind": "tt"}}}, "head.rank"),
+        ({"model": {"embedding": {"kind": "tt", "phase": "quantum"}}}, "embedding.phase"),
+        ({"model": {"embedding": {"kind": "dense", "phase": "cos"}}}, "embedding.phase"),
+        ({"model": {"embedding": {"num_cores": 7}}}, "embedding.num_cores"),
+        ({"model": {"mixer": {"semiseparable": {"min_rank": 9, "max_rank": 8}}}}, "min_rank"),
+        ({"model": {"mixer": {"semiseparable": {"decay": "sometimes"}}}}, "semiseparable.decay"),
+        ({"model": {"mixer": {"semiseparable": {"impl": "fast"}}}}, "semiseparable.impl"),
+        ({"model": {"positions": "rope", "d_model": 12, "n_heads": 4}}, "rope"),
+        ({"model": {"norm": {"kind": "batchnorm"}}}, "norm.kind"),
+        ({"model": {"mixer": {"linear": {"kind": "tt", "rank": 0}}}}, "linear.rank"),
+        ({"model": {"d_model": "big"}}, "model.d_model"),
+        ({"model": {"dropout": 1.5}}, "model.dropout"),
+    ],
+)
+def test_bad_values_name_the_field(data, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        from_dict(Config, data)
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as e:
+        from_dict(Config, {"model": {"d_modle": 128}})
+    msg = str(e.value)
+    assert "model.d_modle" in msg and "d_model" in msg and "n_layers" in msg
+
+
+def test_error_message_lists_allowed_values():
+    with pytest.raises(ConfigError, match="dense, lowrank, tt"):
+        FFNConfig(kind="huge", rank=3)
+
+
+def test_bool_is_not_an_int():
+    with pytest.raises(ConfigError, match="model.n_layers"):
+        from_dict(Config, {"model": {"n_layers": True}})
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config("standard")
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert to_dict(again) == to_dict(cfg)
+
+
+def test_extends_merges_and_renames():
+    raw = load_raw("ultra")
+    assert raw["name"] == "ultra"
+    assert raw["model"]["vocab_size"] == 10000  # from baseline
+    assert raw["model"]["mixer"]["kind"] == "semiseparable"
+
+
+def test_overrides_apply_and_validate():
+    cfg = load_config("tiny", {"model.n_layers": 2, "model.mixer.semiseparable.max_rank": 8})
+    assert cfg.model.n_layers == 2 and cfg.model.mixer.semiseparable.max_rank == 8
+    with pytest.raises(ConfigError, match="model.mixer.semiseparable.nope"):
+        load_config("tiny", {"model.mixer.semiseparable.nope": 1})
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="tiny"):
+        load_config("does-not-exist")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_presets_present():
+    expected = {
+        "tiny", "baseline", "standard", "ultra", "extreme", "ultimate", "large", "large-standard", "xlarge",
+        "xlarge-standard", "phase8-max", "phase8-max-tt", "xxl-100b", "gpt2-124m", "distilgpt2",
+    }
+    assert expected <= set(list_presets())
+
+
+def test_defaults_are_valid():
+    ModelConfig()
+    EmbeddingConfig(kind="tt", phase="complex")
+    SemiseparableConfig()
+    HeadConfig(kind="tied")
