@@ -125,10 +125,15 @@ def test_bad_token_ids_and_lengths():
         model(torch.tensor([[1, 2, 97]]))
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model(torch.tensor([[-1, 2]]))
-    with pytest.raises(ValueError, match="max_seq_len"):
-        model(torch.zeros(1, 41, dtype=torch.long))
     with pytest.raises(ValueError, match="integer"):
         model(torch.zeros(1, 4))
+    # a recurrent mixer without a position table has no context limit ...
+    assert model.max_context is None and model(torch.zeros(1, 41, dtype=torch.long)).logits.shape[1] == 41
+    # ... a learned position table (or a KV cache) does
+    for preset, over in (("baseline", {}), ("baseline", {"model.positions": "rope"})):
+        bounded = build_model(small(preset, **over))
+        with pytest.raises(ValueError, match="max_seq_len"):
+            bounded(torch.zeros(1, 41, dtype=torch.long))
 
 
 def test_impossible_shape_names_field():

@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 
+from pathlib import Path
+
 from muse.config import ConfigError, list_presets, load_raw
-from muse.configargs import add_config_arguments, check_unknown, config_from_args
+from muse.configargs import add_alias, add_config_arguments, check_unknown, config_from_args
 
 
 def _human(n: float) -> str:
@@ -48,6 +50,86 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    from muse.train.trainer import Trainer, load_run_config
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = config_from_args(args, base=load_run_config(run_dir))
+    else:
+        cfg = config_from_args(args)
+        run_dir = Path(args.run_dir or Path(cfg.train.out_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
+    if trainer.dist.is_main:
+        m, d = trainer.model, trainer.data
+        print(
+            f"muse train: {cfg.name} ({_human(m.num_params())} parameters, {_human(m.dense_equivalent_params())} "
+            f"dense-equivalent) on {d.name} [{d.tokenizer.kind} tokenizer, {d.tokenizer.vocab_size} ids, "
+            f"{d.stats['train']['tokens']:,} train tokens], device {trainer.device}, run {run_dir}"
+            + (f", resuming at step {trainer.step}" if args.resume else ""),
+            flush=True,
+        )
+    summary = trainer.fit()
+    if trainer.dist.is_main:
+        print(
+            f"\nDone: step {summary['step']}, {summary['tokens']:,} tokens in {summary['seconds']:.0f} s; "
+            f"val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f}).\n"
+            f"  evaluate:  muse eval {run_dir} --split test\n"
+            f"  generate:  muse generate {run_dir} --prompt \"def \"\n"
+            f"  resume:    muse train --resume {run_dir} --train.max_steps {summary['step'] * 2}"
+        )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from muse.evaluate import evaluate_checkpoint
+
+    res = evaluate_checkpoint(
+        args.run, split=args.split, dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
+        device=args.device, max_tokens=args.max_tokens,
+    )
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    for k, v in res.items():
+        print(f"{k:18s} {v:.4f}" if isinstance(v, float) else f"{k:18s} {v}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from muse.generate import generate
+    from muse.runtime import load_for_inference, resolve_device
+
+    dev = resolve_device(args.device)
+    model, cfg, tok, _, _ = load_for_inference(args.run, dev)
+    ids = tok.encode(args.prompt) if args.prompt else []
+    ids = ids or [tok.eos_id]  # an empty prompt starts a new document
+    prompt = torch.tensor([ids], device=dev)
+    out: list[int] = []
+    shown = ""
+
+    def stream(t: int) -> None:
+        nonlocal shown
+        out.append(t)
+        text = tok.decode(out)
+        if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+
+    sys.stdout.write(args.prompt)
+    generate(
+        model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+        eos_id=tok.eos_id, on_token=stream,
+    )
+    sys.stdout.write("\n")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     for name in list_presets():
         print(f"{name:16s} {load_raw(name).get('description', '')}")
@@ -65,6 +147,37 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.set_defaults(func=cmd_params)
     subs["params"] = p
 
+    p = sub.add_parser("train", help="train a model (no arguments: the tiny preset on the local Python stdlib)")
+    add_config_arguments(p)
+    p.add_argument("--run-dir", help="where checkpoints and metrics go (default: train.out_dir/NAME-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    add_alias(p, "--dataset", "data.dataset")
+    add_alias(p, "--data-dir", "data.data_dir", type=str)
+    add_alias(p, "--compile", "train.compile", action="store_const", const=True)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="perplexity, word-level perplexity, bits per byte of a run or checkpoint")
+    p.add_argument("run", metavar="RUN_OR_CKPT")
+    p.add_argument("--split", default="test")
+    p.add_argument("--dataset", help="evaluate on another dataset (default: the run's)")
+    p.add_argument("--data-dir")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=0, help="stop after about this many tokens (0: whole split)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="sample text from a run or checkpoint")
+    p.add_argument("run", metavar="RUN_OR_CKPT")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_generate)
+
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)
     subs["presets"] = p
@@ -72,17 +185,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 
 def main(argv: list[str] | None = None) -> int:
+    from muse.data import DataError
+    from muse.train.checkpoint import CheckpointError
+    from muse.train.trainer import TrainingError
+
     parser, _ = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
-        return 2
+        return 0
     try:
         check_unknown(unknown)
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, TrainingError, ValueError, OSError) as e:
         print(f"muse: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("muse: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # python -m muse.cli

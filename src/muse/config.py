@@ -227,6 +227,78 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
 
+DATASETS = ("pystdlib", "wikitext-2", "wikitext-103")  # plus "text:PATH"
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "pystdlib"  # pystdlib | wikitext-2 | wikitext-103 | text:PATH
+    data_dir: str | None = None  # local files for wikitext-*; None tries the Hugging Face hub
+    tokenizer: str = "bpe"  # bpe (trained on the train split, vocab = model.vocab_size) | gpt2 | bytes
+    tokenizer_dir: str | None = None  # gpt2: folder with encoder.json + vocab.bpe
+    cache_dir: str = "~/.cache/muse"  # tokenized splits as numpy memmaps, keyed by source + tokenizer hash
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS and not (self.dataset.startswith("text:") and len(self.dataset) > 5):
+            raise ConfigError(f"data.dataset must be one of {', '.join(DATASETS)} or text:PATH; got {self.dataset!r}")
+        _check_choice("data.tokenizer", self.tokenizer, ("bpe", "gpt2", "bytes"))
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs"  # the run directory is OUT_DIR/NAME unless --run-dir is given
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    batch_size: int = 16  # sequences per micro-batch (per process)
+    seq_len: int = 0  # 0 means model.max_seq_len
+    grad_accum: int = 1
+    # budget: training stops at the first limit reached; the LR schedule spans max_steps
+    # (or the steps implied by max_tokens)
+    max_steps: int = 1000
+    max_tokens: int = 0  # 0: no token limit
+    max_minutes: float = 0.0  # 0: no time limit
+    optimizer: str = "adamw"  # adamw (fused on CUDA) | adamw8bit (torchao)
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr · min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + loss scaling) | bf16-pure (bf16 params)
+    compile: bool = False
+    eval_every: int = 100
+    eval_tokens: int = 65536  # validation tokens per periodic evaluation (0 = whole split)
+    log_every: int = 10
+    tensorboard: bool = True
+    wandb: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum", "eval_every", "log_every"):
+            _check_positive(f"train.{name}", getattr(self, name))
+        for name in ("seq_len", "max_steps", "max_tokens", "warmup_steps", "eval_tokens", "seed"):
+            _check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
+        if not self.max_steps and not self.max_tokens and not self.max_minutes:
+            raise ConfigError("set at least one budget: train.max_steps, train.max_tokens or train.max_minutes")
+        if not self.max_minutes >= 0:
+            raise ConfigError(f"train.max_minutes must be >= 0; got {self.max_minutes!r}")
+        _check_choice("train.optimizer", self.optimizer, ("adamw", "adamw8bit"))
+        _check_choice("train.precision", self.precision, ("fp32", "bf16", "fp16", "bf16-pure"))
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0; got {self.lr!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio!r}")
+        for name in ("weight_decay", "grad_clip"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"train.{name} must be >= 0; got {getattr(self, name)!r}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be in [0, 1); got {getattr(self, name)!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+
+
 @dataclass
 class Config:
     """Top-level config: what a preset YAML holds."""
@@ -234,6 +306,18 @@ class Config:
     name: str = "custom"
     description: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.train.seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"train.seq_len ({self.train.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
+            )
+
+    @property
+    def seq_len(self) -> int:
+        return self.train.seq_len or self.model.max_seq_len
 
 
 # ----------------------------------------------------------------------------- dict <-> dataclass
@@ -271,6 +355,11 @@ def _coerce(path: str, tp, value):
     elif base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif base is str:
         if isinstance(value, str):
             return value

@@ -12,7 +12,7 @@ import difflib
 
 import yaml
 
-from muse.config import Config, ConfigError, flat_keys, load_config
+from muse.config import Config, ConfigError, flat_keys, from_dict, load_config, set_dotted, to_dict
 
 _PREFIX = "cfg::"
 _SKIP = ("name", "description")
@@ -54,9 +54,24 @@ def check_unknown(unknown: list[str], cls=Config) -> None:
     raise ConfigError(f"unknown option {opt!r}; {hint}")
 
 
-def config_from_args(args: argparse.Namespace, default: str = "tiny") -> Config:
+def add_alias(parser: argparse.ArgumentParser, flag: str, key: str, **kw) -> None:
+    """A short spelling of a config field, e.g. ``--data-dir`` for ``--data.data_dir``."""
+    if "action" not in kw:
+        kw.setdefault("type", _yaml_value)
+    parser.add_argument(flag, dest=_PREFIX + key, default=argparse.SUPPRESS, help=f"same as --{key}", **kw)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    return {k[len(_PREFIX):]: v for k, v in vars(args).items() if k.startswith(_PREFIX)}
+
+
+def config_from_args(args: argparse.Namespace, default: str = "tiny", base: Config | None = None) -> Config:
+    """Preset or YAML (or ``base``, e.g. a saved run's config) with the command line's overrides."""
     if args.config and args.preset:
         raise ConfigError("give either a CONFIG argument or --preset, not both")
-    source = args.config or args.preset or default
-    overrides = {k[len(_PREFIX):]: v for k, v in vars(args).items() if k.startswith(_PREFIX)}
-    return load_config(source, overrides)
+    if base is not None and not (args.config or args.preset):
+        data = to_dict(base)
+        for k, v in overrides_from_args(args).items():
+            set_dotted(data, k, v)
+        return from_dict(Config, data)
+    return load_config(args.config or args.preset or default, overrides_from_args(args))

@@ -75,6 +75,9 @@ class MuseLM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i, shared) for i in range(cfg.n_layers))
         self.norm = make_norm(cfg.norm, cfg.d_model)
         self.head = make_head(cfg.head, cfg.d_model, cfg.vocab_size, cfg.init_std)
+        # a learned position table or a KV cache caps the context; recurrent mixers do not
+        bounded = self.pos is not None or any(b.mixer.bounded_context for b in self.blocks)
+        self.max_context: int | None = cfg.max_seq_len if bounded else None
 
     # ------------------------------------------------------------------ forward
     def logits(self, h: Tensor) -> Tensor:
@@ -89,8 +92,8 @@ class MuseLM(nn.Module):
                 f"token id {int(idx.max()) if int(idx.max()) >= self.cfg.vocab_size else int(idx.min())} "
                 f"is outside the vocabulary [0, {self.cfg.vocab_size}) (model.vocab_size)"
             )
-        if idx.size(-1) + offset > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {idx.size(-1) + offset} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        if self.max_context is not None and idx.size(-1) + offset > self.max_context:
+            raise ValueError(f"sequence length {idx.size(-1) + offset} exceeds model.max_seq_len={self.max_context}")
 
     def hidden(self, idx: Tensor) -> tuple[Tensor, Tensor | None]:
         """Final-norm hidden states (B, N, d) and the summed auxiliary loss."""

@@ -292,3 +292,20 @@ def test_meta_device_and_int32_ids():
     assert tt.rows(torch.zeros(0, 3, dtype=torch.long)).shape == (0, 3, 8)
     assert tt.matmul(torch.randn(0, 100)).shape == (0, 8)
     assert tt.matmul_t(torch.randn(2, 0, 8)).shape == (2, 0, 100)
+
+
+@pytest.mark.parametrize("phase", ["none", "cos", "complex"])
+def test_dense_and_contraction_paths_agree(phase):
+    """matmul/matmul_t rebuild W when the batch is at least the contracted size; both paths agree."""
+    torch.manual_seed(0)
+    tt = TTMatrix(30, 70, rank=[3, 4], num_cores=3, phase=phase).double()
+    for batch in (5, 29, 30, 71, 100):  # below and above both thresholds (30 rows, 70 cols)
+        x = torch.randn(batch, 30, dtype=torch.float64, requires_grad=True)
+        y = torch.randn(batch, 70, dtype=torch.float64, requires_grad=True)
+        W = tt.to_dense()
+        torch.testing.assert_close(tt.matmul(x), x @ W)
+        torch.testing.assert_close(tt.matmul_t(y), y @ W.T)
+        g = torch.autograd.grad((tt.matmul(x) ** 2).sum() + (tt.matmul_t(y) ** 2).sum(), list(tt.parameters()))
+        g_ref = torch.autograd.grad(((x @ W) ** 2).sum() + ((y @ W.T) ** 2).sum(), list(tt.parameters()))
+        for a, b in zip(g, g_ref):
+            torch.testing.assert_close(a, b)

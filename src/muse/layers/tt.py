@@ -305,6 +305,18 @@ class TTMatrix(nn.Module):
             out = out.real.to(self.cores[0].dtype)
         return out
 
+    @staticmethod
+    def _dense_is_cheaper(batch: int, contracted: int) -> bool:
+        """Rebuild W for one product when it is no larger than the product's output.
+
+        W (M×N) costs M·N memory; the output of x @ W costs batch·N. When batch ≥ M (e.g. a
+        tied output head over thousands of tokens) one transient W adds no more than the logits
+        already cost and turns a chain of small batched contractions into one large matmul (4× faster
+        for the tiny preset's head on CPU). Otherwise (a TTLinear of a 10 K-wide model over a few
+        hundred tokens) W would dwarf the activations, so the cores are contracted one by one.
+        """
+        return batch >= contracted
+
     # ------------------------------------------------------------------ forward paths
     def rows(self, idx: Tensor) -> Tensor:
         """Rows W[idx]: (*idx.shape) → (*idx.shape, N).
@@ -344,6 +356,8 @@ class TTMatrix(nn.Module):
             raise ValueError(f"x must have last dimension rows={self.num_rows}; got shape {tuple(x.shape)}")
         lead, (Mp, _) = x.shape[:-1], self.padded_shape
         x = x.reshape(-1, self.num_rows)
+        if self._dense_is_cheaper(x.size(0), self.num_rows):
+            return (x @ self.to_dense()).reshape(*lead, self.num_cols)
         if Mp > self.num_rows:
             x = nn.functional.pad(x, (0, Mp - self.num_rows))  # zero rows of the padding contribute nothing
         cores = self._effective_cores()
@@ -358,6 +372,8 @@ class TTMatrix(nn.Module):
             raise ValueError(f"y must have last dimension cols={self.num_cols}; got shape {tuple(y.shape)}")
         lead, (_, Np) = y.shape[:-1], self.padded_shape
         y = y.reshape(-1, self.num_cols)
+        if self._dense_is_cheaper(y.size(0), self.num_cols):
+            return (y @ self.to_dense().T).reshape(*lead, self.num_rows)
         if Np > self.num_cols:
             y = nn.functional.pad(y, (0, Np - self.num_cols))
         cores = [c.transpose(1, 2) for c in self._effective_cores()]

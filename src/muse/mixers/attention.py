@@ -33,6 +33,8 @@ class RotaryEmbedding(nn.Module):
 
 @register_mixer("attention")
 class AttentionMixer(Mixer):
+    bounded_context = True
+
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__(cfg, layer_idx)
         d, lin = cfg.d_model, cfg.mixer.linear

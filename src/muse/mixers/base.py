@@ -21,6 +21,9 @@ from muse.config import ModelConfig
 
 
 class Mixer(nn.Module, abc.ABC):
+    # True when decoding state grows with the context (a KV cache sized by model.max_seq_len)
+    bounded_context: bool = False
+
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.cfg = cfg

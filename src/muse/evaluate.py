@@ -1,0 +1,118 @@
+"""Evaluation: per-token and word-level perplexity, bits per byte, throughput (DESIGN.md §2).
+
+Perplexity is exp(mean NLL per token) over non-overlapping windows of the split; word-level
+perplexity is exp(total NLL / number of words), which compares across tokenizers; bits per byte
+is total NLL / (ln 2 · UTF-8 bytes). All three use the same total NLL of every predicted token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from muse.data import eval_windows
+
+
+def _batched(windows, batch_size: int):
+    """Group equal-length windows so the full ones run as batches and the short tail alone."""
+    batch: list = []
+    for x, y in windows:
+        if batch and (len(batch) == batch_size or batch[0][0].shape != x.shape):
+            yield torch.cat([b[0] for b in batch]), torch.cat([b[1] for b in batch])
+            batch = []
+        batch.append((x, y))
+    if batch:
+        yield torch.cat([b[0] for b in batch]), torch.cat([b[1] for b in batch])
+
+
+@torch.no_grad()
+def total_nll(
+    model,
+    tokens: np.ndarray,
+    seq_len: int,
+    device: torch.device,
+    batch_size: int = 8,
+    max_tokens: int = 0,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> tuple[float, int, float]:
+    """Sum of next-token NLL over the split's windows: (nll, predicted tokens, seconds)."""
+    was_training = model.training
+    model.eval()
+    nll, count = 0.0, 0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for x, y in _batched(eval_windows(tokens, seq_len, max_tokens), batch_size):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast or contextlib.nullcontext():
+            loss = model(x, y).loss
+        nll += loss.double().item() * y.numel()
+        count += y.numel()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    model.train(was_training)
+    return nll, count, time.perf_counter() - t0
+
+
+def metrics(nll: float, count: int, seconds: float, words: int | None, nbytes: int | None) -> dict:
+    loss = nll / max(count, 1)
+    return {
+        "tokens": count,
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "words": words,
+        "word_perplexity": math.exp(min(nll / words, 700.0)) if words else None,
+        "bytes": nbytes,
+        "bits_per_byte": nll / (math.log(2) * nbytes) if nbytes else None,
+        "tokens_per_s": count / seconds if seconds > 0 else None,
+    }
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    split: str = "test",
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    max_tokens: int = 0,
+) -> dict:
+    """Load a run or checkpoint dir and evaluate it on a split (``muse eval``)."""
+    from muse.data import prepare_data
+    from muse.runtime import load_for_inference, resolve_device
+
+    dev = resolve_device(device)
+    model, cfg, tokenizer, ckpt_dir, state = load_for_inference(path, dev)
+    if dataset is not None:
+        cfg.data.dataset = dataset
+    if data_dir is not None:
+        cfg.data.data_dir = data_dir
+    cfg.data.__post_init__()
+    data = prepare_data(cfg.data, cfg.model.vocab_size, tokenizer=tokenizer)
+    if split not in data.tokens:
+        raise ValueError(f"--split must be one of {', '.join(data.tokens)}; got {split!r}")
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    nll, count, seconds = total_nll(model, data.tokens[split], cfg.seq_len, dev, batch_size, max_tokens)
+    stats = data.stats[split]
+    full = max_tokens == 0
+    out = {
+        "checkpoint": str(ckpt_dir),
+        "step": state.get("step"),
+        "dataset": cfg.data.dataset,
+        "split": split,
+        "tokenizer": tokenizer.kind,
+        "vocab_size": tokenizer.vocab_size,
+        "seq_len": cfg.seq_len,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
+    # word and byte normalisers only apply when the whole split was scored
+    out.update(metrics(nll, count, seconds, stats["words"] if full else None, stats["bytes"] if full else None))
+    out["peak_memory_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    return out

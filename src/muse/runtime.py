@@ -1,0 +1,70 @@
+"""Devices, precision contexts, distributed setup and loading a trained model for inference."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from muse.config import Config, from_dict
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --train.device cpu")
+    return dev
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast for mixed precision; fp32 and pure-bf16 parameters need none."""
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
+    """Under torchrun (RANK/WORLD_SIZE set) join the process group; otherwise single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistInfo(), resolve_device(device_name)
+    import torch.distributed as dist
+
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+    use_cuda = torch.cuda.is_available() and device_name != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(info.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return info, torch.device(f"cuda:{info.local_rank}") if use_cuda else torch.device("cpu")
+
+
+def load_for_inference(path: str | Path, device: torch.device, tag: str = "last"):
+    """(model in eval mode, Config, Tokenizer, checkpoint dir, trainer state) from a run or checkpoint."""
+    from muse.data import Tokenizer
+    from muse.model import build_model
+    from muse.train.checkpoint import load_checkpoint, read_file, resolve_checkpoint
+
+    ckpt_dir = resolve_checkpoint(path, tag)
+    cfg = from_dict(Config, yaml.safe_load(read_file(ckpt_dir, "config.yaml")))
+    model = build_model(cfg)
+    _, state = load_checkpoint(ckpt_dir, model, map_location="cpu")
+    model.to(device).eval()
+    return model, cfg, Tokenizer.load(ckpt_dir), ckpt_dir, state

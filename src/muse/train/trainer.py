@@ -1,0 +1,344 @@
+"""The training loop behind ``muse train``.
+
+Single process or torchrun/DDP. Batches are a pure function of (seed, rank, step) and the
+checkpoint carries model, optimizer, scheduler, grad-scaler and RNG state, so ``--resume``
+continues bit-for-bit like an uninterrupted run (on CPU, same seed). Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from muse.config import Config, ConfigError, from_dict, to_dict
+from muse.data import BatchSampler, Tokenizer, prepare_data
+from muse.evaluate import total_nll
+from muse.model import build_model
+from muse.runtime import autocast_context, init_distributed
+from muse.train.checkpoint import (
+    load_checkpoint, read_file, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
+)
+from muse.train.optim import build_optimizer, build_scheduler
+
+# train.* keys that may change on --resume without changing what the run computes
+RESUMABLE_TRAIN_KEYS = {
+    "max_steps", "max_tokens", "max_minutes", "eval_every", "eval_tokens", "log_every", "progress",
+    "tensorboard", "wandb", "out_dir", "device", "compile",
+}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says what is kept."""
+
+
+def config_differences(saved: Config, new: Config) -> list[str]:
+    """Dotted keys whose values differ in a way that would change a resumed run's results."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(to_dict(saved)), flat(to_dict(new))
+    skip = {"name", "description"} | {f"train.{k}" for k in RESUMABLE_TRAIN_KEYS}
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if k not in skip and a.get(k) != b.get(k)]
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    ckpt = resolve_checkpoint(run_dir)
+    return from_dict(Config, yaml.safe_load(read_file(ckpt, "config.yaml")))
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
+        self.cfg, tc = cfg, cfg.train
+        self.run_dir = Path(run_dir)
+        self.dist, self.device = init_distributed(tc.device)
+        self.ckpt_dir = resolve_checkpoint(self.run_dir) if resume else None
+        tokenizer = None
+        if resume:
+            diff = config_differences(load_run_config(self.run_dir), cfg)
+            if diff:
+                raise ConfigError(f"--resume {self.run_dir}: the config disagrees with the saved run ({'; '.join(diff)})")
+            tokenizer = Tokenizer.load(self.ckpt_dir)
+        elif self.dist.is_main:
+            if (self.run_dir / "checkpoints").exists():
+                raise ConfigError(f"run directory {self.run_dir} already holds checkpoints; use --resume {self.run_dir}")
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise OSError(f"cannot create run directory {self.run_dir}: {e.strerror or e}") from None
+
+        # rank 0 tokenizes and fills the cache; the others then read it
+        with self._rank0_first():
+            self.data = prepare_data(cfg.data, cfg.model.vocab_size, tokenizer=tokenizer)
+        self.tokenizer = self.data.tokenizer
+
+        torch.manual_seed(tc.seed)  # identical initial weights on every rank
+        self.model = build_model(cfg).to(self.device)
+        if tc.precision == "bf16-pure":
+            # parameters, gradients and AdamW states all in bf16: half the memory, updates rounded to bf16
+            self.model.to(torch.bfloat16)
+        self.optimizer = build_optimizer(self.model, tc, self.device.type)
+        self.tokens_per_step = tc.batch_size * cfg.seq_len * tc.grad_accum * self.dist.world_size
+        self.total_steps = self._schedule_steps()
+        self.scheduler = build_scheduler(self.optimizer, tc, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")
+        self.autocast = autocast_context(tc.precision, self.device)
+        self.step, self.tokens, self.best_val, self.train_seconds = 0, 0, math.inf, 0.0
+        if resume:
+            _, st = load_checkpoint(self.ckpt_dir, self.model, map_location=self.device)
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.scheduler.load_state_dict(st["scheduler"])
+            self.scaler.load_state_dict(st["scaler"])
+            set_rng_state(st["rng"])
+            self.step, self.tokens = st["step"], st["tokens"]
+            self.best_val, self.train_seconds = st["best_val_loss"], st["train_seconds"]
+        else:
+            torch.manual_seed(tc.seed + 1 + self.dist.rank)  # dropout streams differ per rank
+
+        self.train_model = self.model
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DDP(self.model, device_ids=ids)
+        if tc.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.sampler = BatchSampler(
+            self.data.tokens["train"], tc.batch_size, cfg.seq_len, tc.seed, self.dist.rank, self.dist.world_size
+        )
+        self._files = self._checkpoint_files()
+        self._metrics = self._open_metrics(resume)
+        self._tb = self._wandb = None
+
+    # ------------------------------------------------------------------ setup helpers
+    @contextlib.contextmanager
+    def _rank0_first(self):
+        import torch.distributed as dist
+
+        multi = self.dist.world_size > 1 and dist.is_initialized()
+        if multi and not self.dist.is_main:
+            dist.barrier()
+        yield
+        if multi and self.dist.is_main:
+            dist.barrier()
+
+    def _schedule_steps(self) -> int | None:
+        tc = self.cfg.train
+        limits = [tc.max_steps] if tc.max_steps else []
+        if tc.max_tokens:
+            limits.append(math.ceil(tc.max_tokens / self.tokens_per_step))
+        return min(limits) if limits else None  # a time budget alone: constant LR after warm-up
+
+    def _checkpoint_files(self) -> dict[str, bytes]:
+        with tempfile.TemporaryDirectory() as tmp:
+            self.tokenizer.save(tmp)
+            files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+        files["config.yaml"] = yaml.safe_dump(to_dict(self.cfg), sort_keys=False).encode()
+        return files
+
+    def _open_metrics(self, resume: bool):
+        if not self.dist.is_main:
+            return None
+        path = self.run_dir / "metrics.jsonl"
+        if resume and path.exists():
+            # drop what was logged after the checkpoint we resume from: it will be logged again
+            keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= self.step]
+            path.write_text("".join(l + "\n" for l in keep))
+        if not resume:
+            (self.run_dir / "config.yaml").write_bytes(self._files["config.yaml"])
+        return path.open("a", buffering=1)
+
+    def _log(self, record: dict) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.write(json.dumps(record) + "\n")
+        if self.cfg.train.tensorboard and self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:
+                self.cfg.train.tensorboard = False
+                print("muse: tensorboard is not installed; metrics go to metrics.jsonl only", file=sys.stderr)
+        if self.cfg.train.wandb and self._wandb is None:
+            try:
+                import wandb
+            except ImportError:
+                raise ValueError("train.wandb needs the wandb package: pip install wandb") from None
+            self._wandb = wandb.init(project="muse", name=self.cfg.name, config=to_dict(self.cfg))
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, record["step"])
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=record["step"])
+
+    # ------------------------------------------------------------------ loop
+    def _done(self, t_start: float) -> bool:
+        tc = self.cfg.train
+        done = bool(
+            (tc.max_steps and self.step >= tc.max_steps)
+            or (tc.max_tokens and self.tokens >= tc.max_tokens)
+            or (tc.max_minutes and self.train_seconds + time.perf_counter() - t_start >= 60 * tc.max_minutes)
+        )
+        if self.dist.world_size > 1:  # ranks must agree, or a time budget could deadlock them
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(done)], device=self.device)
+            dist.broadcast(flag, 0)
+            done = bool(flag.item())
+        return done
+
+    def train_step(self) -> float:
+        tc, accum = self.cfg.train, self.cfg.train.grad_accum
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(accum):
+            x, y = self.sampler.get(self.step * accum + micro)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            sync = contextlib.nullcontext()
+            if self.dist.world_size > 1 and micro < accum - 1:
+                sync = self.train_model.no_sync()  # all-reduce gradients once per step
+            with sync, self.autocast:
+                out = self.train_model(x, y)
+                loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
+            self.scaler.scale(loss / accum).backward()
+            loss_sum += out.loss.detach().float()
+        loss = (loss_sum / accum).item()
+        if not math.isfinite(loss):
+            last = f"{self.ckpt_dir} (step {self._ckpt_step})" if self.ckpt_dir else "none written yet"
+            raise TrainingError(f"non-finite loss ({loss}) at step {self.step + 1}; stopped. Last good checkpoint: {last}")
+        if tc.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        self.tokens += self.tokens_per_step
+        return loss
+
+    def evaluate(self) -> float:
+        nll, n, _ = total_nll(
+            self.model, self.data.tokens["valid"], self.cfg.seq_len, self.device,
+            self.cfg.train.batch_size, self.cfg.train.eval_tokens, self.autocast,
+        )
+        return nll / max(n, 1)
+
+    @property
+    def _ckpt_step(self) -> int | None:
+        return None if self.ckpt_dir is None else int(self.ckpt_dir.name.split("-")[-1])
+
+    def save(self, val_loss: float, elapsed: float) -> None:
+        improved = val_loss < self.best_val
+        self.best_val = min(self.best_val, val_loss)
+        if self.dist.is_main:
+            state = {
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rng_state(), "step": self.step, "tokens": self.tokens,
+                "best_val_loss": self.best_val, "train_seconds": self.train_seconds + elapsed,
+            }
+            meta = {"step": self.step, "tokens": self.tokens, "val_loss": val_loss, "name": self.cfg.name}
+            tags = ("last", "best") if improved else ("last",)
+            self.ckpt_dir = save_checkpoint(self.run_dir, self.model, state, self._files, tags=tags, meta=meta)
+
+    def fit(self) -> dict:
+        tc = self.cfg.train
+        t_start = time.perf_counter()
+        progress = _Progress(self.total_steps, self.step, enabled=tc.progress and self.dist.is_main)
+        val_loss = math.nan
+        t_last, tok_last = time.perf_counter(), self.tokens
+        done = self._done(t_start)
+        with progress:
+            while not done:
+                loss = self.train_step()
+                record = None
+                if self.step % tc.log_every == 0:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    now = time.perf_counter()
+                    record = {
+                        "step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "tokens": self.tokens,
+                        "tokens_per_s": (self.tokens - tok_last) / max(now - t_last, 1e-9),
+                        "peak_memory_mib": _peak_memory_mib(self.device),
+                    }
+                    t_last, tok_last = now, self.tokens
+                    self._log(record)
+                progress.update(self.step, loss, record)
+                done = self._done(t_start)
+                if self.step % tc.eval_every == 0 or done:
+                    val_loss = self.evaluate()
+                    self._log({"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700))})
+                    progress.note(f"step {self.step}: val loss {val_loss:.4f}")
+                    self.save(val_loss, time.perf_counter() - t_start)
+        if self._metrics is not None:
+            self._metrics.close()
+        if self._tb is not None:
+            self._tb.close()
+        return {
+            "run_dir": str(self.run_dir), "step": self.step, "tokens": self.tokens, "val_loss": val_loss,
+            "best_val_loss": self.best_val, "seconds": time.perf_counter() - t_start,
+        }
+
+
+class _Progress:
+    """A rich progress bar on a terminal; plain log lines otherwise (CI, files, torchrun)."""
+
+    def __init__(self, total: int | None, start: int, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"), transient=False,
+            )
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+    def update(self, step: int, loss: float, record: dict | None) -> None:
+        if self.bar is not None:
+            info = f"loss {loss:.4f}"
+            if record:
+                info += f"  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s  peak {record['peak_memory_mib']:,.0f} MiB"
+                self._info = info
+            self.bar.update(self.task, completed=step, info=getattr(self, "_info", info))
+        elif self.enabled and record:
+            print(
+                f"step {step:>6}  loss {loss:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s  "
+                f"peak {record['peak_memory_mib']:,.0f} MiB", flush=True,
+            )
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text)
+        elif self.enabled:
+            print(text, flush=True)

@@ -1,0 +1,42 @@
+"""Shared fixtures: the real WikiText-2 files from ../shared/data and a session-wide token cache."""
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "wikitext-2" / "train.txt").is_file():
+        pytest.skip(f"real WikiText-2 not found at {SHARED_DATA} (see DESIGN.md)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def token_cache(tmp_path_factory) -> Path:
+    """One cache per test session, so WikiText-2 is tokenized once."""
+    return tmp_path_factory.mktemp("muse-cache")
+
+
+@pytest.fixture
+def wt2_args(shared_data, token_cache, tmp_path):
+    """`muse train` arguments for a small, fast model on real WikiText-2 (BPE 512)."""
+
+    def make(run_dir: Path | None = None, **over) -> list[str]:
+        opts = {
+            "--dataset": "wikitext-2", "--data-dir": str(shared_data / "wikitext-2"),
+            "--data.cache_dir": str(token_cache), "--model.vocab_size": "512", "--model.d_model": "64",
+            "--model.n_layers": "2", "--model.max_seq_len": "64", "--train.batch_size": "8",
+            "--train.max_steps": "30", "--train.eval_every": "10", "--train.eval_tokens": "4096",
+            "--train.warmup_steps": "5", "--train.log_every": "1", "--train.progress": "false",
+            "--train.tensorboard": "false", "--train.lr": "3e-3",
+        }
+        opts.update({k if k.startswith("--") else f"--{k}": str(v) for k, v in over.items()})
+        args = ["train", "tiny", "--run-dir", str(run_dir or tmp_path / "run")]
+        for k, v in opts.items():
+            args += [k, v]
+        return args
+
+    return make
