@@ -1,10 +1,12 @@
 """Shared fixtures: the real WikiText-2 files from ../shared/data and a session-wide token cache."""
 
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the checkout; MUSE_SHARED_DATA points elsewhere (e.g. a copy on a GPU box)
+SHARED_DATA = Path(os.environ.get("MUSE_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")

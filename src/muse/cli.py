@@ -72,12 +72,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             flush=True,
         )
     summary = trainer.fit()
+    prompt = "def " if cfg.data.dataset == "pystdlib" else "The "
     if trainer.dist.is_main:
         print(
             f"\nDone: step {summary['step']}, {summary['tokens']:,} tokens in {summary['seconds']:.0f} s; "
             f"val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f}).\n"
             f"  evaluate:  muse eval {run_dir} --split test\n"
-            f"  generate:  muse generate {run_dir} --prompt \"def \"\n"
+            f"  generate:  muse generate {run_dir} --prompt '{prompt}'\n"
             f"  resume:    muse train --resume {run_dir} --train.max_steps {summary['step'] * 2}"
         )
     return 0
@@ -88,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     res = evaluate_checkpoint(
         args.run, split=args.split, dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
-        device=args.device, max_tokens=args.max_tokens,
+        device=args.device, max_tokens=args.max_tokens, tag=args.tag,
     )
     if args.json:
         print(json.dumps(res, indent=2))
@@ -159,6 +160,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p = sub.add_parser("eval", help="perplexity, word-level perplexity, bits per byte of a run or checkpoint")
     p.add_argument("run", metavar="RUN_OR_CKPT")
     p.add_argument("--split", default="test")
+    p.add_argument("--tag", default="last", choices=("last", "best"), help="which checkpoint of a run dir")
     p.add_argument("--dataset", help="evaluate on another dataset (default: the run's)")
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=int, default=8)

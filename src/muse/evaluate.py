@@ -81,13 +81,14 @@ def evaluate_checkpoint(
     batch_size: int = 8,
     device: str = "auto",
     max_tokens: int = 0,
+    tag: str = "last",
 ) -> dict:
     """Load a run or checkpoint dir and evaluate it on a split (``muse eval``)."""
     from muse.data import prepare_data
     from muse.runtime import load_for_inference, resolve_device
 
     dev = resolve_device(device)
-    model, cfg, tokenizer, ckpt_dir, state = load_for_inference(path, dev)
+    model, cfg, tokenizer, ckpt_dir, state = load_for_inference(path, dev, tag)
     if dataset is not None:
         cfg.data.dataset = dataset
     if data_dir is not None:

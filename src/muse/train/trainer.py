@@ -207,7 +207,9 @@ class Trainer:
             done = bool(flag.item())
         return done
 
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step; returns the mean loss as a device tensor (read later, in batches,
+        so the GPU is not synchronised every step)."""
         tc, accum = self.cfg.train, self.cfg.train.grad_accum
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(accum):
@@ -221,10 +223,6 @@ class Trainer:
                 loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
             self.scaler.scale(loss / accum).backward()
             loss_sum += out.loss.detach().float()
-        loss = (loss_sum / accum).item()
-        if not math.isfinite(loss):
-            last = f"{self.ckpt_dir} (step {self._ckpt_step})" if self.ckpt_dir else "none written yet"
-            raise TrainingError(f"non-finite loss ({loss}) at step {self.step + 1}; stopped. Last good checkpoint: {last}")
         if tc.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
@@ -234,7 +232,18 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self.tokens += self.tokens_per_step
-        return loss
+        return loss_sum / accum
+
+    def _read_losses(self, pending: list[torch.Tensor]) -> list[float]:
+        """The losses of the last len(pending) steps; a non-finite one stops training before
+        anything is saved, naming its step and the last good checkpoint."""
+        values = torch.stack(pending).tolist()
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                last = f"{self.ckpt_dir} (step {self._ckpt_step})" if self.ckpt_dir else "none written yet"
+                step = self.step - len(values) + 1 + i
+                raise TrainingError(f"non-finite loss ({v}) at step {step}; stopped. Last good checkpoint: {last}")
+        return values
 
     def evaluate(self) -> float:
         nll, n, _ = total_nll(
@@ -267,28 +276,37 @@ class Trainer:
         val_loss = math.nan
         t_last, tok_last = time.perf_counter(), self.tokens
         done = self._done(t_start)
+        pending: list[torch.Tensor] = []
         with progress:
             while not done:
-                loss = self.train_step()
+                pending.append(self.train_step())
+                done = self._done(t_start)
+                evaluating = self.step % tc.eval_every == 0 or done
+                if not (self.step % tc.log_every == 0 or evaluating):
+                    progress.update(self.step)
+                    continue
+                loss = self._read_losses(pending)[-1]
+                pending = []
                 record = None
                 if self.step % tc.log_every == 0:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     now = time.perf_counter()
                     record = {
-                        "step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "tokens": self.tokens,
-                        "tokens_per_s": (self.tokens - tok_last) / max(now - t_last, 1e-9),
+                        "step": self.step, "loss": loss, "lr": float(self.scheduler.get_last_lr()[0]),
+                        "tokens": self.tokens, "tokens_per_s": (self.tokens - tok_last) / max(now - t_last, 1e-9),
                         "peak_memory_mib": _peak_memory_mib(self.device),
                     }
                     t_last, tok_last = now, self.tokens
                     self._log(record)
                 progress.update(self.step, loss, record)
-                done = self._done(t_start)
-                if self.step % tc.eval_every == 0 or done:
+                if evaluating:
                     val_loss = self.evaluate()
                     self._log({"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700))})
                     progress.note(f"step {self.step}: val loss {val_loss:.4f}")
                     self.save(val_loss, time.perf_counter() - t_start)
+                    # the next throughput window covers training steps only
+                    t_last, tok_last = time.perf_counter(), self.tokens
         if self._metrics is not None:
             self._metrics.close()
         if self._tb is not None:
@@ -324,13 +342,16 @@ class _Progress:
             self.bar.__exit__(*exc)
         return False
 
-    def update(self, step: int, loss: float, record: dict | None) -> None:
+    def update(self, step: int, loss: float | None = None, record: dict | None = None) -> None:
         if self.bar is not None:
-            info = f"loss {loss:.4f}"
-            if record:
-                info += f"  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s  peak {record['peak_memory_mib']:,.0f} MiB"
-                self._info = info
-            self.bar.update(self.task, completed=step, info=getattr(self, "_info", info))
+            if loss is not None:
+                self._info = f"loss {loss:.4f}"
+                if record:
+                    self._info += (
+                        f"  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"
+                        f"  peak {record['peak_memory_mib']:,.0f} MiB"
+                    )
+            self.bar.update(self.task, completed=step, info=getattr(self, "_info", ""))
         elif self.enabled and record:
             print(
                 f"step {step:>6}  loss {loss:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s  "
