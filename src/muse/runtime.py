@@ -50,6 +50,11 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
     use_cuda = torch.cuda.is_available() and device_name != "cpu"
     if use_cuda:
+        if info.local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"process with LOCAL_RANK {info.local_rank} but this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s): use --nproc-per-node {torch.cuda.device_count()} or --train.device cpu"
+            )
         torch.cuda.set_device(info.local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")

@@ -10,7 +10,8 @@ import pytest
 
 def test_torchrun_ddp_two_processes(wt2_args, tmp_path):
     run = tmp_path / "ddp"
-    args = wt2_args(run, **{"train.max_steps": 6, "train.eval_every": 3, "train.batch_size": 4})[1:]
+    args = wt2_args(run, **{"train.max_steps": 6, "train.eval_every": 3, "train.batch_size": 4,
+                                      "train.device": "cpu"})[1:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
            "-m", "muse", "train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

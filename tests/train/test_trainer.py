@@ -31,7 +31,8 @@ def test_training_lowers_validation_loss(wt2_args, tmp_path, capsys):
 
 
 def test_resume_equals_uninterrupted(wt2_args, tmp_path, monkeypatch):
-    over = {"train.max_steps": 12, "train.eval_every": 4, "model.dropout": 0.1}
+    # exactness is a CPU promise: CUDA's atomic-add kernels (embedding/index backward) reorder sums
+    over = {"train.max_steps": 12, "train.eval_every": 4, "model.dropout": 0.1, "train.device": "cpu"}
     assert main(wt2_args(tmp_path / "full", **over)) == 0
     full = [m for m in read_metrics(tmp_path / "full") if "loss" in m]
 
