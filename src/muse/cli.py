@@ -89,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     res = evaluate_checkpoint(
         args.run, split=args.split, dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
-        device=args.device, max_tokens=args.max_tokens, tag=args.tag,
+        device=args.device, max_tokens=args.max_tokens, tag=args.tag, int8=args.int8,
     )
     if args.json:
         print(json.dumps(res, indent=2))
@@ -106,7 +106,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from muse.runtime import load_for_inference, resolve_device
 
     dev = resolve_device(args.device)
-    model, cfg, tok, _, _ = load_for_inference(args.run, dev)
+    model, cfg, tok, _, _ = load_for_inference(args.run, dev, int8=args.int8)
     ids = tok.encode(args.prompt) if args.prompt else []
     ids = ids or [tok.eos_id]  # an empty prompt starts a new document
     prompt = torch.tensor([ids], device=dev)
@@ -128,6 +128,52 @@ def cmd_generate(args: argparse.Namespace) -> int:
         eos_id=tok.eos_id, on_token=stream,
     )
     sys.stdout.write("\n")
+    return 0
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from muse.memory.budget import fmt_bytes, parse_bytes
+    from muse.memory.profile import StepPlan, run, summary_line
+
+    cfg = config_from_args(args)
+    budget = parse_bytes(args.budget) if args.budget else None
+    plan = StepPlan(
+        batch=args.batch, seq=args.seq or cfg.model.max_seq_len, precision=args.precision or cfg.train.precision,
+        optimizer=args.optimizer or cfg.train.optimizer, checkpointing=args.checkpointing, mode=args.mode,
+    )
+    res = run(cfg, plan, budget=budget, device=args.device)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        est = res["method"] == "estimate"
+        table = Table(title=(
+            f"{cfg.name}: B={plan.batch}, N={plan.seq}, {plan.precision}, "
+            f"{res['optimizer'] or 'no optimizer'}, checkpointing {'on' if res['checkpointing'] else 'off'}, "
+            f"mode {plan.mode}" + (" (ESTIMATE: no CUDA device)" if est else f" (measured on {res['device']})")
+        ))
+        table.add_column("component")
+        table.add_column("estimate" if est else "measured", justify="right")
+        for key, label in (("parameters", "parameters"), ("gradients", "gradients"),
+                           ("optimizer_state", "optimizer state"), ("activations", "activations + temporaries"),
+                           ("peak", "peak")):
+            table.add_row(label, fmt_bytes(res[key]))
+        if res.get("tokens_per_s"):
+            table.add_row("tokens/s", f"{res['tokens_per_s']:,.0f}")
+        Console().print(table)
+    if budget is not None or res.get("error"):
+        print(summary_line(res), file=sys.stderr if args.json else sys.stdout)
+    return 1 if str(res.get("status", "")).startswith("FAIL") else 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from muse.memory.verify import run_verify
+
+    res = run_verify(args.out, device=args.device)
+    print((Path(args.out) / "verify.md").read_text())
+    print(f"wrote {Path(args.out) / 'verify.json'} and verify.md ({res['method']})")
     return 0
 
 
@@ -167,6 +213,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--max-tokens", type=int, default=0, help="stop after about this many tokens (0: whole split)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--int8", action="store_true", help="INT8 weight-only quantized linear layers (torchao)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="sample text from a run or checkpoint")
@@ -178,7 +225,29 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--int8", action="store_true", help="INT8 weight-only quantized linear layers (torchao)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("memory", help="peak memory of a training step: measured on CUDA, estimated elsewhere")
+    add_config_arguments(p)
+    p.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
+    p.add_argument("--seq", type=int, default=0, help="tokens per sequence (default model.max_seq_len)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "bf16-pure"), help="default: train.precision")
+    p.add_argument("--optimizer", choices=("adamw", "adamw8bit"), help="default: train.optimizer")
+    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="activation checkpointing per block (default: model.checkpointing)")
+    p.add_argument("--mode", choices=("train", "fwdbwd", "infer"), default="train",
+                   help="train: full step with optimizer; fwdbwd: forward+backward; infer: forward only")
+    p.add_argument("--budget", help="cap the process at this much GPU memory (8GiB, 500MB, ...): PASS or FAIL")
+    p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (cpu: estimate)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_memory)
+    subs["memory"] = p
+
+    p = sub.add_parser("verify", help="the original verification suite: verify.md + verify.json")
+    p.add_argument("--out", default="verify", help="output directory (default ./verify)")
+    p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (cpu: estimates)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)

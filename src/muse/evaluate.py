@@ -82,13 +82,14 @@ def evaluate_checkpoint(
     device: str = "auto",
     max_tokens: int = 0,
     tag: str = "last",
+    int8: bool = False,
 ) -> dict:
     """Load a run or checkpoint dir and evaluate it on a split (``muse eval``)."""
     from muse.data import prepare_data
     from muse.runtime import load_for_inference, resolve_device
 
     dev = resolve_device(device)
-    model, cfg, tokenizer, ckpt_dir, state = load_for_inference(path, dev, tag)
+    model, cfg, tokenizer, ckpt_dir, state = load_for_inference(path, dev, tag, int8=int8)
     if dataset is not None:
         cfg.data.dataset = dataset
     if data_dir is not None:
@@ -112,6 +113,7 @@ def evaluate_checkpoint(
         "seq_len": cfg.seq_len,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__,
+        "int8": int8,
     }
     # word and byte normalisers only apply when the whole split was scored
     out.update(metrics(nll, count, seconds, stats["words"] if full else None, stats["bytes"] if full else None))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -87,11 +88,14 @@ class MuseLM(nn.Module):
     def _check_ids(self, idx: Tensor, offset: int = 0) -> None:
         if idx.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"token ids must be an integer tensor; got {idx.dtype}")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.cfg.vocab_size):
-            raise ValueError(
-                f"token id {int(idx.max()) if int(idx.max()) >= self.cfg.vocab_size else int(idx.min())} "
-                f"is outside the vocabulary [0, {self.cfg.vocab_size}) (model.vocab_size)"
-            )
+        if idx.numel() and idx.device.type != "meta" and not is_fake(idx):
+            lo, hi = torch.aminmax(idx)
+            lo, hi = int(lo), int(hi)  # one host sync per forward
+            if lo < 0 or hi >= self.cfg.vocab_size:
+                raise ValueError(
+                    f"token id {hi if hi >= self.cfg.vocab_size else lo} "
+                    f"is outside the vocabulary [0, {self.cfg.vocab_size}) (model.vocab_size)"
+                )
         if self.max_context is not None and idx.size(-1) + offset > self.max_context:
             raise ValueError(f"sequence length {idx.size(-1) + offset} exceeds model.max_seq_len={self.max_context}")
 

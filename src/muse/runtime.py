@@ -61,8 +61,11 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     return info, torch.device(f"cuda:{info.local_rank}") if use_cuda else torch.device("cpu")
 
 
-def load_for_inference(path: str | Path, device: torch.device, tag: str = "last"):
-    """(model in eval mode, Config, Tokenizer, checkpoint dir, trainer state) from a run or checkpoint."""
+def load_for_inference(path: str | Path, device: torch.device, tag: str = "last", int8: bool = False):
+    """(model in eval mode, Config, Tokenizer, checkpoint dir, trainer state) from a run or checkpoint.
+
+    int8: quantize the model's ``nn.Linear`` weights to INT8 (weight-only, torchao) after loading.
+    """
     from muse.data import Tokenizer
     from muse.model import build_model
     from muse.train.checkpoint import load_checkpoint, read_file, resolve_checkpoint
@@ -72,4 +75,8 @@ def load_for_inference(path: str | Path, device: torch.device, tag: str = "last"
     model = build_model(cfg)
     _, state = load_checkpoint(ckpt_dir, model, map_location="cpu")
     model.to(device).eval()
+    if int8:
+        from muse.memory.quant import quantize_int8
+
+        quantize_int8(model)
     return model, cfg, Tokenizer.load(ckpt_dir), ckpt_dir, state

@@ -16,7 +16,9 @@ from __future__ import annotations
 import math
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 PHASES = ("none", "cos", "complex")
 
@@ -327,12 +329,37 @@ class TTMatrix(nn.Module):
         """
         if idx.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"idx must be an integer tensor (int64 or int32); got {idx.dtype}")
-        uniq, inv = torch.unique(idx.reshape(-1), return_inverse=True)  # (U,), (L,)
-        if uniq.numel() and bool((uniq[0] < 0) | (uniq[-1] >= self.num_rows)):
+        if is_fake(idx) or idx.device.type == "meta":
+            # shape-only tensors (memory estimates): no values to deduplicate, so every id counts
+            # as unique, an upper bound on U
+            uniq, inv = idx.reshape(-1), torch.arange(idx.numel(), device=idx.device)
+        else:
+            uniq, inv = torch.unique(idx.reshape(-1), return_inverse=True)  # (U,), (L,)
+        if uniq.numel() and not is_fake(uniq) and uniq.device.type != "meta" and bool(
+            (uniq[0] < 0) | (uniq[-1] >= self.num_rows)
+        ):
             raise ValueError(
                 f"idx values must lie in [0, {self.num_rows}); got min {int(uniq[0])}, max {int(uniq[-1])}"
             )
         uniq = uniq.long()
+        if uniq.numel() <= self.ROWS_CHUNK:
+            table = self._contract_rows(uniq)  # (U, N)
+            return table.index_select(0, inv).reshape(*idx.shape, self.num_cols)
+        inv = inv.reshape(-1)
+        starts = range(0, uniq.numel() + self.ROWS_CHUNK, self.ROWS_CHUNK)
+        if is_fake(inv) or inv.device.type == "meta":  # inv = arange: already grouped
+            order, bounds = inv, [min(b, inv.numel()) for b in starts]
+        else:
+            order = torch.argsort(inv)  # token positions grouped by unique id
+            # chunk boundaries in ``order``: one host sync
+            bounds = torch.searchsorted(inv[order], torch.tensor(list(starts), device=inv.device)).tolist()
+        out = _ChunkedRows.apply(self, uniq, inv, order, bounds, *self.parameters())  # (L, N)
+        return out.reshape(*idx.shape, self.num_cols)
+
+    ROWS_CHUNK = 128  # unique ids contracted at a time by ``rows``
+
+    def _contract_rows(self, uniq: Tensor) -> Tensor:
+        """W[uniq] for sorted, in-range int64 ids: (U,) → (U, N), core by core."""
         U, cores = uniq.numel(), self._effective_cores()
         stride = self.padded_shape[0]
         res = None
@@ -347,8 +374,7 @@ class TTMatrix(nn.Module):
             else:
                 P = res.shape[1]
                 res = torch.bmm(res, sliced).reshape(U, P * ni, r1)  # (U, P·n_i, r_i)
-        table = self._finish(res.reshape(U, self.padded_shape[1])[:, : self.num_cols])  # (U, N)
-        return table.index_select(0, inv).reshape(*idx.shape, self.num_cols)
+        return self._finish(res.reshape(U, self.padded_shape[1])[:, : self.num_cols])  # (U, N)
 
     def matmul(self, x: Tensor) -> Tensor:
         """x @ W: (..., M) → (..., N), by sequential core contraction (W is never formed)."""
@@ -427,3 +453,43 @@ class TTMatrix(nn.Module):
                 p.copy_(c)
         return tt
 
+
+
+class _ChunkedRows(torch.autograd.Function):
+    """``W[uniq][inv]`` computed ``ROWS_CHUNK`` unique ids at a time, and recomputed the same way
+    in backward: besides the (L, N) output only one chunk's partial products are ever alive
+    (no (U, N) table, no per-id copies of the core slices). Gradients flow to the TT
+    parameters only. Reference: ``TTMatrix._contract_rows`` + ``index_select`` (tests compare)."""
+
+    @staticmethod
+    def forward(ctx, tt: "TTMatrix", uniq: Tensor, inv: Tensor, order: Tensor, bounds: list[int],
+                *params: Tensor) -> Tensor:
+        chunk = tt.ROWS_CHUNK
+        out = None
+        for c, start in enumerate(range(0, uniq.numel(), chunk)):
+            part = tt._contract_rows(uniq[start : start + chunk])  # (≤chunk, N)
+            if out is None:
+                out = part.new_empty(inv.numel(), part.shape[-1])
+            pos = order[bounds[c] : bounds[c + 1]]
+            out[pos] = part.index_select(0, inv[pos] - start)
+        ctx.tt, ctx.bounds = tt, bounds
+        ctx.save_for_backward(uniq, inv, order)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        tt, bounds = ctx.tt, ctx.bounds
+        uniq, inv, order = ctx.saved_tensors
+        params = tuple(tt.parameters())
+        grads = [None] * len(params)
+        chunk = tt.ROWS_CHUNK
+        for c, start in enumerate(range(0, uniq.numel(), chunk)):
+            ids = uniq[start : start + chunk]
+            pos = order[bounds[c] : bounds[c + 1]]
+            g = grad_out.new_zeros(ids.numel(), grad_out.shape[-1])
+            g.index_add_(0, inv[pos] - start, grad_out.index_select(0, pos))  # (≤chunk, N)
+            with torch.enable_grad():
+                part = tt._contract_rows(ids)
+                gp = torch.autograd.grad(part, params, g, allow_unused=True)
+            grads = [a if b is None else (b if a is None else a + b) for a, b in zip(grads, gp)]
+        return (None, None, None, None, None, *grads)
