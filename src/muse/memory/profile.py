@@ -198,6 +198,8 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
     device = torch.device(device)
     if device.type != "cuda":
         raise ValueError("memory measurements need a CUDA device; without one use the estimate")
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     cfg = plan_config(cfg, plan)
     total = torch.cuda.get_device_properties(device).total_memory
     if budget is not None and budget > total:
