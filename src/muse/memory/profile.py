@@ -213,7 +213,7 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     model = opt = idx = None
-    params = grads = state = expected_state = 0
+    params = grads = state = expected_state = workspace = 0
     times: list[float] = []
     error = None
     try:
@@ -224,6 +224,9 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
         for _ in range(warmup):
             grads = _step(model, opt, autocast, idx, plan.mode)
         state = optimizer_state_bytes(opt) if opt is not None else 0
+        torch.cuda.synchronize(device)
+        # between steps nothing but parameters, optimizer state and library workspaces is alive
+        workspace = torch.cuda.memory_allocated(device) - base - params - state
         expected_state = expected_optimizer_bytes(model, plan.optimizer, "cuda") if opt is not None else 0
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -243,6 +246,7 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
     out = _result(cfg, plan, "measured", torch.cuda.get_device_name(device), params, grads, state, peak)
     out["tokens_per_s"] = plan.batch * plan.seq / statistics.median(times) if times else None
     out["timed_steps"] = len(times)
+    out["workspace"] = workspace  # cuBLAS/cuBLASLt workspaces: part of "activations" and of the peak
     out["optimizer_state_formula"] = expected_state  # the estimate's formula, checked against the real states
     if budget is not None:
         out["budget"] = budget
