@@ -92,7 +92,43 @@ def train_eval_table() -> str:
     return "\n".join(lines)
 
 
-TABLES = {"params-table": params_table, "train-eval-table": train_eval_table}
+def memory_table() -> str:
+    runs = _load("verify.json")
+    if not runs:
+        return "_No verify run recorded yet._"
+    (res,) = runs
+    from_bytes = lambda n: f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"  # noqa: E731
+    lines = [
+        "| model (V=10 000, d=512, L=6, B=2, N=512) | precision | optimizer | checkpointing | fwd+bwd peak "
+        "| full-step peak | of fp32 baseline |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for r in res["full_model"]:
+        t, f = r["train"], r["fwdbwd"]
+        lines.append(
+            f"| {r['label']} | {t['precision']} | {t['optimizer']} | {'yes' if t['checkpointing'] else 'no'} "
+            f"| {from_bytes(f['peak'])} | {from_bytes(t['peak'])} | {100 * (1 - r['train_reduction']):.1f} % |"
+        )
+    ws = res["full_model"][0]["train"].get("workspace")
+    lines += ["", "| TT embedding (rank 16, B=8, N=512) | nn.Embedding fwd+bwd peak | TT fwd+bwd peak | reduction |",
+              "|---|---:|---:|---:|"]
+    for r in res["tt_runtime"]:
+        lines.append(f"| V={r['vocab']:,}, d={r['dim']} | {from_bytes(r['nn_embedding_peak'])} "
+                     f"| {from_bytes(r['tt_peak'])} | {100 * r['reduction']:.1f} % |")
+    lines += ["", "| 8 GiB check (B=1, N=512, pure bf16, 8-bit AdamW, checkpointing) | variant | params "
+              "| full-step peak | status |", "|---|---|---:|---:|---|"]
+    for r in res["budget_8gib"]:
+        lines.append(f"| {r['shape']} | {r['variant']} | {r['actual_params'] / 1e6:,.1f} M | {from_bytes(r['peak'])} "
+                     f"| {r['status']} |")
+    lines += ["", f"{'Measured' if res['method'] == 'measured' else 'Estimated'} by `muse verify` on {res['device']}, "
+              f"torch {res['torch']}, commit `{res['git_sha'][:7]}`, {res['date'][:10]}"
+              + (f"; every measured peak includes {from_bytes(ws)} of cuBLAS workspace." if ws else ".")
+              + " A FAIL row's peak is what was allocated when the allocation that did not fit was refused."
+              " Full tables: `benchmarks/results/verify.md`."]
+    return "\n".join(lines)
+
+
+TABLES = {"params-table": params_table, "train-eval-table": train_eval_table, "memory-table": memory_table}
 
 
 def render(text: str) -> str:

@@ -37,6 +37,8 @@ def run_one(preset: str, args: argparse.Namespace) -> dict:
         "train.compile": args.compile, "train.eval_every": args.eval_every, "train.eval_tokens": 0,
         "train.log_every": args.log_every, "train.tensorboard": False, "train.progress": True,
         "train.seed": args.seed,
+        # one recipe for every preset: presets' own memory settings would change the comparison
+        "train.optimizer": args.optimizer, "model.checkpointing": args.checkpointing,
     }
     cfg = load_config(preset, overrides)
     run_dir = Path(args.run_root) / preset
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--precision", default="bf16")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "adamw8bit"))
+    p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--warmup-windows", type=int, default=2, help="logged windows left out of the throughput median")

@@ -21,6 +21,7 @@ def test_readme_tables_match_results():
 def test_tables_are_rendered_from_json_not_typed():
     mod = _tables()
     blank = "<!-- params-table:start -->\nstale\n<!-- params-table:end -->\n" \
-            "<!-- train-eval-table:start -->\n<!-- train-eval-table:end -->\n"
+            "<!-- train-eval-table:start -->\n<!-- train-eval-table:end -->\n" \
+            "<!-- memory-table:start -->\n<!-- memory-table:end -->\n"
     out = mod.render(blank)
     assert "stale" not in out and "`xxl-100b`" in out and "`baseline`" in out

@@ -170,8 +170,19 @@ class MuseLM(nn.Module):
         return {k: sum(s[k] for s in stats if k in s) / sum(1 for s in stats if k in s) for k in sorted(keys)}
 
 
-def build_model(cfg: Config | ModelConfig, device: str | torch.device | None = None) -> MuseLM:
-    """Build a model; ``device='meta'`` allocates nothing (parameter accounting of 100 B shapes)."""
-    with torch.device(device) if device is not None else contextlib.nullcontext():
-        return MuseLM(cfg)
+def build_model(
+    cfg: Config | ModelConfig, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> MuseLM:
+    """Build a model; ``device='meta'`` allocates nothing (parameter accounting of 100 B shapes).
 
+    ``dtype`` builds the parameters in that dtype directly (pure bf16 training): casting an fp32
+    model afterwards would briefly hold both copies.
+    """
+    old = torch.get_default_dtype()
+    if dtype is not None:
+        torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            return MuseLM(cfg)
+    finally:
+        torch.set_default_dtype(old)

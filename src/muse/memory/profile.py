@@ -116,13 +116,7 @@ def _build(cfg: Config, plan: StepPlan, device: torch.device):
 
     torch.manual_seed(0)
     # pure bf16 is built in bf16: an fp32 copy first would double the peak (and break budgets)
-    dtype = torch.bfloat16 if plan.precision == "bf16-pure" else torch.float32
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        model = build_model(cfg, device=device)
-    finally:
-        torch.set_default_dtype(old)
+    model = build_model(cfg, device=device, dtype=torch.bfloat16 if plan.precision == "bf16-pure" else None)
     model.train()
     opt = build_optimizer(model, cfg.train, device.type) if plan.mode == "train" else None
     return model, opt

@@ -91,10 +91,10 @@ class Trainer:
         self.tokenizer = self.data.tokenizer
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
-        self.model = build_model(cfg).to(self.device)
-        if tc.precision == "bf16-pure":
-            # parameters, gradients and AdamW states all in bf16: half the memory, updates rounded to bf16
-            self.model.to(torch.bfloat16)
+        # pure bf16: parameters, gradients and optimizer states in bf16, built so from the start
+        # (see README: update rounding). CPU init keeps runs identical across devices.
+        pure = torch.bfloat16 if tc.precision == "bf16-pure" else None
+        self.model = build_model(cfg, dtype=pure).to(self.device)
         self.optimizer = build_optimizer(self.model, tc, self.device.type)
         self.tokens_per_step = tc.batch_size * cfg.seq_len * tc.grad_accum * self.dist.world_size
         self.total_steps = self._schedule_steps()
