@@ -42,3 +42,20 @@ def wt2_args(shared_data, token_cache, tmp_path):
         return args
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, shared_data, token_cache) -> Path:
+    """A tiny `muse train` run on WikiText-2 (20 steps), shared by the inference tests."""
+    from muse.cli import main
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    args = [
+        "train", "tiny", "--run-dir", str(run), "--dataset", "wikitext-2", "--data-dir",
+        str(shared_data / "wikitext-2"), "--data.cache_dir", str(token_cache), "--model.vocab_size", "512",
+        "--model.d_model", "64", "--model.n_layers", "2", "--model.max_seq_len", "64", "--train.batch_size", "8",
+        "--train.max_steps", "20", "--train.eval_every", "20", "--train.eval_tokens", "2048",
+        "--train.progress", "false", "--train.tensorboard", "false",
+    ]
+    assert main(args) == 0
+    return run

@@ -10,22 +10,8 @@ from muse.generate import generate, sample_next
 from muse.runtime import load_for_inference
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, shared_data, token_cache):
-    run = tmp_path_factory.mktemp("gen") / "run"
-    args = [
-        "train", "tiny", "--run-dir", str(run), "--dataset", "wikitext-2", "--data-dir",
-        str(shared_data / "wikitext-2"), "--data.cache_dir", str(token_cache), "--model.vocab_size", "512",
-        "--model.d_model", "64", "--model.n_layers", "2", "--model.max_seq_len", "64", "--train.batch_size", "8",
-        "--train.max_steps", "20", "--train.eval_every", "20", "--train.eval_tokens", "2048",
-        "--train.progress", "false", "--train.tensorboard", "false",
-    ]
-    assert main(args) == 0
-    return run
-
-
-def test_greedy_equals_argmax_of_full_sequence(run_dir):
-    model, cfg, tok, _, _ = load_for_inference(run_dir, torch.device("cpu"))
+def test_greedy_equals_argmax_of_full_sequence(trained_run):
+    model, cfg, tok, _, _ = load_for_inference(trained_run, torch.device("cpu"))
     prompt = torch.tensor([tok.encode(" The game was")])
     new = generate(model, prompt, 12, temperature=0.0)
     seq = torch.cat([prompt, torch.tensor([new])], dim=1)
@@ -35,10 +21,10 @@ def test_greedy_equals_argmax_of_full_sequence(run_dir):
     assert new == expected
 
 
-def test_sampling_is_deterministic_for_a_seed(run_dir, capsys):
+def test_sampling_is_deterministic_for_a_seed(trained_run, capsys):
     outs = []
     for _ in range(2):
-        assert main(["generate", str(run_dir), "--prompt", " The", "--max-new-tokens", "15", "--seed", "7"]) == 0
+        assert main(["generate", str(trained_run), "--prompt", " The", "--max-new-tokens", "15", "--seed", "7"]) == 0
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1] and outs[0].startswith(" The")
 
@@ -51,8 +37,8 @@ def test_sample_next_filters():
     assert sample_next(logits, 0.0).item() == 3
 
 
-def test_eval_json_is_consistent(run_dir, capsys):
-    assert main(["eval", str(run_dir), "--split", "test", "--json", "--batch-size", "16"]) == 0
+def test_eval_json_is_consistent(trained_run, capsys):
+    assert main(["eval", str(trained_run), "--split", "test", "--json", "--batch-size", "16"]) == 0
     r = json.loads(capsys.readouterr().out)
     for key in ("loss", "perplexity", "word_perplexity", "bits_per_byte", "tokens_per_s", "tokens", "words", "bytes"):
         assert r[key] is not None, key
@@ -63,8 +49,8 @@ def test_eval_json_is_consistent(run_dir, capsys):
     assert r["split"] == "test" and r["tokenizer"] == "bpe"
 
 
-def test_generate_too_long_for_bounded_model(run_dir, tmp_path):
-    model, _, tok, _, _ = load_for_inference(run_dir, torch.device("cpu"))
+def test_generate_too_long_for_bounded_model(trained_run, tmp_path):
+    model, _, tok, _, _ = load_for_inference(trained_run, torch.device("cpu"))
     assert model.max_context is None  # the tiny semiseparable model decodes any length
     model.max_context = 8
     with pytest.raises(ValueError, match="max_seq_len"):

@@ -80,3 +80,30 @@ def load_for_inference(path: str | Path, device: torch.device, tag: str = "last"
 
         quantize_int8(model)
     return model, cfg, Tokenizer.load(ckpt_dir), ckpt_dir, state
+
+
+def environment_info(device: torch.device | str | None = None) -> dict:
+    """What every benchmark result records (DESIGN.md §2): commit, date, device, torch."""
+    import datetime
+    import platform
+    import subprocess
+
+    sha = os.environ.get("MUSE_GIT_SHA")  # set where the tree was copied without .git (GPU box)
+    if not sha:
+        try:
+            sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).parent).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            sha = "unknown"
+    dev = torch.device(device) if device is not None else None
+    on_cuda = dev is not None and dev.type == "cuda"
+    return {
+        "git_sha": sha,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(dev) if on_cuda
+        else f"cpu ({platform.machine()}, {os.cpu_count()} logical cores)",
+        "device_type": "cuda" if on_cuda else "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if on_cuda else None,
+        "python": platform.python_version(),
+    }

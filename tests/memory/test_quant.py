@@ -91,24 +91,9 @@ def test_missing_torchao_is_one_line_error(monkeypatch):
     assert type(model[0].weight) is nn.Parameter  # nothing was touched
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, shared_data, token_cache):
-    """A tiny WikiText-2 run (default tiny preset: its semiseparable mixer has nn.Linear projections)."""
-    run = tmp_path_factory.mktemp("quant") / "run"
-    args = [
-        "train", "tiny", "--run-dir", str(run), "--dataset", "wikitext-2", "--data-dir",
-        str(shared_data / "wikitext-2"), "--data.cache_dir", str(token_cache), "--model.vocab_size", "512",
-        "--model.d_model", "64", "--model.n_layers", "2", "--model.max_seq_len", "64", "--train.batch_size", "8",
-        "--train.max_steps", "5", "--train.eval_every", "5", "--train.eval_tokens", "1024",
-        "--train.progress", "false", "--train.tensorboard", "false",
-    ]
-    assert main(args) == 0
-    return run
-
-
 @needs_torchao
-def test_eval_int8_json(run_dir, capsys):
-    common = ["eval", str(run_dir), "--split", "valid", "--max-tokens", "4096", "--json"]
+def test_eval_int8_json(trained_run, capsys):
+    common = ["eval", str(trained_run), "--split", "valid", "--max-tokens", "4096", "--json"]
     assert main(common) == 0
     ref = json.loads(capsys.readouterr().out)
     assert main(common + ["--int8"]) == 0
@@ -119,6 +104,6 @@ def test_eval_int8_json(run_dir, capsys):
 
 
 @needs_torchao
-def test_generate_int8_smoke(run_dir, capsys):
-    assert main(["generate", str(run_dir), "--prompt", " The", "--int8", "--max-new-tokens", "5", "--seed", "0"]) == 0
+def test_generate_int8_smoke(trained_run, capsys):
+    assert main(["generate", str(trained_run), "--prompt", " The", "--int8", "--max-new-tokens", "5", "--seed", "0"]) == 0
     assert capsys.readouterr().out.startswith(" The")

@@ -276,23 +276,3 @@ def summary_line(r: dict) -> str:
 def is_finite_number(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
-
-def environment_info(device: torch.device | None) -> dict:
-    import datetime as _dt
-    import os
-    import platform
-    import subprocess
-
-    sha = os.environ.get("MUSE_GIT_SHA")
-    if not sha:
-        try:
-            sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                                 cwd=os.path.dirname(__file__)).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            sha = "unknown"
-    on_cuda = device is not None and device.type == "cuda"
-    return {
-        "git_sha": sha, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device) if on_cuda else f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
-        "torch": torch.__version__,
-    }

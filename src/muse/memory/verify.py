@@ -162,7 +162,7 @@ def budget_check(device: torch.device | None, B: int = 1, N: int = 512) -> list[
 def run_verify(out_dir: str | Path, device: str = "auto", sections: tuple[int, ...] = (1, 2, 3, 4)) -> dict:
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     dev = torch.device("cuda" if device == "auto" else device) if use_cuda else None
-    from muse.memory.profile import environment_info
+    from muse.runtime import environment_info
 
     res = {"method": "measured" if dev is not None else "estimate", **environment_info(dev)}
     if 1 in sections:
