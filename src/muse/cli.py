@@ -71,7 +71,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             + (f", resuming at step {trainer.step}" if args.resume else ""),
             flush=True,
         )
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     prompt = "def " if cfg.data.dataset == "pystdlib" else "The "
     if trainer.dist.is_main:
         print(
