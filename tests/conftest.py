@@ -5,6 +5,19 @@ from pathlib import Path
 
 import pytest
 
+# One kernel config per shape: autotuning every odd test shape would take minutes on a GPU.
+os.environ.setdefault("MUSE_TRITON_AUTOTUNE", "0")
+# Without a GPU the Triton kernels run (slowly, exactly) on Triton's CPU interpreter, which
+# Triton selects when a kernel is *defined*: set it before any muse module is imported.
+if not os.environ.get("TRITON_INTERPRET"):
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["TRITON_INTERPRET"] = "1"
+    except ImportError:  # pragma: no cover
+        pass
+
 # ../shared/data beside the checkout; MUSE_SHARED_DATA points elsewhere (e.g. a copy on a GPU box)
 SHARED_DATA = Path(os.environ.get("MUSE_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 

@@ -8,7 +8,7 @@ import sys
 
 from pathlib import Path
 
-from muse.config import ConfigError, list_presets, load_raw
+from muse.config import OPTIMIZERS, ConfigError, list_presets, load_raw
 from muse.configargs import add_alias, add_config_arguments, check_unknown, config_from_args
 
 
@@ -140,8 +140,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_memory(args: argparse.Namespace) -> int:
     from muse.memory.budget import fmt_bytes, parse_bytes
     from muse.memory.profile import StepPlan, run, summary_line
+    from muse.runtime import apply_cublas_workspace
 
     cfg = config_from_args(args)
+    apply_cublas_workspace(cfg.train.cublas_workspace)  # before the first CUDA use
     budget = parse_bytes(args.budget) if args.budget else None
     plan = StepPlan(
         batch=args.batch, seq=args.seq or cfg.model.max_seq_len, precision=args.precision or cfg.train.precision,
@@ -158,14 +160,21 @@ def cmd_memory(args: argparse.Namespace) -> int:
         table = Table(title=(
             f"{cfg.name}: B={plan.batch}, N={plan.seq}, {plan.precision}, "
             f"{res['optimizer'] or 'no optimizer'}, checkpointing {'on' if res['checkpointing'] else 'off'}, "
-            f"mode {plan.mode}" + (" (ESTIMATE: no CUDA device)" if est else f" (measured on {res['device']})")
+            f"mode {plan.mode}, CUBLAS_WORKSPACE_CONFIG {res['cublas_workspace']}"
+            + (" (ESTIMATE: no CUDA device)" if est else f" (measured on {res['device']})")
         ))
         table.add_column("component")
         table.add_column("estimate" if est else "measured", justify="right")
-        for key, label in (("parameters", "parameters"), ("gradients", "gradients"),
-                           ("optimizer_state", "optimizer state"), ("activations", "activations + temporaries"),
-                           ("peak", "peak")):
+        offload = res.get("offload")
+        for key, label in (("parameters", "parameters"),
+                           ("gradients", "gradients" + (" (kept on the GPU)" if offload else "")),
+                           ("optimizer_state", "optimizer state" + (" (kept on the GPU)" if offload else "")),
+                           ("workspace", "cuBLAS workspace" + (" (sm90 sizes)" if est else "")),
+                           ("activations", "activations + temporaries"), ("peak", "peak")):
             table.add_row(label, fmt_bytes(res[key]))
+        if offload:
+            host = offload["host_parameters"] + offload["host_gradients"] + offload["host_optimizer_state"]
+            table.add_row("host memory (not in the peak)", fmt_bytes(host))
         if res.get("tokens_per_s"):
             table.add_row("tokens/s", f"{res['tokens_per_s']:,.0f}")
         Console().print(table)
@@ -177,7 +186,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from muse.memory.verify import run_verify
 
-    res = run_verify(args.out, device=args.device)
+    res = run_verify(args.out, device=args.device, cublas_workspace=args.cublas_workspace)
     print((Path(args.out) / "verify.md").read_text())
     print(f"wrote {Path(args.out) / 'verify.json'} and verify.md ({res['method']})")
     return 0
@@ -207,6 +216,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_alias(p, "--dataset", "data.dataset")
     add_alias(p, "--data-dir", "data.data_dir", type=str)
     add_alias(p, "--compile", "train.compile", action="store_const", const=True)
+    add_alias(p, "--cublas-workspace", "train.cublas_workspace", type=str)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="perplexity, word-level perplexity, bits per byte of a run or checkpoint")
@@ -239,11 +249,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
     p.add_argument("--seq", type=int, default=0, help="tokens per sequence (default model.max_seq_len)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "bf16-pure"), help="default: train.precision")
-    p.add_argument("--optimizer", choices=("adamw", "adamw8bit"), help="default: train.optimizer")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default: train.optimizer")
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="activation checkpointing per block (default: model.checkpointing)")
     p.add_argument("--mode", choices=("train", "fwdbwd", "infer"), default="train",
                    help="train: full step with optimizer; fwdbwd: forward+backward; infer: forward only")
+    add_alias(p, "--cublas-workspace", "train.cublas_workspace", type=str)
     p.add_argument("--budget", help="cap the process at this much GPU memory (8GiB, 500MB, ...): PASS or FAIL")
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (cpu: estimate)")
     p.add_argument("--json", action="store_true")
@@ -253,6 +264,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p = sub.add_parser("verify", help="the original verification suite: verify.md + verify.json")
     p.add_argument("--out", default="verify", help="output directory (default ./verify)")
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (cpu: estimates)")
+    p.add_argument("--cublas-workspace", default="default", metavar="CONFIG",
+                   help="CUBLAS_WORKSPACE_CONFIG for the whole run, baseline and presets alike: default "
+                        "(torch's size, or the exported variable) | :SIZE_KiB:COUNT..., e.g. :4096:1 or :16:8")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("presets", help="list the shipped presets")

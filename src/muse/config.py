@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -92,6 +93,9 @@ class AttentionConfig:
             raise ConfigError(f"mixer.attention.rope_base must be > 1; got {self.rope_base!r}")
 
 
+SCAN_IMPLS = ("auto", "triton", "chunked", "quadratic", "recurrent")
+
+
 @dataclass
 class SemiseparableConfig:
     """Adaptive-rank semiseparable mixer (DESIGN.md §1.2)."""
@@ -106,7 +110,9 @@ class SemiseparableConfig:
     head_norm: bool = True  # RMS-normalise each head's output before W_o
     value_proj: str = "linear"  # linear (W_z from mixer.linear) | identity
     out_proj: str = "linear"  # linear (W_o from mixer.linear) | identity
-    impl: str = "chunked"  # quadratic (reference, O(N²)) | chunked | recurrent
+    # auto: the Triton kernel on CUDA (fp32/bf16/fp16), the torch chunked scan elsewhere |
+    # triton (CUDA only) | chunked | quadratic (reference, O(N²)) | recurrent
+    impl: str = "auto"
     chunk_size: int = 64
 
     def __post_init__(self):
@@ -122,7 +128,7 @@ class SemiseparableConfig:
         _check_positive(f"{p}.band_width", self.band_width, allow_zero=True)
         _check_choice(f"{p}.value_proj", self.value_proj, ("linear", "identity"))
         _check_choice(f"{p}.out_proj", self.out_proj, ("linear", "identity"))
-        _check_choice(f"{p}.impl", self.impl, ("quadratic", "chunked", "recurrent"))
+        _check_choice(f"{p}.impl", self.impl, SCAN_IMPLS)
         _check_positive(f"{p}.chunk_size", self.chunk_size)
 
 
@@ -244,6 +250,20 @@ class DataConfig:
         _check_choice("data.tokenizer", self.tokenizer, ("bpe", "gpt2", "bytes"))
 
 
+OPTIMIZERS = ("adamw", "adamw8bit", "adamw-offload")
+PRECISIONS = ("fp32", "bf16", "fp16", "bf16-pure")
+_CUBLAS_WORKSPACE = re.compile(r"(:[0-9]+:[0-9]+)+")
+
+
+def check_cublas_workspace(path: str, value: Any) -> None:
+    """``default`` or a CUBLAS_WORKSPACE_CONFIG value: one or more ``:SIZE_KiB:COUNT`` groups."""
+    if not (isinstance(value, str) and (value == "default" or _CUBLAS_WORKSPACE.fullmatch(value))):
+        raise ConfigError(
+            f"{path} must be 'default' or a CUBLAS_WORKSPACE_CONFIG value of ':SIZE_KiB:COUNT' groups "
+            f"(e.g. ':4096:1', ':16:8', ':4096:2:16:8'); got {value!r}"
+        )
+
+
 @dataclass
 class TrainConfig:
     out_dir: str = "runs"  # the run directory is OUT_DIR/NAME unless --run-dir is given
@@ -257,7 +277,9 @@ class TrainConfig:
     max_steps: int = 1000
     max_tokens: int = 0  # 0: no token limit
     max_minutes: float = 0.0  # 0: no time limit
-    optimizer: str = "adamw"  # adamw (fused on CUDA) | adamw8bit (torchao)
+    # adamw (fused on CUDA) | adamw8bit (torchao) | adamw-offload (CUDA only: torchao's
+    # CPUOffloadOptimizer, AdamW states and gradients in host memory, the update on the CPU)
+    optimizer: str = "adamw"
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr · min_lr_ratio
     warmup_steps: int = 100
@@ -273,6 +295,10 @@ class TrainConfig:
     tensorboard: bool = True
     wandb: bool = False
     progress: bool = True
+    # cuBLAS workspace per (handle, stream), process-wide: "default" leaves torch's choice (32 MiB on
+    # Hopper) or an exported CUBLAS_WORKSPACE_CONFIG alone; ":SIZE_KiB:COUNT" groups (":4096:1",
+    # ":16:8") set CUBLAS_WORKSPACE_CONFIG before the first CUDA use (muse.runtime.apply_cublas_workspace)
+    cublas_workspace: str = "default"
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "eval_every", "log_every"):
@@ -283,8 +309,21 @@ class TrainConfig:
             raise ConfigError("set at least one budget: train.max_steps, train.max_tokens or train.max_minutes")
         if not self.max_minutes >= 0:
             raise ConfigError(f"train.max_minutes must be >= 0; got {self.max_minutes!r}")
-        _check_choice("train.optimizer", self.optimizer, ("adamw", "adamw8bit"))
-        _check_choice("train.precision", self.precision, ("fp32", "bf16", "fp16", "bf16-pure"))
+        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("train.precision", self.precision, PRECISIONS)
+        if self.optimizer == "adamw-offload":
+            if self.grad_accum > 1:
+                raise ConfigError(
+                    f"train.grad_accum must be 1 with train.optimizer adamw-offload; got {self.grad_accum} "
+                    "(each gradient moves to the CPU and leaves the GPU as soon as backward produces it, so a "
+                    "second micro-batch would replace it, not add to it): raise train.batch_size instead"
+                )
+            if self.precision == "fp16":
+                raise ConfigError(
+                    "train.precision fp16 (loss scaling) does not combine with train.optimizer adamw-offload; "
+                    "use bf16 or bf16-pure"
+                )
+        check_cublas_workspace("train.cublas_workspace", self.cublas_workspace)
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0; got {self.lr!r}")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -22,6 +22,48 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
+_cublas_warned: set[tuple[str, str]] = set()
+
+
+def effective_cublas_workspace(setting: str = "default") -> str:
+    """The CUBLAS_WORKSPACE_CONFIG a process applying ``setting`` runs with: ``setting`` itself,
+    or for ``default`` whatever the environment already holds ("default" when unset)."""
+    return setting if setting != "default" else os.environ.get(CUBLAS_ENV) or "default"
+
+
+def apply_cublas_workspace(setting: str) -> str:
+    """Cap cuBLAS's workspace for this process (``train.cublas_workspace``); returns the
+    CUBLAS_WORKSPACE_CONFIG in effect ("default": torch's own size).
+
+    PyTorch allocates one cuBLAS workspace (and one cuBLASLt workspace) per (handle, stream)
+    through its caching allocator, sized by CUBLAS_WORKSPACE_CONFIG when the first one is made;
+    so the variable must be set before the first CUDA use. ``default`` changes nothing. If CUDA
+    is already initialised under a different value the request cannot take effect: the
+    environment is left as it is (so what is recorded is what runs) and a warning says so, once.
+    """
+    from muse.config import check_cublas_workspace
+
+    check_cublas_workspace("train.cublas_workspace", setting)
+    current = os.environ.get(CUBLAS_ENV) or "default"
+    if setting == "default" or setting == current:
+        return current
+    if torch.cuda.is_initialized():
+        if (setting, current) not in _cublas_warned:
+            _cublas_warned.add((setting, current))
+            import warnings
+
+            warnings.warn(
+                f"muse: train.cublas_workspace {setting!r} cannot take effect: CUDA was initialised before it "
+                f"could be applied, and this process keeps CUBLAS_WORKSPACE_CONFIG={current!r}; set it before "
+                f"the first CUDA use (e.g. export {CUBLAS_ENV}={setting})",
+                RuntimeWarning, stacklevel=2,
+            )
+        return current
+    os.environ[CUBLAS_ENV] = setting
+    return setting
+
+
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16/fp16 autocast for mixed precision; fp32 and pure-bf16 parameters need none."""
     if precision in ("bf16", "fp16"):

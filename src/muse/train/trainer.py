@@ -23,16 +23,19 @@ from muse.config import Config, ConfigError, from_dict, to_dict
 from muse.data import BatchSampler, Tokenizer, prepare_data
 from muse.evaluate import total_nll
 from muse.model import build_model
-from muse.runtime import autocast_context, init_distributed
+from muse.runtime import apply_cublas_workspace, autocast_context, init_distributed
 from muse.train.checkpoint import (
     load_checkpoint, read_file, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
-from muse.train.optim import build_optimizer, build_scheduler
+from muse.train.optim import (
+    build_optimizer, build_scheduler, check_offload_device, clip_grad_norm, is_offloaded, load_optimizer_state,
+    sync_offloaded_params,
+)
 
 # train.* keys that may change on --resume without changing what the run computes
 RESUMABLE_TRAIN_KEYS = {
     "max_steps", "max_tokens", "max_minutes", "eval_every", "eval_tokens", "log_every", "progress",
-    "tensorboard", "wandb", "out_dir", "device", "compile",
+    "tensorboard", "wandb", "out_dir", "device", "compile", "cublas_workspace",
 }
 
 
@@ -69,7 +72,15 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
         self.cfg, tc = cfg, cfg.train
         self.run_dir = Path(run_dir)
+        apply_cublas_workspace(tc.cublas_workspace)  # before anything touches CUDA
         self.dist, self.device = init_distributed(tc.device)
+        if tc.optimizer == "adamw-offload":  # fail before the data is prepared
+            check_offload_device(self.device.type)
+            if self.dist.world_size > 1:
+                raise ConfigError(
+                    "train.optimizer adamw-offload is single-GPU only (torchao's CPUOffloadOptimizer frees each "
+                    "gradient before DDP could all-reduce it); use adamw or adamw8bit under torchrun"
+                )
         self.ckpt_dir = resolve_checkpoint(self.run_dir) if resume else None
         tokenizer = None
         if resume:
@@ -103,8 +114,13 @@ class Trainer:
         self.autocast = autocast_context(tc.precision, self.device)
         self.step, self.tokens, self.best_val, self.train_seconds = 0, 0, math.inf, 0.0
         if resume:
-            _, st = load_checkpoint(self.ckpt_dir, self.model, map_location=self.device)
-            self.optimizer.load_state_dict(st["optimizer"])
+            offload = is_offloaded(self.optimizer)
+            # an offloading optimizer's states belong in host memory: never stage them on the GPU
+            _, st = load_checkpoint(self.ckpt_dir, self.model, map_location=self.device, trainer=not offload)
+            if offload:
+                _, st = load_checkpoint(self.ckpt_dir, map_location="cpu")
+                sync_offloaded_params(self.optimizer)  # its host copies still hold the initial weights
+            load_optimizer_state(self.optimizer, st["optimizer"])
             self.scheduler.load_state_dict(st["scheduler"])
             self.scaler.load_state_dict(st["scaler"])
             set_rng_state(st["rng"])
@@ -225,7 +241,7 @@ class Trainer:
             loss_sum += out.loss.detach().float()
         if tc.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            clip_grad_norm(self.model, self.optimizer, tc.grad_clip)  # host-side gradients too (adamw-offload)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,13 +1,17 @@
 """Causal low-rank semiseparable scan (DESIGN.md §1.2): y = (U V^T ⊙ causal decay mask) Z.
 
 Equivalently "simple gated linear attention" / Mamba-2 SSD with q=u, k=v, v=z, g=log_decay.
-Three pure-torch implementations that agree to float64 tolerance:
+Three pure-torch implementations that agree to float64 tolerance, and the GPU kernels:
 
 - ``quadratic``  (``naive_quadratic``): builds the (B, H, N, N) matrix; reference, tests only.
 - ``chunked``    (``chunk_semiseparable``): O(N * C) chunked scan; default on CPU and the
   reference for the fused GPU kernel.
 - ``recurrent``  (``naive_recurrent`` / ``recurrent_step``): step-by-step state update, the
   decoding path with memory constant in the context length.
+- ``triton``     (``triton_chunk_semiseparable``): chunked Triton kernels, forward and backward,
+  for CUDA (and the CPU interpreter under TRITON_INTERPRET=1).
+- ``auto``       the Triton kernels for CUDA tensors of dtype fp32/bf16/fp16, the torch
+  ``chunked`` scan otherwise (with a one-time notice when Triton is missing on CUDA).
 
 All take u, v: (B, N, H, r), z: (B, N, H, p), log_decay: (B, N, H) with values <= 0 or None,
 initial_state: (B, H, r, p) or None, and return (y: (B, N, H, p) in z's dtype,
@@ -19,19 +23,50 @@ from __future__ import annotations
 
 from torch import Tensor
 
+import warnings
+
+import torch
+
 from .chunk import chunk_semiseparable
-from .naive import naive_quadratic, naive_recurrent, recurrent_step
+from .naive import check_inputs, causal_band, causal_band_matrix, naive_quadratic, naive_recurrent, recurrent_step
+from .triton_chunk import HAS_TRITON, triton_chunk_semiseparable
 
 __all__ = [
     "IMPLS",
+    "causal_band",
+    "causal_band_matrix",
     "chunk_semiseparable",
     "naive_quadratic",
     "naive_recurrent",
     "recurrent_step",
+    "resolve_impl",
     "semiseparable",
+    "triton_chunk_semiseparable",
 ]
 
-IMPLS = ("quadratic", "chunked", "recurrent")
+IMPLS = ("auto", "triton", "chunked", "quadratic", "recurrent")
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_warned_no_triton = False
+
+
+def resolve_impl(impl: str, x: Tensor, chunk_size: int = 64) -> str:
+    """The implementation ``impl`` means for tensor ``x``: "auto" becomes "triton" for CUDA
+    tensors of a kernel dtype (with a power-of-two chunk >= 16), else "chunked"."""
+    global _warned_no_triton
+    if impl != "auto":
+        return impl
+    if not (x.is_cuda and x.dtype in _KERNEL_DTYPES and chunk_size >= 16 and not chunk_size & (chunk_size - 1)):
+        return "chunked"
+    if not HAS_TRITON:
+        if not _warned_no_triton:
+            warnings.warn(
+                "muse: Triton is not installed, so the semiseparable scan runs the slower torch "
+                "chunked path on CUDA (pip install triton for the fused kernel)",
+                stacklevel=2,
+            )
+            _warned_no_triton = True
+        return "chunked"
+    return "triton"
 
 
 def semiseparable(
@@ -41,16 +76,19 @@ def semiseparable(
     log_decay: Tensor | None = None,
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
-    impl: str = "chunked",
+    impl: str = "auto",
     chunk_size: int = 64,
+    band: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Run the semiseparable scan with the implementation named by ``impl``.
 
     Args:
         u, v: (B, N, H, r). z: (B, N, H, p). log_decay: (B, N, H), values <= 0, or None.
         initial_state: (B, H, r, p) or None. output_final_state: also return S_N.
-        impl: one of ``IMPLS`` = ("quadratic", "chunked", "recurrent").
-        chunk_size: chunk length C for ``impl="chunked"`` (ignored otherwise).
+        impl: one of ``IMPLS`` = ("auto", "triton", "chunked", "quadratic", "recurrent").
+        chunk_size: chunk length C for the chunked and Triton forms (ignored otherwise).
+        band: (H*p, w) weights of the causal band added to y (``causal_band``: a depthwise
+            causal convolution of z), or None. The Triton kernels fuse it into the scan.
 
     Returns:
         (y: (B, N, H, p) in z's dtype, final_state: (B, H, r, p) or None).
@@ -59,12 +97,19 @@ def semiseparable(
         ValueError: unknown ``impl``, or inputs of inconsistent shapes (the message names the
         tensor).
     """
+    impl = resolve_impl(impl, z, chunk_size)
+    args = (u, v, z, log_decay, initial_state, output_final_state)
+    if impl == "triton":
+        return triton_chunk_semiseparable(*args, chunk_size=chunk_size, band=band)
     if impl == "chunked":
-        return chunk_semiseparable(
-            u, v, z, log_decay, initial_state, output_final_state, chunk_size=chunk_size
-        )
-    if impl == "quadratic":
-        return naive_quadratic(u, v, z, log_decay, initial_state, output_final_state)
-    if impl == "recurrent":
-        return naive_recurrent(u, v, z, log_decay, initial_state, output_final_state)
-    raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got impl={impl!r}")
+        y, S = chunk_semiseparable(*args, chunk_size=chunk_size)
+    elif impl == "quadratic":
+        y, S = naive_quadratic(*args)
+    elif impl == "recurrent":
+        y, S = naive_recurrent(*args)
+    else:
+        raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got impl={impl!r}")
+    if band is not None:
+        check_inputs(u, v, z, band=band)
+        y = y + (causal_band_matrix if impl == "quadratic" else causal_band)(z, band)
+    return y, S

@@ -26,10 +26,13 @@ in the context length).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
     "accumulation_dtype",
+    "causal_band",
+    "causal_band_matrix",
     "check_inputs",
     "naive_quadratic",
     "naive_recurrent",
@@ -57,6 +60,7 @@ def check_inputs(
     z: Tensor,
     log_decay: Tensor | None = None,
     initial_state: Tensor | None = None,
+    band: Tensor | None = None,
 ) -> tuple[int, int, int, int, int]:
     """Validate the scan inputs and return (B, N, H, r, p).
 
@@ -96,7 +100,37 @@ def check_inputs(
                 f"initial_state must be (B, H, r, p) = ({B}, {H}, {r}, {p}); "
                 f"got {tuple(initial_state.shape)}"
             )
+    if band is not None:
+        _check_float("band", band)
+        if band.dim() != 2 or band.shape[0] != H * p or band.shape[1] < 1:
+            raise ValueError(
+                f"band must be (H*p, w) = ({H * p}, w) with w >= 1; got {tuple(band.shape)}"
+            )
     return B, N, H, r, p
+
+
+def causal_band(z: Tensor, weight: Tensor) -> Tensor:
+    """The local part T of the mixing matrix: y_t[c] = sum_j weight[c, w-1-j] z_{t-j}[c].
+
+    z: (B, N, H, p), weight: (H*p, w) -> (B, N, H, p). A depthwise causal convolution.
+    """
+    B, N, H, p = z.shape
+    C, w = weight.shape
+    zt = F.pad(z.reshape(B, N, C).transpose(1, 2), (w - 1, 0))  # (B, C, N + w - 1)
+    y = F.conv1d(zt, weight[:, None, :].to(z.dtype), groups=C)  # (B, C, N)
+    return y.transpose(1, 2).reshape(B, N, H, p)
+
+
+def causal_band_matrix(z: Tensor, weight: Tensor) -> Tensor:
+    """``causal_band`` as an explicit banded Toeplitz matmul: its quadratic reference."""
+    B, N, H, p = z.shape
+    C, w = weight.shape
+    t = torch.arange(N, device=z.device)
+    lag = t[:, None] - t[None, :]  # (N, N): t - s
+    inside = (lag >= 0) & (lag < w)
+    taps = weight[:, (w - 1 - lag).clamp(0, w - 1)] * inside  # (C, N, N)
+    y = torch.einsum("cts,bsc->btc", taps.to(z.dtype), z.reshape(B, N, C))
+    return y.reshape(B, N, H, p)
 
 
 def _segment_sums(log_decay: Tensor) -> Tensor:

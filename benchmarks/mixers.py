@@ -1,0 +1,323 @@
+"""Forward+backward time and peak memory: causal attention vs the semiseparable scan (issue 5).
+
+On one H100 (writes benchmarks/results/mixers-gpu.json and mixers-gpu.md; about 1–3 minutes):
+
+    MUSE_GIT_SHA=$(git rev-parse HEAD) python benchmarks/mixers.py --impl triton
+
+For every N in ``--seqs`` (default 1K … 64K) with B = max(1, --tokens // N) (B·N >= 8K), in bf16:
+
+- ``sdpa``: ``F.scaled_dot_product_attention(is_causal=True)`` on q, k, v of (B, H=16, N, 64);
+- ``scan``: ``semiseparable(u, v, z, log_decay, impl=--impl)`` alone, H=16, r = max_rank of
+  ``standard``, p=64, data-dependent log decay (per-head decay times from ~2 to ~4096 tokens);
+- ``attention_layer`` / ``semiseparable_layer``: the ``baseline`` / ``standard`` mixer modules at
+  d=1024, 16 heads, ``module.to(bfloat16)``.
+
+Time: median of ``triton.testing.do_bench`` (CUDA events without Triton) after warm-up, inputs
+rotated among several fresh random sets, gradients reset to None before every call. Peak:
+``torch.cuda.max_memory_allocated`` over one forward+backward, counting that call's inputs (and
+the layer's parameters). Check, at every timed shape: the scan's output and du, dv, dz, dℓ on fresh
+inputs against ``impl="chunked"`` on float64 copies, ‖a − b‖ / ‖b‖ <= --tol (NaN fails); shapes
+with B·N > --check-tokens are checked on a B=1 slice / N prefix (recorded). Exit code 1 if any
+check fails. On CPU (tests) it writes mixers-cpu.json, and only into an explicit ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from common import RESULTS, environment, write_result  # noqa: E402
+from muse.config import load_config, to_dict  # noqa: E402
+from muse.mixers import build_mixer  # noqa: E402
+from muse.ops.semiseparable import semiseparable  # noqa: E402
+from readme_tables import mixers_markdown  # noqa: E402
+
+try:
+    from triton.testing import do_bench
+except ImportError:  # pragma: no cover - no Triton: CUDA events
+    do_bench = None
+
+ROTATE_BYTES = 256 * 2**20  # rotate among input sets until they add up to this (2 to 8 sets)
+
+
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+
+
+def _nbytes(ts) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def median_ms(fn, leaves, device: torch.device, warmup_ms: float, rep_ms: float) -> tuple[float, str]:
+    """Median ms of fn() (gradients of ``leaves`` set to None before each call) and how it was timed."""
+    def reset():
+        for t in leaves:
+            t.grad = None
+
+    if device.type == "cuda":
+        reset()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        est = a.elapsed_time(b)
+        # at least ~10 timed calls even where one call outlasts rep_ms (long N)
+        warmup_ms, rep_ms = max(warmup_ms, 2 * est), max(rep_ms, 10 * est)
+        if do_bench is not None:
+            return do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=leaves, return_mode="median"), \
+                "triton.testing.do_bench"
+        for _ in range(max(1, int(warmup_ms / max(est, 1e-3)))):
+            reset()
+            fn()
+        times = []
+        for _ in range(max(10, int(rep_ms / max(est, 1e-3)))):
+            reset()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            times.append((a, b))
+        torch.cuda.synchronize()
+        return statistics.median(x.elapsed_time(y) for x, y in times), "CUDA events"
+    times = []
+    for i in range(4):  # host clock: one warm-up call, then three
+        reset()
+        t0 = time.perf_counter()
+        fn()
+        if i:
+            times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times), "host clock"
+
+
+def graph_ms(run, inputs, leaves, args) -> dict:
+    """Median ms of one fwd+bwd replayed as a CUDA graph: the GPU time without the per-launch
+    host overhead of eager PyTorch/Triton (METHOD.md: graphs for many small launches)."""
+    try:
+        for t in leaves:
+            t.grad = None
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # capture needs the kernels warm on a side stream
+            run(*inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        for t in leaves:
+            t.grad = None
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run(*inputs)
+        if do_bench is not None:
+            ms = do_bench(graph.replay, warmup=args.warmup, rep=args.rep, return_mode="median")
+        else:
+            ms, _ = median_ms(graph.replay, [], torch.device("cuda"), args.warmup, args.rep)
+        del graph
+        return {"graph_ms": ms}
+    except Exception as e:  # noqa: BLE001 - not capturable: record why
+        return {"graph_ms": None, "graph_error": _err(e)}
+
+
+def bench(make_set, run, params, device, args) -> dict:
+    """Time and measure ``run(*make_set())`` (one forward+backward) over rotated fresh input sets."""
+    try:
+        first = make_set()
+        per_set = _nbytes(first)
+        sets = [first] + [make_set() for _ in range(min(7, max(1, math.ceil(ROTATE_BYTES / per_set) - 1)))]
+        leaves = [t for s in sets for t in s if t.requires_grad] + list(params)
+        for t in leaves:
+            t.grad = None
+        run(*first)  # warm-up: compilation, autotuning, library handles
+        for t in leaves:
+            t.grad = None
+        peak = None
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            run(*first)
+            torch.cuda.synchronize()
+            peak = (torch.cuda.max_memory_allocated() - base + per_set + _nbytes(params)) / 2**20
+        it = itertools.cycle(sets)
+        ms, timer = median_ms(lambda: run(*next(it)), leaves, device, args.warmup, args.rep)
+        out = {"ms": ms, "peak_mib": peak, "timer": timer, "input_sets": len(sets)}
+        if device.type == "cuda":
+            out.update(graph_ms(run, first, leaves, args))
+        return out
+    except Exception as e:  # noqa: BLE001 - OOM or a kernel failure: record, go on
+        return {"ms": None, "peak_mib": None, "error": _err(e)}
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def scan_inputs(B, N, H, r, p, device, dtype=torch.bfloat16):
+    """Fresh u, v (B, N, H, r), z (B, N, H, p), log decay (B, N, H) < 0: decay times ~2…4096 tokens."""
+    g = lambda *s: torch.randn(*s, device=device)  # noqa: E731
+    exps = torch.linspace(1.0, 12.0, H, device=device)
+    a0 = torch.log(torch.expm1(-torch.log1p(-(2.0 ** -exps))))  # softplus(a0) = -log(1 - 2^-e)
+    ld = -F.softplus(a0 + g(B, N, H))
+    ts = (g(B, N, H, r) * r**-0.5, g(B, N, H, r), g(B, N, H, p), ld)
+    return tuple(t.to(dtype).requires_grad_() for t in ts)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b).norm() / b.norm()).item()
+
+
+def check_scan(B, N, H, r, p, device, args) -> dict:
+    """The scan in bf16 against impl="chunked" in float64 on copies of the same fresh inputs."""
+    cb, cn = B, N
+    if B * N > args.check_tokens:
+        cb = max(1, args.check_tokens // N)
+        cn = min(N, args.check_tokens)
+    out = {"B": cb, "N": cn, "full_shape": (cb, cn) == (B, N), "reference": "chunked, float64", "tolerance": args.tol}
+    try:
+        x = scan_inputs(cb, cn, H, r, p, device)
+        dy = torch.randn(cb, cn, H, p, device=device).to(torch.bfloat16)
+        y, _ = semiseparable(*x, impl=args.impl, chunk_size=args.chunk_size)
+        got = (y, *torch.autograd.grad(y, x, dy))
+        del y
+        x64 = [t.detach().double().requires_grad_() for t in x]
+        y64, _ = semiseparable(*x64, impl="chunked", chunk_size=args.chunk_size)
+        ref = (y64, *torch.autograd.grad(y64, x64, dy.double()))
+        errs = {k: rel(a, b) for k, a, b in zip(("y", "du", "dv", "dz", "dlog_decay"), got, ref)}
+        out.update(errors=errs, ok=all(math.isfinite(e) and e <= args.tol for e in errs.values()))
+    except Exception as e:  # noqa: BLE001
+        out.update(errors={}, ok=False, error=_err(e))
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def layer_configs(args, N):
+    over = {"model.d_model": args.d_model, "model.n_heads": args.heads, "model.max_seq_len": N, "model.dropout": 0.0}
+    attn = load_config("baseline", over).model
+    ss = load_config("standard", {**over, "model.mixer.semiseparable.impl": args.impl,
+                                  "model.mixer.semiseparable.chunk_size": args.chunk_size}).model
+    return attn, ss
+
+
+def run_shape(N: int, args, device) -> dict:
+    B = max(1, args.tokens // N)
+    H, p = args.heads, args.d_model // args.heads
+    r = load_config("standard").model.mixer.semiseparable.max_rank
+    bf = torch.bfloat16
+    row = {"N": N, "B": B}
+
+    def sdpa_set():
+        q, k, v = (torch.randn(B, H, N, p, device=device, dtype=bf).requires_grad_() for _ in range(3))
+        return q, k, v, torch.randn(B, H, N, p, device=device, dtype=bf)
+
+    def sdpa_run(q, k, v, dy):
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(dy)
+
+    def scan_run(u, v, z, ld, dy):
+        y, _ = semiseparable(u, v, z, ld, impl=args.impl, chunk_size=args.chunk_size)
+        y.backward(dy)
+
+    row["sdpa"] = bench(sdpa_set, sdpa_run, [], device, args)
+    row["scan"] = bench(lambda: (*scan_inputs(B, N, H, r, p, device), torch.randn(B, N, H, p, device=device, dtype=bf)),
+                        scan_run, [], device, args)
+    for name, cfg in zip(("attention_layer", "semiseparable_layer"), layer_configs(args, N)):
+        try:
+            torch.manual_seed(0)
+            layer = build_mixer(cfg, 0).to(device=device, dtype=bf).train()
+        except Exception as e:  # noqa: BLE001
+            row[name] = {"ms": None, "peak_mib": None, "error": _err(e)}
+            continue
+
+        def layer_set():
+            return (torch.randn(B, N, args.d_model, device=device, dtype=bf).requires_grad_(),
+                    torch.randn(B, N, args.d_model, device=device, dtype=bf))
+
+        def layer_run(x, dy, layer=layer):
+            y, aux = layer(x)
+            outs, grads = [y], [dy]
+            if aux is not None:
+                outs.append(aux)
+                grads.append(torch.ones_like(aux))
+            torch.autograd.backward(outs, grads)
+
+        row[name] = bench(layer_set, layer_run, list(layer.parameters()), device, args)
+        del layer
+    ratio = lambda a, b: a["ms"] / b["ms"] if a.get("ms") and b.get("ms") else None  # noqa: E731
+    gratio = lambda a, b: a["graph_ms"] / b["graph_ms"] if a.get("graph_ms") and b.get("graph_ms") else None  # noqa: E731
+    row["speedup"] = {"sdpa_over_scan": ratio(row["sdpa"], row["scan"]),
+                      "attention_over_semiseparable_layer": ratio(row["attention_layer"], row["semiseparable_layer"]),
+                      "sdpa_over_scan_graph": gratio(row["sdpa"], row["scan"]),
+                      "attention_over_semiseparable_layer_graph": gratio(row["attention_layer"], row["semiseparable_layer"])}
+    row["check"] = check_scan(B, N, H, r, p, device, args)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seqs", type=int, nargs="+", default=[1024 * 2**i for i in range(7)])
+    p.add_argument("--impl", default="triton", help="scan implementation to time (triton, chunked, ...)")
+    p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--tokens", type=int, default=8192, help="B = max(1, tokens // N)")
+    p.add_argument("--d-model", type=int, default=1024)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--warmup", type=float, default=25.0, help="do_bench warm-up, ms")
+    p.add_argument("--rep", type=float, default=100.0, help="do_bench repetition time, ms")
+    p.add_argument("--tol", type=float, default=2e-2, help="max relative RMS error against float64")
+    p.add_argument("--check-tokens", type=int, default=65536, help="larger B·N are checked on a slice")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help=f"result folder (default {RESULTS}; required off CUDA)")
+    args = p.parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if device.type != "cuda" and args.out is None:
+        print("mixers: not on CUDA: GPU results come from a GPU run; pass --out DIR for a CPU test run",
+              file=sys.stderr)
+        return 2
+    attn_cfg, ss_cfg = layer_configs(args, max(args.seqs))  # a bad --impl fails here, before any timing
+    torch.manual_seed(0)
+    env = environment(device)
+    rows = []
+    for N in args.seqs:
+        t0 = time.perf_counter()
+        rows.append(run_shape(N, args, device))
+        r = rows[-1]
+        print(f"N={N:>6} B={r['B']:>2}: " + "  ".join(f"{k} {r[k]['ms']:.3f} ms" if r[k].get("ms") else f"{k} FAILED"
+              for k in ("sdpa", "scan", "attention_layer", "semiseparable_layer"))
+              + f"  check {'ok' if r['check']['ok'] else 'FAIL'} {r['check']['errors']}"
+              + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    timers = {r[k].get("timer") for r in rows for k in ("sdpa", "scan", "attention_layer", "semiseparable_layer")}
+    res = {
+        "benchmark": "mixers", **env,
+        "config": {
+            "impl": args.impl, "chunk_size": args.chunk_size, "dtype": "bf16", "tokens": args.tokens,
+            "seqs": args.seqs, "d_model": args.d_model, "heads": args.heads, "head_dim": args.d_model // args.heads,
+            "rank": ss_cfg.mixer.semiseparable.max_rank, "warmup_ms": args.warmup, "rep_ms": args.rep,
+            "timer": ", ".join(sorted(t for t in timers if t)) or "none", "tolerance": args.tol,
+            "check_tokens": args.check_tokens, "attention_mixer": to_dict(attn_cfg.mixer),
+            "semiseparable_mixer": to_dict(ss_cfg.mixer),
+            "memory": "peak_mib = max_memory_allocated over one fwd+bwd minus what was allocated before it, "
+                      "plus that call's inputs and the layer's parameters",
+        },
+        "figures": rows,
+    }
+    name = f"mixers-{'gpu' if device.type == 'cuda' else 'cpu'}"
+    path = write_result(name, res, args.out if args.out is not None else RESULTS)
+    md = mixers_markdown(res)
+    path.with_suffix(".md").write_text(md + "\n")
+    print(md)
+    print(f"-> {path}")
+    return 0 if all(r["check"]["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Training throughput of full models at long sequences: `baseline` vs `standard` (issue 5).
+
+On one H100 (writes benchmarks/results/train_throughput-gpu.json and .md; about 1–2 minutes):
+
+    MUSE_GIT_SHA=$(git rev-parse HEAD) python benchmarks/train_throughput.py --impl triton
+
+For every N in ``--seqs`` (default 2K, 8K, 16K) and each preset (same width and depth; the preset
+loaded by name with ``model.max_seq_len`` = ``train.seq_len`` = N), B = max(1, --tokens // N)
+sequences of random token ids: full training steps (forward, backward, optimizer step) run by
+``muse.memory.profile.measure`` — the trainer's model, optimizer and precision context — with one
+recipe for both presets (default bf16 autocast, fused AdamW, no checkpointing: the presets' own
+memory settings would change the comparison). Figures: median step time over --steps timed steps
+after --warmup-steps, tokens/s = B·N / median step, peak = ``torch.cuda.max_memory_allocated``
+over the timed steps (DESIGN.md §2), and the ratios standard / baseline. An out-of-memory or a
+failure is recorded per row. On CPU (tests) it writes train_throughput-cpu.json into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from common import RESULTS, environment, write_result  # noqa: E402
+from muse.config import load_config, to_dict  # noqa: E402
+from muse.memory.profile import StepPlan, _build, _step, measure, plan_config  # noqa: E402
+from muse.runtime import autocast_context  # noqa: E402
+from readme_tables import throughput_markdown  # noqa: E402
+
+
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for it in items:
+        key, sep, value = it.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes KEY=VALUE; got {it!r}")
+        out[key] = yaml.safe_load(value)  # as `muse train --KEY VALUE` reads it
+    return out
+
+
+def host_measure(cfg, plan: StepPlan, warmup: int, steps: int) -> dict:
+    """The same steps on the CPU (for tests): host-clock median, no peak memory."""
+    cpu = torch.device("cpu")
+    model, opt = _build(plan_config(cfg, plan), plan, cpu)
+    autocast = autocast_context(plan.precision, cpu)
+    idx = torch.randint(0, cfg.model.vocab_size, (plan.batch, plan.seq + 1))
+    for _ in range(warmup):
+        _step(model, opt, autocast, idx, plan.mode)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        _step(model, opt, autocast, idx, plan.mode)
+        times.append(time.perf_counter() - t0)
+    return {"tokens_per_s": plan.batch * plan.seq / statistics.median(times), "timed_steps": steps, "peak": None}
+
+
+def run_one(preset: str, N: int, B: int, args, device: torch.device) -> dict:
+    over = {**_parse_set(args.set), "model.max_seq_len": N, "train.seq_len": N, "train.batch_size": B,
+            "train.precision": args.precision, "train.optimizer": args.optimizer,
+            "model.checkpointing": args.checkpointing, "model.mixer.semiseparable.impl": args.impl}
+    try:
+        cfg = load_config(preset, over)
+        plan = StepPlan(batch=B, seq=N, precision=args.precision, optimizer=args.optimizer,
+                        checkpointing=args.checkpointing, mode="train")
+        if device.type == "cuda":
+            r = measure(cfg, plan, device, warmup=args.warmup_steps, steps=args.steps)
+        else:
+            r = host_measure(cfg, plan, args.warmup_steps, args.steps)
+    except Exception as e:  # noqa: BLE001 - anything but an OOM (measure records those itself)
+        return {"tokens_per_s": None, "step_ms": None, "peak_mib": None, "error": _err(e)}
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    tps = r.get("tokens_per_s")
+    out = {
+        "tokens_per_s": tps, "step_ms": 1e3 * B * N / tps if tps else None,
+        "peak_mib": r["peak"] / 2**20 if r.get("peak") is not None else None,
+        "timed_steps": r.get("timed_steps"), "mixer": cfg.model.mixer.kind,
+        "parameter_bytes": r.get("parameters"), "config": to_dict(cfg.model),
+    }
+    if r.get("error"):
+        out.update(error=r["error"], tokens_per_s=None, step_ms=None)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seqs", type=int, nargs="+", default=[2048, 8192, 16384])
+    p.add_argument("--presets", nargs=2, default=["baseline", "standard"], metavar=("REFERENCE", "OTHER"))
+    p.add_argument("--impl", default="triton", help="mixer.semiseparable.impl of the semiseparable preset")
+    p.add_argument("--tokens", type=int, default=16384, help="B = max(1, tokens // N)")
+    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "fp16", "bf16-pure"))
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "adamw8bit"))
+    p.add_argument("--checkpointing", action="store_true")
+    p.add_argument("--warmup-steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for both presets, e.g. model.n_layers=2 (tests)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help=f"result folder (default {RESULTS}; required off CUDA)")
+    args = p.parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if device.type != "cuda" and args.out is None:
+        print("train_throughput: not on CUDA: GPU results come from a GPU run; pass --out DIR for a CPU test run",
+              file=sys.stderr)
+        return 2
+    env = environment(device)
+    a, b = args.presets
+    rows = []
+    for N in args.seqs:
+        B = max(1, args.tokens // N)
+        row = {"N": N, "B": B}
+        for preset in args.presets:
+            t0 = time.perf_counter()
+            row[preset] = r = run_one(preset, N, B, args, device)
+            print(f"N={N:>6} B={B:>2} {preset:>10}: "
+                  + (f"{r['tokens_per_s']:,.0f} tokens/s, step {r['step_ms']:.1f} ms" if r["tokens_per_s"]
+                     else f"FAILED {r.get('error')}")
+                  + (f", peak {r['peak_mib']:,.0f} MiB" if r["peak_mib"] is not None else "")
+                  + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+        x, y = row[a], row[b]
+        row["ratio_tokens_per_s"] = y["tokens_per_s"] / x["tokens_per_s"] if x["tokens_per_s"] and y["tokens_per_s"] \
+            else None
+        row["ratio_peak_memory"] = y["peak_mib"] / x["peak_mib"] if x["peak_mib"] and y["peak_mib"] else None
+        rows.append(row)
+    res = {
+        "benchmark": "train_throughput", **env,
+        "config": {"presets": args.presets, "seqs": args.seqs, "tokens": args.tokens, "impl": args.impl,
+                   "precision": args.precision, "optimizer": args.optimizer, "checkpointing": args.checkpointing,
+                   "warmup_steps": args.warmup_steps, "steps": args.steps, "overrides": _parse_set(args.set),
+                   "timer": "host clock around each step, torch.cuda.synchronize() after it (median)"},
+        "figures": rows,
+    }
+    name = f"train_throughput-{'gpu' if device.type == 'cuda' else 'cpu'}"
+    path = write_result(name, res, args.out if args.out is not None else RESULTS)
+    md = throughput_markdown(res)
+    path.with_suffix(".md").write_text(md + "\n")
+    print(md)
+    print(f"-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

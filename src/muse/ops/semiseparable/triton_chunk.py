@@ -1,0 +1,428 @@
+"""Triton chunked kernels for the causal semiseparable scan: the fast GPU path.
+
+Same function and shapes as ``chunk_semiseparable`` (the torch reference for this file):
+
+    u, v (B, N, H, r), z (B, N, H, p), log_decay (B, N, H) <= 0 or None,
+    initial_state (B, H, r, p) or None  ->  y (B, N, H, p), final_state (B, H, r, p) or None
+
+Four kernels over chunks of C positions (h_t = the state entering chunk t, fp32):
+
+    chunk_local grid (NT, p / BV, B*H):  X_t = (v e^{b_last-b})^T z  (or (u e^b)^T dy backward)
+    state_scan  grid (r*p / BLOCK, B*H), sequential in t, element-wise:
+                h_{t+1} = e^{b_last} h_t + X_t   (reverse for the state gradients)
+    fwd_output  grid (NT, p / BV, B*H):  y = (u v^T ⊙ D) z + (u e^{b}) h_t
+    bwd_main    grid (NT, B*H):  du, dv, dz and u·du − v·dv per position
+
+Only the element-wise scan is sequential, and it is spread over the state's r*p entries: a
+single chain of (r x p) matmuls over N / C chunks is latency-bound (measured on an H100:
+7.7 ms fwd+bwd at N = 32K, B*H = 16, with that design).
+
+where b is the cumulative log decay inside the chunk and D_ts = e^{b_t − b_s} for s <= t.
+The log-decay gradient is the reverse cumulative sum of u·du − v·dv along the sequence plus
+<dS_N, S_N> (L_t enters every u_t term with +1 and every v_s term with −1; L_N scales S_N).
+Only the inputs are saved for backward; the chunk states are recomputed (one cheap pass), so
+training memory is that of the inputs, not O(N·r·p / C) extra per layer.
+
+Matmuls run on the tensor cores in the input dtype (tf32 for fp32 inputs) with fp32
+accumulation; states, decays and the log-decay gradient are fp32 (fp64 for fp64 inputs,
+which is how the CPU interpreter tests check the algorithm to 1e-10). Any N is accepted:
+positions past N are masked loads of zero, which neither write to nor decay the state.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from .naive import check_inputs
+
+try:  # Triton is a GPU extra; the torch chunked scan is the fallback everywhere.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised on installs without Triton
+    triton = None
+
+__all__ = ["HAS_TRITON", "triton_chunk_semiseparable", "triton_supports"]
+
+HAS_TRITON = triton is not None
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# Autotuning compiles every config once per (r, p, dtype): worth it for a training run, too
+# slow for a test session of many odd shapes, which sets MUSE_TRITON_AUTOTUNE=0.
+_AUTOTUNE = os.environ.get("MUSE_TRITON_AUTOTUNE", "1") != "0"
+
+
+def triton_supports(*tensors: Tensor | None) -> bool:
+    """True where the kernels can run these tensors: Triton present, and CUDA or the interpreter."""
+    if not HAS_TRITON:
+        return False
+    ts = [t for t in tensors if t is not None]
+    # numpy has no bfloat16: the interpreter computes garbage for bf16/fp16 tiles.
+    host = (torch.float32, torch.float64)
+    return all((t.is_cuda and t.dtype in _DTYPES) or (_interpreting() and t.dtype in host) for t in ts)
+
+
+if HAS_TRITON:
+
+    def _configs(extra: list[dict], warps=(4, 8), stages=(1, 2)) -> list:
+        """The autotuning space; the first entry alone without autotuning (and for the
+        interpreter, which would otherwise "benchmark" every config at numpy speed)."""
+        if _interpreting() or not _AUTOTUNE:
+            return [triton.Config(extra[0], num_warps=warps[0], num_stages=stages[0])]
+        return [triton.Config(kw, num_warps=w, num_stages=s) for kw in extra for w in warps for s in stages]
+
+    @triton.jit
+    def _chunk_decay(g, i_b, i_h, rows, N, H):
+        """Within-chunk cumulative log decay b (C,) and its total b_last, fp32/fp64."""
+        gl = tl.load(g + (i_b * N + rows) * H + i_h, mask=rows < N, other=0.0)
+        b = tl.cumsum(gl, 0)
+        return b, tl.sum(gl, 0)
+
+    @triton.jit
+    def _load_tile(x, i_b, i_h, rows, cols, N, H, D, SR):
+        """(C, BD) tile of x laid out (B, N, H, D) with row stride SR (H*D when contiguous;
+        wider for column slices of a fused projection), zeros outside [0, N) x [0, D)."""
+        ptr = x + (i_b * N + rows[:, None]) * SR + i_h * D + cols[None, :]
+        mask = (rows[:, None] >= 0) & (rows[:, None] < N) & (cols[None, :] < D)
+        return tl.load(ptr, mask=mask, other=0.0)
+
+    @triton.jit
+    def _store_tile(x, val, i_b, i_h, rows, cols, N, H, D):
+        ptr = x + ((i_b * N + rows[:, None]) * H + i_h) * D + cols[None, :]
+        tl.store(ptr, val.to(x.dtype.element_ty), mask=(rows[:, None] < N) & (cols[None, :] < D))
+
+    @triton.autotune(configs=_configs([{}]), key=["K", "V", "C", "HAS_G", "READ"])
+    @triton.jit
+    def _chunk_local_kernel(
+        a, x, g, X, decay, SA, SX, N, H, K: tl.constexpr, V: tl.constexpr, NT,
+        C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+        HAS_G: tl.constexpr, READ: tl.constexpr, PREC: tl.constexpr,
+    ):
+        """X[t] = (a_t ⊙ decay)^T x_t, one chunk per program: what chunk t adds to the state.
+
+        Forward (READ=False): a = v decayed to the chunk end, x = z.
+        Backward (READ=True): a = u decayed from the chunk start, x = dy.
+        Also writes the chunk's total decay e^{b_last} to decay[b, h, t].
+        """
+        i_t, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+        ok, ov, oc = tl.arange(0, BK), i_v * BV + tl.arange(0, BV), tl.arange(0, C)
+        rows = i_t * C + oc
+        a_t = _load_tile(a, i_b, i_h, rows, ok, N, H, K, SA)  # (C, BK)
+        x_t = _load_tile(x, i_b, i_h, rows, ov, N, H, V, SX)  # (C, BV)
+        acc_t = X.dtype.element_ty
+        if HAS_G:
+            b, b_last = _chunk_decay(g, i_b, i_h, rows, N, H)
+            scale = tl.exp(b) if READ else tl.exp(b_last - b)
+            a_t = (a_t.to(acc_t) * scale[:, None]).to(x_t.dtype)
+            if i_v == 0:
+                tl.store(decay + i_bh.to(tl.int64) * NT + i_t, tl.exp(b_last))
+        out = tl.dot(tl.trans(a_t), x_t, input_precision=PREC)  # (BK, C) @ (C, BV)
+        ptr = X + (i_bh.to(tl.int64) * NT + i_t) * K * V + ok[:, None] * V + ov[None, :]
+        tl.store(ptr, out.to(acc_t), mask=(ok[:, None] < K) & (ov[None, :] < V))
+
+    @triton.autotune(
+        configs=_configs([{"BLOCK": 256}, {"BLOCK": 1024}], warps=(2, 4), stages=(2, 4)),
+        key=["KV", "HAS_G"],
+    )
+    @triton.jit
+    def _state_scan_kernel(
+        X, decay, init, final, NT, KV, BLOCK: tl.constexpr, HAS_G: tl.constexpr,
+        HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, REVERSE: tl.constexpr,
+    ):
+        """S <- e^{b_last,t} S + X[t] along the chunks, replacing X[t] by the S it found.
+
+        Element-wise in the (r x p) state, so the grid spreads each state over many programs
+        and only an FMA is sequential; the loads of X[t] do not depend on S and pipeline.
+        Forward: X[t] becomes the state entering chunk t. Reverse: the gradient of the state
+        leaving chunk t; the final S is then the initial state's gradient.
+        """
+        i_e, i_bh = tl.program_id(0), tl.program_id(1)
+        offs = i_e * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < KV
+        base = X + i_bh.to(tl.int64) * NT * KV
+        S = tl.zeros((BLOCK,), dtype=X.dtype.element_ty)
+        if HAS_INIT:
+            S += tl.load(init + i_bh.to(tl.int64) * KV + offs, mask=mask, other=0.0)
+        for i in range(NT):
+            t = NT - 1 - i if REVERSE else i
+            x = tl.load(base + t * KV + offs, mask=mask, other=0.0)
+            tl.store(base + t * KV + offs, S, mask=mask)
+            if HAS_G:
+                S = S * tl.load(decay + i_bh.to(tl.int64) * NT + t)
+            S += x
+        if STORE_FINAL:
+            tl.store(final + i_bh.to(tl.int64) * KV + offs, S, mask=mask)
+
+    @triton.autotune(configs=_configs([{}]), key=["K", "V", "C", "HAS_G"])
+    @triton.jit
+    def _fwd_output_kernel(
+        u, v, z, g, hs, band, y, SU, SV, SZ, N, H, K: tl.constexpr, V: tl.constexpr, NT,
+        C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr,
+        W: tl.constexpr, HAS_BAND: tl.constexpr,
+    ):
+        i_t, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+        ok, ov, oc = tl.arange(0, BK), i_v * BV + tl.arange(0, BV), tl.arange(0, C)
+        rows = i_t * C + oc
+        u_t = _load_tile(u, i_b, i_h, rows, ok, N, H, K, SU)  # (C, BK)
+        v_t = _load_tile(v, i_b, i_h, rows, ok, N, H, K, SV)  # (C, BK)
+        z_t = _load_tile(z, i_b, i_h, rows, ov, N, H, V, SZ)  # (C, BV)
+        kv_mask = (ok[:, None] < K) & (ov[None, :] < V)
+        h_ptr = hs + (i_bh.to(tl.int64) * NT + i_t) * K * V + ok[:, None] * V + ov[None, :]
+        h = tl.load(h_ptr, mask=kv_mask, other=0.0)  # (BK, BV): state entering the chunk
+        acc_t = h.dtype
+        causal = oc[:, None] >= oc[None, :]
+        s = tl.dot(u_t, tl.trans(v_t), input_precision=PREC).to(acc_t)  # (C, C)
+        if HAS_G:
+            b, b_last = _chunk_decay(g, i_b, i_h, rows, N, H)
+            s = s * tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
+            u_t = (u_t.to(acc_t) * tl.exp(b)[:, None]).to(z_t.dtype)
+        else:
+            s = tl.where(causal, s, 0.0)
+        out = tl.dot(s.to(z_t.dtype), z_t, input_precision=PREC).to(acc_t)
+        out += tl.dot(u_t, h.to(z_t.dtype), input_precision=PREC).to(acc_t)
+        if HAS_BAND:  # the causal band T: y_t += sum_j band[c, W-1-j] z_{t-j} (depthwise conv)
+            for j in tl.static_range(W):
+                w_j = tl.load(band + (i_h * V + ov) * W + (W - 1 - j), mask=ov < V, other=0.0)
+                z_j = _load_tile(z, i_b, i_h, rows - j, ov, N, H, V, SZ)  # rows < 0 read as 0
+                out += z_j.to(acc_t) * w_j.to(acc_t)[None, :]
+        _store_tile(y, out, i_b, i_h, rows, ov, N, H, V)
+
+    @triton.autotune(configs=_configs([{}]), key=["K", "V", "C", "HAS_G"])
+    @triton.jit
+    def _bwd_main_kernel(
+        u, v, z, g, hs, dhs, dy, band, du, dv, dz, dgl, dg_tot, dband, SU, SV, SZ, N, H, K: tl.constexpr,
+        V: tl.constexpr, NT, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+        HAS_G: tl.constexpr, PREC: tl.constexpr, W: tl.constexpr, HAS_BAND: tl.constexpr,
+    ):
+        i_t, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+        ok, ov, oc = tl.arange(0, BK), tl.arange(0, BV), tl.arange(0, C)
+        rows = i_t * C + oc
+        u_t = _load_tile(u, i_b, i_h, rows, ok, N, H, K, SU)  # (C, BK)
+        v_t = _load_tile(v, i_b, i_h, rows, ok, N, H, K, SV)  # (C, BK)
+        z_t = _load_tile(z, i_b, i_h, rows, ov, N, H, V, SZ)  # (C, BV)
+        dy_t = _load_tile(dy, i_b, i_h, rows, ov, N, H, V, H * V)  # (C, BV)
+        dt = z_t.dtype
+        kv_off = (i_bh.to(tl.int64) * NT + i_t) * K * V + ok[:, None] * V + ov[None, :]
+        kv_mask = (ok[:, None] < K) & (ov[None, :] < V)
+        h = tl.load(hs + kv_off, mask=kv_mask, other=0.0).to(dt)  # (BK, BV): state entering
+        dh = tl.load(dhs + kv_off, mask=kv_mask, other=0.0).to(dt)  # (BK, BV): grad of state leaving
+        acc_t = dhs.dtype.element_ty
+        causal = oc[:, None] >= oc[None, :]
+        if HAS_G:
+            b, b_last = _chunk_decay(g, i_b, i_h, rows, N, H)
+            D = tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))  # (C, C)
+            e_read = tl.exp(b)  # (C,): decay from the chunk start to t
+            e_write = tl.exp(b_last - b)  # (C,): decay from s to the chunk end
+        else:
+            D = tl.where(causal, 1.0, 0.0).to(acc_t)
+            e_read = tl.full((C,), 1.0, acc_t)
+            e_write = tl.full((C,), 1.0, acc_t)
+        A = (tl.dot(u_t, tl.trans(v_t), input_precision=PREC).to(acc_t) * D).to(dt)  # (C, C)
+        v_w = (v_t.to(acc_t) * e_write[:, None]).to(dt)
+        dz_t = tl.dot(tl.trans(A), dy_t, input_precision=PREC).to(acc_t)
+        dz_t += tl.dot(v_w, dh, input_precision=PREC).to(acc_t)  # (C, BV)
+        dA = (tl.dot(dy_t, tl.trans(z_t), input_precision=PREC).to(acc_t) * D).to(dt)  # (C, C)
+        du_t = tl.dot(dA, v_t, input_precision=PREC).to(acc_t)
+        du_t += tl.dot(dy_t, tl.trans(h), input_precision=PREC).to(acc_t) * e_read[:, None]  # (C, BK)
+        dv_t = tl.dot(tl.trans(dA), u_t, input_precision=PREC).to(acc_t)
+        dv_t += tl.dot(z_t, tl.trans(dh), input_precision=PREC).to(acc_t) * e_write[:, None]  # (C, BK)
+        if HAS_BAND:
+            # dz_s += sum_j band[c, W-1-j] dy_{s+j};  dband[c, W-1-j] = sum_t dy_t z_{t-j},
+            # summed here over this chunk's t and over chunks and batch by the caller.
+            for j in tl.static_range(W):
+                w_j = tl.load(band + (i_h * V + ov) * W + (W - 1 - j), mask=ov < V, other=0.0)
+                dy_j = _load_tile(dy, i_b, i_h, rows + j, ov, N, H, V, H * V)
+                dz_t += dy_j.to(acc_t) * w_j.to(acc_t)[None, :]
+                z_j = _load_tile(z, i_b, i_h, rows - j, ov, N, H, V, SZ)
+                dw_j = tl.sum(dy_t.to(acc_t) * z_j.to(acc_t), 0)  # (BV,)
+                ptr = dband + ((i_t * tl.num_programs(1) + i_bh).to(tl.int64) * V + ov) * W + (W - 1 - j)
+                tl.store(ptr, dw_j, mask=ov < V)
+        _store_tile(du, du_t, i_b, i_h, rows, ok, N, H, K)
+        _store_tile(dv, dv_t, i_b, i_h, rows, ok, N, H, K)
+        _store_tile(dz, dz_t, i_b, i_h, rows, ov, N, H, V)
+        if HAS_G:
+            # d log_decay_k = sum_{t >= k} (u_t.du_t - v_t.dv_t): the in-chunk part of that
+            # suffix sum here, the chunks after this one added by the caller from dg_tot.
+            dgl_t = tl.sum(u_t.to(acc_t) * du_t - v_t.to(acc_t) * dv_t, 1)  # (C,)
+            tl.store(dgl + (i_bh.to(tl.int64) * NT + i_t) * C + oc, tl.cumsum(dgl_t, 0, reverse=True))
+            tl.store(dg_tot + i_bh.to(tl.int64) * NT + i_t, tl.sum(dgl_t, 0))
+
+
+    @triton.jit
+    def _dg_finish_kernel(dgl, dg_tot, dg_final, dg, N, H, NT, C: tl.constexpr, BNT: tl.constexpr,
+                          HAS_FINAL: tl.constexpr):
+        """dg[b, k, h] = in-chunk suffix sum + the totals of all later chunks (+ <dS_N, S_N>).
+
+        Each program reads the whole (NT,) row of chunk totals: O(NT) work per chunk, no
+        sequential pass, and a single launch instead of a chain of torch ops.
+        """
+        i_t, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+        after = tl.zeros((BNT,), dtype=dg.dtype.element_ty)
+        for j0 in range(0, NT, BNT):
+            oj = j0 + tl.arange(0, BNT)
+            after += tl.load(dg_tot + i_bh.to(tl.int64) * NT + oj, mask=(oj < NT) & (oj > i_t), other=0.0)
+        after = tl.sum(after, 0)
+        if HAS_FINAL:
+            after += tl.load(dg_final + i_bh)
+        oc = tl.arange(0, C)
+        rows = i_t * C + oc
+        rc = tl.load(dgl + (i_bh.to(tl.int64) * NT + i_t) * C + oc)
+        tl.store(dg + (i_b * N + rows) * H + i_h, rc + after, mask=rows < N)
+
+
+def _rows(t: Tensor) -> Tensor:
+    """t (B, N, H, D) as the kernels read it: unit stride in D, heads adjacent, rows evenly
+    spaced (so column slices of one fused projection need no copy); else a contiguous copy."""
+    B, N, H, D = t.shape
+    if t.stride(3) == 1 and t.stride(2) == D and t.stride(0) == N * t.stride(1) and t.stride(1) >= H * D:
+        return t
+    return t.contiguous()
+
+
+def _block(n: int) -> int:
+    """Power-of-two tile width >= 16 (tl.dot's minimum) covering n."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def _precision(dtype: torch.dtype) -> str | None:
+    """tl.dot precision: 3xTF32 keeps fp32 inputs within 1e-3 of fp64 (plain TF32 gives
+    about 1.4e-3 after two chained products); bf16/fp16 use the tensor cores natively."""
+    return {torch.float32: "tf32x3", torch.float64: "ieee"}.get(dtype)
+
+
+def _scan(a, x, g, init, C, *, read: bool, store_final: bool):
+    """Per-chunk states along the sequence: two parallel passes instead of one long chain.
+
+    Forward (read=False, a=v, x=z): returns hs (B, H, NT, r, p) with hs[t] the state
+    entering chunk t, and the final state. Backward (read=True, a=u, x=dy): hs[t] is the
+    gradient of the state leaving chunk t (init = dS_N), and "final" is dS_0.
+    """
+    B, N, H, K = a.shape
+    V = x.shape[-1]
+    NT = triton.cdiv(N, C)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    X = torch.empty(B, H, NT, K, V, device=x.device, dtype=acc)
+    decay = torch.empty(B, H, NT, device=x.device, dtype=acc) if g is not None else None
+    BV = min(64, _block(V))
+    _chunk_local_kernel[(NT, triton.cdiv(V, BV), B * H)](
+        a, x, g, X, decay, a.stride(1), x.stride(1), N, H, K, V, NT, C=C, BK=_block(K), BV=BV,
+        HAS_G=g is not None, READ=read, PREC=_precision(x.dtype),
+    )
+    final = torch.empty(B, H, K, V, device=x.device, dtype=acc) if store_final else None
+    grid = lambda meta: (triton.cdiv(K * V, meta["BLOCK"]), B * H)  # noqa: E731
+    _state_scan_kernel[grid](
+        X, decay, init, final, NT, K * V, HAS_G=g is not None,
+        HAS_INIT=init is not None, STORE_FINAL=store_final, REVERSE=read,
+    )
+    return X, final
+
+
+class _TritonChunkScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, v, z, g, h0, band, output_final_state: bool, C: int):
+        B, N, H, K = u.shape
+        V = z.shape[-1]
+        hs, ht = _scan(v, z, g, h0, C, read=False, store_final=output_final_state)
+        y = torch.empty(z.shape, device=z.device, dtype=z.dtype)
+        BV = min(64, _block(V))
+        grid = (hs.shape[2], triton.cdiv(V, BV), B * H)
+        _fwd_output_kernel[grid](
+            u, v, z, g, hs, band, y, u.stride(1), v.stride(1), z.stride(1), N, H, K, V, hs.shape[2], C=C,
+            BK=_block(K), BV=BV,
+            HAS_G=g is not None, PREC=_precision(z.dtype),
+            W=band.shape[1] if band is not None else 1, HAS_BAND=band is not None,
+        )
+        ctx.save_for_backward(u, v, z, g, h0, band)
+        ctx.C = C
+        ctx.output_final_state = output_final_state
+        return y, ht
+
+    @staticmethod
+    def backward(ctx, dy, dht):
+        u, v, z, g, h0, band = ctx.saved_tensors
+        C = ctx.C
+        B, N, H, K = u.shape
+        V = z.shape[-1]
+        dy = dy.contiguous()
+        has_dht = dht is not None and ctx.output_final_state
+        # The chunk states are recomputed rather than saved; the final state is only needed
+        # for the <dS_N, S_N> term of the decay gradient.
+        hs, ht = _scan(v, z, g, h0, C, read=False, store_final=has_dht and g is not None)
+        dht = dht.to(hs.dtype).contiguous() if has_dht else None
+        dhs, dh0 = _scan(u, dy, g, dht, C, read=True, store_final=h0 is not None)
+        NT = hs.shape[2]
+        du, dv = (torch.empty(u.shape, device=u.device, dtype=u.dtype) for _ in range(2))
+        dz = torch.empty(z.shape, device=z.device, dtype=z.dtype)
+        W = band.shape[1] if band is not None else 1
+        new = lambda *shape: torch.empty(*shape, device=z.device, dtype=hs.dtype)  # noqa: E731
+        dgl = new(B, H, NT, C) if g is not None else None
+        dg_tot = new(B, H, NT) if g is not None else None
+        dband = new(NT, B, H, V, W) if band is not None else None
+        _bwd_main_kernel[(NT, B * H)](
+            u, v, z, g, hs, dhs, dy, band, du, dv, dz, dgl, dg_tot, dband, u.stride(1), v.stride(1), z.stride(1),
+            N, H, K, V, NT, C=C,
+            BK=_block(K), BV=_block(V), HAS_G=g is not None, PREC=_precision(z.dtype),
+            W=W, HAS_BAND=band is not None,
+        )
+        dg = None
+        if g is not None:
+            # L_N scales S_N, so <dS_N, S_N> reaches every log decay.
+            dg_final = (dht * ht).sum((-2, -1)).contiguous() if has_dht else None  # (B, H)
+            dg = torch.empty(B, N, H, device=z.device, dtype=hs.dtype)
+            _dg_finish_kernel[(NT, B * H)](
+                dgl, dg_tot, dg_final, dg, N, H, NT, C=C, BNT=min(1024, max(16, triton.next_power_of_2(NT))),
+                HAS_FINAL=has_dht,
+            )
+        dband_sum = dband.sum((0, 1)).reshape(H * V, W).to(band.dtype) if band is not None else None
+        return du, dv, dz, dg, dh0, dband_sum, None, None
+
+
+def triton_chunk_semiseparable(
+    u: Tensor,
+    v: Tensor,
+    z: Tensor,
+    log_decay: Tensor | None = None,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+    band: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """The semiseparable scan on the Triton kernels (CUDA, or the CPU interpreter).
+
+    Args and returns as ``chunk_semiseparable``: u, v (B, N, H, r), z (B, N, H, p),
+    log_decay (B, N, H) <= 0 or None, initial_state (B, H, r, p) or None; returns
+    y (B, N, H, p) in z's dtype and the final state (B, H, r, p) in fp32 (fp64 for fp64
+    inputs) or None. u and v are cast to z's dtype. chunk_size must be a power of two >= 16.
+    band: (H*p, w) causal band weights, added inside the output kernel (as ``causal_band``).
+    Gradients reach u, v, z, log_decay, initial_state and band.
+    """
+    check_inputs(u, v, z, log_decay, initial_state, band)
+    if not HAS_TRITON:
+        raise RuntimeError("impl='triton' needs the triton package (pip install triton); use impl='chunked'")
+    if not triton_supports(u, v, z, log_decay, initial_state):
+        raise ValueError(
+            "impl='triton' runs CUDA tensors (or CPU ones under TRITON_INTERPRET=1) of dtype "
+            f"float32/bfloat16/float16/float64; got {u.device.type} {z.dtype}"
+        )
+    C = chunk_size
+    if isinstance(C, bool) or not isinstance(C, int) or C < 16 or C & (C - 1):
+        raise ValueError(f"chunk_size must be a power of two >= 16 for impl='triton'; got {C!r}")
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+    u, v, z = (_rows(t.to(z.dtype)) for t in (u, v, z))
+    g = log_decay.to(acc).contiguous() if log_decay is not None else None
+    h0 = initial_state.to(acc).contiguous() if initial_state is not None else None
+    if band is not None:
+        band = band.contiguous()
+    y, ht = _TritonChunkScan.apply(u, v, z, g, h0, band, output_final_state, C)
+    return y, ht

@@ -1,0 +1,108 @@
+"""CPU smoke tests of the issue-5 GPU benchmarks: tiny shapes, the torch `chunked` scan, a tmp dir."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ENV_KEYS = {"git_sha", "date", "device", "device_type", "torch"}
+
+
+@pytest.fixture(scope="module")
+def mixers_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mixers")
+    rc = _script("mixers").main(["--seqs", "32", "48", "--tokens", "64", "--d-model", "64", "--heads", "4",
+                                 "--impl", "chunked", "--chunk-size", "16", "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def throughput_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("throughput")
+    rc = _script("train_throughput").main([
+        "--seqs", "32", "64", "--tokens", "64", "--impl", "chunked", "--precision", "fp32", "--warmup-steps", "1",
+        "--steps", "2", "--set", "model.d_model=64", "--set", "model.n_layers=1", "--set", "model.n_heads=4",
+        "--set", "model.vocab_size=256", "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_mixers_json(mixers_result):
+    res = json.loads((mixers_result / "mixers-cpu.json").read_text())
+    assert res["benchmark"] == "mixers" and ENV_KEYS <= res.keys() and res["device_type"] == "cpu"
+    assert res["config"]["impl"] == "chunked" and res["config"]["rank"] == 32  # max_rank of `standard`
+    assert [r["N"] for r in res["figures"]] == [32, 48] and [r["B"] for r in res["figures"]] == [2, 1]
+    for r in res["figures"]:
+        for name in ("sdpa", "scan", "attention_layer", "semiseparable_layer"):
+            assert "error" not in r[name] and r[name]["ms"] > 0 and "peak_mib" in r[name]
+        assert {"sdpa_over_scan", "attention_over_semiseparable_layer"} <= set(r["speedup"])
+        assert all(v > 0 for v in r["speedup"].values() if v is not None)
+        c = r["check"]
+        assert c["ok"] and c["full_shape"] and set(c["errors"]) == {"y", "du", "dv", "dz", "dlog_decay"}
+        assert all(0 <= e < 2e-2 for e in c["errors"].values())
+    md = (mixers_result / "mixers-cpu.md").read_text()
+    assert "| 48 | 1 |" in md and "PASS" in md
+
+
+def test_mixers_check_fails_on_a_wrong_scan(monkeypatch, tmp_path):
+    mod = _script("mixers")
+    real = mod.semiseparable
+
+    def wrong(u, v, z, log_decay=None, *a, impl="chunked", **kw):
+        y, s = real(u, v, z, log_decay, *a, impl="chunked", **kw)
+        return (y * 1.1 if impl == "recurrent" else y), s
+
+    monkeypatch.setattr(mod, "semiseparable", wrong)
+    rc = mod.main(["--seqs", "32", "--tokens", "32", "--d-model", "32", "--heads", "2", "--impl", "recurrent",
+                   "--chunk-size", "16", "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "mixers-cpu.json").read_text())
+    assert rc == 1 and not res["figures"][0]["check"]["ok"] and "FAIL" in (tmp_path / "mixers-cpu.md").read_text()
+
+
+def test_throughput_json(throughput_result):
+    res = json.loads((throughput_result / "train_throughput-cpu.json").read_text())
+    assert res["benchmark"] == "train_throughput" and ENV_KEYS <= res.keys()
+    assert res["config"]["presets"] == ["baseline", "standard"] and res["config"]["steps"] == 2
+    for r, (n, b) in zip(res["figures"], [(32, 2), (64, 1)]):
+        assert (r["N"], r["B"]) == (n, b)
+        assert r["baseline"]["mixer"] == "attention" and r["standard"]["mixer"] == "semiseparable"
+        for p in ("baseline", "standard"):
+            assert "error" not in r[p] and r[p]["tokens_per_s"] > 0 and r[p]["step_ms"] > 0
+            assert r[p]["config"]["max_seq_len"] == n and r[p]["config"]["d_model"] == 64
+        assert r["ratio_tokens_per_s"] > 0 and "ratio_peak_memory" in r
+    assert (throughput_result / "train_throughput-cpu.md").read_text().startswith("| N | B |")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal applies off CUDA")
+def test_no_default_output_off_cuda(capsys):
+    assert _script("mixers").main(["--seqs", "32"]) == 2
+    assert _script("train_throughput").main(["--seqs", "32"]) == 2
+    assert "not on CUDA" in capsys.readouterr().err
+
+
+def test_readme_tables_from_results(mixers_result, throughput_result, tmp_path, monkeypatch):
+    tables = _script("readme_tables")
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    assert tables.mixers_table() == tables.throughput_table() == "_No GPU run recorded yet._"
+    # the tables read the -gpu names; feed them this run's files
+    (tmp_path / "mixers-gpu.json").write_text((mixers_result / "mixers-cpu.json").read_text())
+    (tmp_path / "train_throughput-gpu.json").write_text((throughput_result / "train_throughput-cpu.json").read_text())
+    monkeypatch.setattr(tables, "TABLES", {k: tables.TABLES[k] for k in ("mixers-table", "throughput-table")})
+    text = "<!-- mixers-table:start -->\nstale\n<!-- mixers-table:end -->\n" \
+           "<!-- throughput-table:start -->\n<!-- throughput-table:end -->\n"
+    out = tables.render(text)
+    assert "stale" not in out and "`benchmarks/mixers.py`" in out and "`benchmarks/train_throughput.py`" in out
+    assert "| 32 | 2 |" in out
