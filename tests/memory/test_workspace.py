@@ -5,6 +5,7 @@ import json
 import warnings
 
 import pytest
+import torch
 
 import muse
 from muse import runtime
@@ -155,8 +156,16 @@ def test_estimate_with_default_reads_an_exported_variable(monkeypatch):
 # ----------------------------------------------------------------------------- commands
 
 
+def _needs_fresh_cuda():
+    """torch reads the setting once, at the first cuBLAS use: on a GPU box where earlier tests
+    already used CUDA it cannot apply (the warning for that case has its own test)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        pytest.skip("CUDA is already initialised in this test process")
+
+
 @pytest.mark.parametrize("flag", ["--cublas-workspace", "--train.cublas_workspace"])
 def test_memory_json_records_the_setting_and_applies_it(flag, capsys):
+    _needs_fresh_cuda()
     assert main(["memory", "tiny", "--model.n_layers", "2", "--seq", "64", "--device", "cpu", "--json",
                  flag, ":4096:1"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -172,6 +181,7 @@ def test_memory_table_labels_the_workspace(capsys):
 
 
 def test_verify_applies_one_setting_to_every_row(tmp_path, monkeypatch, capsys):
+    _needs_fresh_cuda()
     # small dense rows (few ops, fast on fake tensors): what is checked is that every row shares the setting
     small = {"model.vocab_size": 512, "model.d_model": 64, "model.n_layers": 1, "model.n_heads": 4}
     monkeypatch.setattr(verify, "TT_SHAPES", [(10_000, 512)])

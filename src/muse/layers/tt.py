@@ -342,21 +342,33 @@ class TTMatrix(nn.Module):
                 f"idx values must lie in [0, {self.num_rows}); got min {int(uniq[0])}, max {int(uniq[-1])}"
             )
         uniq = uniq.long()
-        if uniq.numel() <= self.ROWS_CHUNK:
+        chunk = self.rows_chunk()
+        if uniq.numel() <= chunk:
             table = self._contract_rows(uniq)  # (U, N)
             return table.index_select(0, inv).reshape(*idx.shape, self.num_cols)
         inv = inv.reshape(-1)
-        starts = range(0, uniq.numel() + self.ROWS_CHUNK, self.ROWS_CHUNK)
+        starts = range(0, uniq.numel() + chunk, chunk)
         if is_fake(inv) or inv.device.type == "meta":  # inv = arange: already grouped
             order, bounds = inv, [min(b, inv.numel()) for b in starts]
         else:
             order = torch.argsort(inv)  # token positions grouped by unique id
             # chunk boundaries in ``order``: one host sync
             bounds = torch.searchsorted(inv[order], torch.tensor(list(starts), device=inv.device)).tolist()
-        out = _ChunkedRows.apply(self, uniq, inv, order, bounds, *self.parameters())  # (L, N)
+        out = _ChunkedRows.apply(self, uniq, inv, order, bounds, chunk, *self.parameters())  # (L, N)
         return out.reshape(*idx.shape, self.num_cols)
 
-    ROWS_CHUNK = 128  # unique ids contracted at a time by ``rows``
+    # Unique ids contracted at a time by ``rows``: enough that a chunk's partial products take
+    # about ROWS_CHUNK_BYTES (a fixed 128 rows made a 16K-token step launch-bound on the host:
+    # 64 chunks, ~150 ms of CPU per step on an H100 box), and no fewer than 128. ROWS_CHUNK
+    # overrides it (tests).
+    ROWS_CHUNK: int | None = None
+    ROWS_CHUNK_BYTES = 8 * 2**20
+
+    def rows_chunk(self) -> int:
+        if self.ROWS_CHUNK is not None:
+            return self.ROWS_CHUNK
+        per_row = 3 * 4 * self.padded_shape[1]  # output row, partial product, core slices (fp32)
+        return max(128, self.ROWS_CHUNK_BYTES // per_row)
 
     def _contract_rows(self, uniq: Tensor) -> Tensor:
         """W[uniq] for sorted, in-range int64 ids: (U,) → (U, N), core by core."""
@@ -456,15 +468,14 @@ class TTMatrix(nn.Module):
 
 
 class _ChunkedRows(torch.autograd.Function):
-    """``W[uniq][inv]`` computed ``ROWS_CHUNK`` unique ids at a time, and recomputed the same way
+    """``W[uniq][inv]`` computed ``chunk`` unique ids at a time, and recomputed the same way
     in backward: besides the (L, N) output only one chunk's partial products are ever alive
     (no (U, N) table, no per-id copies of the core slices). Gradients flow to the TT
     parameters only. Reference: ``TTMatrix._contract_rows`` + ``index_select`` (tests compare)."""
 
     @staticmethod
     def forward(ctx, tt: "TTMatrix", uniq: Tensor, inv: Tensor, order: Tensor, bounds: list[int],
-                *params: Tensor) -> Tensor:
-        chunk = tt.ROWS_CHUNK
+                chunk: int, *params: Tensor) -> Tensor:
         out = None
         for c, start in enumerate(range(0, uniq.numel(), chunk)):
             part = tt._contract_rows(uniq[start : start + chunk])  # (≤chunk, N)
@@ -472,7 +483,7 @@ class _ChunkedRows(torch.autograd.Function):
                 out = part.new_empty(inv.numel(), part.shape[-1])
             pos = order[bounds[c] : bounds[c + 1]]
             out[pos] = part.index_select(0, inv[pos] - start)
-        ctx.tt, ctx.bounds = tt, bounds
+        ctx.tt, ctx.bounds, ctx.chunk = tt, bounds, chunk
         ctx.save_for_backward(uniq, inv, order)
         return out
 
@@ -482,7 +493,7 @@ class _ChunkedRows(torch.autograd.Function):
         uniq, inv, order = ctx.saved_tensors
         params = tuple(tt.parameters())
         grads = [None] * len(params)
-        chunk = tt.ROWS_CHUNK
+        chunk = ctx.chunk
         for c, start in enumerate(range(0, uniq.numel(), chunk)):
             ids = uniq[start : start + chunk]
             pos = order[bounds[c] : bounds[c + 1]]
@@ -492,4 +503,4 @@ class _ChunkedRows(torch.autograd.Function):
                 part = tt._contract_rows(ids)
                 gp = torch.autograd.grad(part, params, g, allow_unused=True)
             grads = [a if b is None else (b if a is None else a + b) for a, b in zip(grads, gp)]
-        return (None, None, None, None, None, *grads)
+        return (None, None, None, None, None, None, *grads)
