@@ -22,6 +22,8 @@ def test_tables_are_rendered_from_json_not_typed():
     mod = _tables()
     blank = "<!-- params-table:start -->\nstale\n<!-- params-table:end -->\n" \
             "<!-- train-eval-table:start -->\n<!-- train-eval-table:end -->\n" \
-            "<!-- memory-table:start -->\n<!-- memory-table:end -->\n"
+            "<!-- memory-table:start -->\n<!-- memory-table:end -->\n" \
+            "<!-- mixers-table:start -->\n<!-- mixers-table:end -->\n" \
+            "<!-- throughput-table:start -->\n<!-- throughput-table:end -->\n"
     out = mod.render(blank)
     assert "stale" not in out and "`xxl-100b`" in out and "`baseline`" in out
