@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+import torch
 
 from muse.runtime import environment_info as environment  # noqa: F401  (git sha, date, device, torch)
 
@@ -18,3 +21,14 @@ def write_result(name: str, payload: dict, out_dir: str | Path = RESULTS) -> Pat
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+def pick_device(name: str, out: str | None, script: str) -> torch.device | None:
+    """The device a benchmark runs on, or None (after a message) when it is not CUDA and no
+    ``--out`` was given: GPU results only ever come from a GPU run."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if device.type != "cuda" and out is None:
+        print(f"{script}: not on CUDA: GPU results come from a GPU run; pass --out DIR for a CPU test run",
+              file=sys.stderr)
+        return None
+    return device

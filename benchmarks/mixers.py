@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common import RESULTS, environment, write_result  # noqa: E402
+from common import RESULTS, environment, pick_device, write_result  # noqa: E402
 from muse.config import load_config, to_dict  # noqa: E402
 from muse.mixers import build_mixer  # noqa: E402
 from muse.ops.semiseparable import semiseparable  # noqa: E402
@@ -278,10 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help=f"result folder (default {RESULTS}; required off CUDA)")
     args = p.parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if device.type != "cuda" and args.out is None:
-        print("mixers: not on CUDA: GPU results come from a GPU run; pass --out DIR for a CPU test run",
-              file=sys.stderr)
+    device = pick_device(args.device, args.out, "mixers")
+    if device is None:
         return 2
     attn_cfg, ss_cfg = layer_configs(args, max(args.seqs))  # a bad --impl fails here, before any timing
     torch.manual_seed(0)

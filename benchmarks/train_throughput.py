@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from common import RESULTS, environment, write_result  # noqa: E402
+from common import RESULTS, environment, pick_device, write_result  # noqa: E402
 from muse.config import load_config, to_dict  # noqa: E402
 from muse.memory.profile import StepPlan, _build, _step, measure, plan_config  # noqa: E402
 from muse.runtime import autocast_context  # noqa: E402
@@ -112,10 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help=f"result folder (default {RESULTS}; required off CUDA)")
     args = p.parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if device.type != "cuda" and args.out is None:
-        print("train_throughput: not on CUDA: GPU results come from a GPU run; pass --out DIR for a CPU test run",
-              file=sys.stderr)
+    device = pick_device(args.device, args.out, "train_throughput")
+    if device is None:
         return 2
     env = environment(device)
     a, b = args.presets

@@ -72,3 +72,28 @@ def trained_run(tmp_path_factory, shared_data, token_cache) -> Path:
     ]
     assert main(args) == 0
     return run
+
+
+@pytest.fixture
+def interrupted_run(monkeypatch):
+    """run(args, after_saves=k): run ``muse train args``, stopped by Ctrl-C right after the k-th
+    checkpoint is written; returns the exit code (130 expected)."""
+    from muse.cli import main
+    from muse.train.trainer import Trainer
+
+    def run(args, after_saves: int) -> int:
+        real_save, saves = Trainer.save, {"n": 0}
+
+        def save_then_die(self, *a, **k):
+            real_save(self, *a, **k)
+            saves["n"] += 1
+            if saves["n"] == after_saves:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(Trainer, "save", save_then_die)
+        try:
+            return main(args)
+        finally:
+            monkeypatch.setattr(Trainer, "save", real_save)
+
+    return run

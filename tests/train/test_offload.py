@@ -15,7 +15,6 @@ from muse.train import build_optimizer
 from muse.train import optim as optim_mod
 from muse.train import trainer as trainer_mod
 from muse.train.optim import clip_grad_norm, is_offloaded, sync_offloaded_params
-from muse.train.trainer import Trainer
 
 # ----------------------------------------------------------------------------- config and errors
 
@@ -192,7 +191,7 @@ def _metrics(run_dir):
     return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_trainer_checkpoints_and_resumes_exactly(offload_on_cpu, wt2_args, tmp_path, monkeypatch):
+def test_trainer_checkpoints_and_resumes_exactly(offload_on_cpu, wt2_args, tmp_path, interrupted_run):
     over = {"train.max_steps": 8, "train.eval_every": 4, "train.device": "cpu", "train.optimizer": "adamw-offload",
             "train.grad_clip": 0.5, "model.n_layers": 1}
     assert main(wt2_args(tmp_path / "full", **over)) == 0
@@ -200,18 +199,7 @@ def test_trainer_checkpoints_and_resumes_exactly(offload_on_cpu, wt2_args, tmp_p
     ck = torch.load(next((tmp_path / "full/checkpoints").glob("step-00000008/trainer.pt")), weights_only=True)
     assert set(ck["optimizer"]) >= {"offloaded", "on-device"} and ck["optimizer"]["offloaded"]
 
-    saves = {"n": 0}
-    real_save = Trainer.save
-
-    def save_then_die(self, *a, **k):
-        real_save(self, *a, **k)
-        saves["n"] += 1
-        if saves["n"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "save", save_then_die)
-    assert main(wt2_args(tmp_path / "cut", **over)) == 130
-    monkeypatch.setattr(Trainer, "save", real_save)
+    assert interrupted_run(wt2_args(tmp_path / "cut", **over), after_saves=1) == 130
     assert main(["train", "--resume", str(tmp_path / "cut"), "--train.progress", "false"]) == 0
     cut = [m for m in _metrics(tmp_path / "cut") if "loss" in m]
     assert [m["step"] for m in cut] == list(range(1, 9))

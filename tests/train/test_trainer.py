@@ -5,12 +5,10 @@ import json
 import math
 
 import pytest
-import torch
 
 from muse.cli import main
 from muse.model import MuseLM
 from muse.train import checkpoint as ckpt_mod
-from muse.train.trainer import Trainer
 
 
 def read_metrics(run_dir):
@@ -30,25 +28,14 @@ def test_training_lowers_validation_loss(wt2_args, tmp_path, capsys):
         assert any(ck.glob(f"step-*/{name}")), name
 
 
-def test_resume_equals_uninterrupted(wt2_args, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(wt2_args, tmp_path, interrupted_run):
     # exactness is a CPU promise: CUDA's atomic-add kernels (embedding/index backward) reorder sums
     over = {"train.max_steps": 12, "train.eval_every": 4, "model.dropout": 0.1, "train.device": "cpu"}
     assert main(wt2_args(tmp_path / "full", **over)) == 0
     full = [m for m in read_metrics(tmp_path / "full") if "loss" in m]
 
     # the same run, killed right after its second checkpoint (step 8) ...
-    saves = {"n": 0}
-    real_save = Trainer.save
-
-    def save_then_die(self, *a, **k):
-        real_save(self, *a, **k)
-        saves["n"] += 1
-        if saves["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "save", save_then_die)
-    assert main(wt2_args(tmp_path / "cut", **over)) == 130
-    monkeypatch.setattr(Trainer, "save", real_save)
+    assert interrupted_run(wt2_args(tmp_path / "cut", **over), after_saves=2) == 130
     # ... and resumed
     assert main(["train", "--resume", str(tmp_path / "cut"), "--train.progress", "false"]) == 0
     cut = [m for m in read_metrics(tmp_path / "cut") if "loss" in m]

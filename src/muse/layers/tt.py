@@ -18,7 +18,6 @@ import math
 import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 PHASES = ("none", "cos", "complex")
 
