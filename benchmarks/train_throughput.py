@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from common import RESULTS, environment, pick_device, write_result  # noqa: E402
-from muse.config import load_config, to_dict  # noqa: E402
+from muse.config import PRECISIONS, load_config, to_dict  # noqa: E402
 from muse.memory.profile import StepPlan, _build, _step, measure, plan_config  # noqa: E402
 from muse.runtime import autocast_context  # noqa: E402
 from readme_tables import throughput_markdown  # noqa: E402
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--presets", nargs=2, default=["baseline", "standard"], metavar=("REFERENCE", "OTHER"))
     p.add_argument("--impl", default="triton", help="mixer.semiseparable.impl of the semiseparable preset")
     p.add_argument("--tokens", type=int, default=16384, help="B = max(1, tokens // N)")
-    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "fp16", "bf16-pure"))
+    p.add_argument("--precision", default="bf16", choices=PRECISIONS)
     p.add_argument("--optimizer", default="adamw", choices=("adamw", "adamw8bit"))
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--warmup-steps", type=int, default=3)

@@ -8,7 +8,7 @@ import sys
 
 from pathlib import Path
 
-from muse.config import OPTIMIZERS, ConfigError, list_presets, load_raw
+from muse.config import OPTIMIZERS, PRECISIONS, ConfigError, list_presets, load_raw
 from muse.configargs import add_alias, add_config_arguments, check_unknown, config_from_args
 
 
@@ -248,7 +248,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_config_arguments(p)
     p.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
     p.add_argument("--seq", type=int, default=0, help="tokens per sequence (default model.max_seq_len)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "bf16-pure"), help="default: train.precision")
+    p.add_argument("--precision", choices=PRECISIONS, help="default: train.precision")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default: train.optimizer")
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="activation checkpointing per block (default: model.checkpointing)")

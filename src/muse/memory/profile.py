@@ -39,9 +39,9 @@ import torch
 
 from muse.config import OPTIMIZERS, PRECISIONS, Config, ConfigError
 from muse.memory.budget import fmt_bytes
+from muse.train.optim import OFFLOAD_MIN_NUMEL  # torchao's minimal_size: smaller tensors stay on the GPU
 
 MODES = ("train", "fwdbwd", "infer")
-OFFLOAD_MIN_NUMEL = 4096  # torchao CPUOffloadOptimizer's minimal_size: smaller tensors stay on the GPU
 
 
 def cublas_workspace_bytes(config: str = "default", sm90: bool = True) -> int:

@@ -29,7 +29,7 @@ import torch
 
 from .chunk import chunk_semiseparable
 from .naive import check_inputs, causal_band, causal_band_matrix, naive_quadratic, naive_recurrent, recurrent_step
-from .triton_chunk import HAS_TRITON, triton_chunk_semiseparable
+from .triton_chunk import HAS_TRITON, triton_chunk_semiseparable, valid_chunk
 
 __all__ = [
     "IMPLS",
@@ -55,7 +55,7 @@ def resolve_impl(impl: str, x: Tensor, chunk_size: int = 64) -> str:
     global _warned_no_triton
     if impl != "auto":
         return impl
-    if not (x.is_cuda and x.dtype in _KERNEL_DTYPES and chunk_size >= 16 and not chunk_size & (chunk_size - 1)):
+    if not (x.is_cuda and x.dtype in _KERNEL_DTYPES and valid_chunk(chunk_size)):
         return "chunked"
     if not HAS_TRITON:
         if not _warned_no_triton:

@@ -50,6 +50,12 @@ HAS_TRITON = triton is not None
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
+def valid_chunk(chunk_size) -> bool:
+    """The kernels' chunk length: a power of two >= 16 (tl.dot's smallest tile)."""
+    C = chunk_size
+    return isinstance(C, int) and not isinstance(C, bool) and C >= 16 and not C & (C - 1)
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -420,7 +426,7 @@ def triton_chunk_semiseparable(
             f"float32/bfloat16/float16/float64; got {u.device.type} {z.dtype}"
         )
     C = chunk_size
-    if isinstance(C, bool) or not isinstance(C, int) or C < 16 or C & (C - 1):
+    if not valid_chunk(C):
         raise ValueError(f"chunk_size must be a power of two >= 16 for impl='triton'; got {C!r}")
     acc = torch.float64 if z.dtype == torch.float64 else torch.float32
     u, v, z = (_rows(t.to(z.dtype)) for t in (u, v, z))
