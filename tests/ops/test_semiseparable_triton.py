@@ -99,6 +99,13 @@ def test_kernel_options(decay, init, final):
     _check((2, 45, 2, 6, 12), torch.float64, decay=decay, init=init, final=final, seed=3)
 
 
+@pytest.mark.parametrize("decay", [True, False])
+def test_kernel_state_scan_tiles(decay):
+    """More chunks than one tile of the state scan (TB = 16 chunks): carries across tiles,
+    a partial last tile, forward and reverse."""
+    _check((1, 530, 2, 4, 8), torch.float64, decay=decay, init=True, final=True, seed=13)
+
+
 def test_kernel_strong_decay():
     """Decays of e^-6 per step: every exponent stays <= 0, nothing overflows."""
     _check((1, 70, 2, 8, 16), torch.float32, strength=6.0, chunk=32, seed=5)
