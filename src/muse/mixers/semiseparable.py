@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from muse.config import ModelConfig
 from muse.layers.linear import make_linear
 from muse.mixers.base import Mixer, register_mixer
+from muse.ops.gates import gate_inputs
+from muse.ops.rmsnorm import rms_norm
 from muse.ops.semiseparable import recurrent_step, semiseparable
 
 
@@ -69,9 +71,11 @@ class SemiseparableMixer(Mixer):
         self.norm_weight = nn.Parameter(torch.ones(H, p)) if s.head_norm else None
         self.o_proj = proj(d, out_std) if s.out_proj == "linear" else nn.Identity()
         self._last: dict[str, Tensor] = {}
+        # the fused gating and head-norm kernels wherever the scan runs its kernels
+        self._op_impl = "auto" if s.impl in ("auto", "triton") else "naive"
 
     # ------------------------------------------------------------------ shared by forward and step
-    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None, tuple]:
         B, N, _ = x.shape
         H, p, r = self.H, self.p, self.r
         if self.in_proj is not None:
@@ -81,38 +85,37 @@ class SemiseparableMixer(Mixer):
             gl = self.g_proj(x) if self.g_proj is not None else None
         z = (x if self._widths[0] == 0 else z).unflatten(-1, (H, p))  # (B, N, H, p)
         u, v = u.unflatten(-1, (H, r)), v.unflatten(-1, (H, r))  # (B, N, H, r)
+        scale = r**-0.5
         if self.s.uv_norm == "l2":
-            u, v = F.normalize(u, dim=-1), F.normalize(v, dim=-1)
-        else:
-            u = u * r**-0.5
-        g = None
-        if self.n_gated:
-            g = torch.sigmoid(gl.unflatten(-1, (H, self.n_gated)))  # (B, N, H, r − min_rank)
-            u = torch.cat([u[..., : r - self.n_gated], u[..., r - self.n_gated :] * g], dim=-1)
-        log_decay = None
+            u, v, scale = F.normalize(u, dim=-1), F.normalize(v, dim=-1), 1.0
+        gl = gl.unflatten(-1, (H, self.n_gated)) if self.n_gated else None  # (B, N, H, r − min_rank)
+        dl = self.decay_proj(x) if self.decay_proj is not None else None  # (B, N, H)
+        # gates, scale and −softplus in one fused op: (B, N, H, r), (B, N, H) fp32, gate sums
+        u, log_decay, gate_sum, gate_open = gate_inputs(u, gl, dl, scale, impl=self._op_impl)
         if self.decay_logit is not None:
             log_decay = -F.softplus(self.decay_logit).to(x.dtype).expand(B, N, H)  # (B, N, H)
-        elif self.decay_proj is not None:
-            log_decay = -F.softplus(self.decay_proj(x))
-        return u, v, z, log_decay, g
+        return u, v, z, log_decay, (gate_sum, gate_open)
 
     def _output(self, y: Tensor) -> Tensor:  # (B, N, H, p) -> (B, N, d)
         if self.norm_weight is not None:
-            y = F.rms_norm(y, (self.p,), eps=1e-6) * self.norm_weight.to(y.dtype)
+            # the fused kernel wherever the scan runs its kernels; torch with the torch scans
+            y = rms_norm(y, self.norm_weight, eps=1e-6, impl=self._op_impl)  # per head: (B, N, H, p)
         return self.o_proj(y.flatten(-2))
 
-    def _aux(self, g: Tensor | None) -> Tensor | None:
-        if g is None:
+    def _aux(self, gates: tuple[Tensor | None, Tensor | None]) -> Tensor | None:
+        gate_sum, gate_open = gates  # (B, N, H): sum of the gates and the number open, per head
+        if gate_sum is None:
             return None
-        self._last = {"gate_mean": g.detach().mean(), "open": (g.detach() > 0.5).float().sum(-1).mean()}
-        return self.s.gate_l1 * g.mean()
+        mean = gate_sum.mean() / self.n_gated
+        self._last = {"gate_mean": mean.detach(), "open": gate_open.mean()}
+        return self.s.gate_l1 * mean
 
     # ------------------------------------------------------------------ Mixer API
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:  # (B, N, d)
-        u, v, z, log_decay, g = self._project(x)
+        u, v, z, log_decay, gates = self._project(x)
         # The band rides along with the scan: the Triton kernels add it in their output pass.
         y, _ = semiseparable(u, v, z, log_decay, impl=self.s.impl, chunk_size=self.s.chunk_size, band=self.band)
-        return self._output(y), self._aux(g)
+        return self._output(y), self._aux(gates)
 
     def init_state(self, batch_size: int, device, dtype) -> dict[str, Tensor]:
         acc = torch.float64 if dtype == torch.float64 else torch.float32  # the scan accumulates in fp32

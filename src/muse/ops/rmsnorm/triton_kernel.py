@@ -1,0 +1,101 @@
+"""RMS normalisation over the last dimension with per-group weights, one Triton kernel each way.
+
+    x (M, G, D), weight (G, D)  ->  y = x * rstd * weight,  rstd = 1 / sqrt(mean(x², -1) + eps)
+
+Torch's layer-norm kernels take 0.68 ms forward+backward for the semiseparable mixer's per-head
+norm at N = 32K (524K rows of 64) on an H100, a sixth of the whole layer; this is two passes
+over the data. Programs own BM rows of one group, so each loads its weight row once and its
+weight gradient is a plain column sum (partials per program, summed by the caller).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from muse.ops.semiseparable.triton_chunk import HAS_TRITON, triton_supports
+
+from .naive import check_inputs
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _tile(x, i_m, i_g, M, G, D, BM: tl.constexpr, BD: tl.constexpr):
+        rows = i_m * BM + tl.arange(0, BM)  # (BM,) positions m
+        cols = tl.arange(0, BD)
+        offs = (rows.to(tl.int64)[:, None] * G + i_g) * D + cols[None, :]  # (BM, BD)
+        mask = (rows[:, None] < M) & (cols[None, :] < D)
+        return tl.load(x + offs, mask=mask, other=0.0), offs, mask, rows
+
+    @triton.jit
+    def _rms_fwd_kernel(x, w, y, rstd, M, G, D, eps, BM: tl.constexpr, BD: tl.constexpr):
+        i_m, i_g = tl.program_id(0), tl.program_id(1)
+        xv, offs, mask, rows = _tile(x, i_m, i_g, M, G, D, BM, BD)
+        acc_t = rstd.dtype.element_ty
+        xf = xv.to(acc_t)
+        r = 1.0 / tl.sqrt(tl.sum(xf * xf, 1) / D + eps)  # (BM,)
+        cols = tl.arange(0, BD)
+        wv = tl.load(w + i_g * D + cols, mask=cols < D, other=0.0).to(acc_t)  # (BD,)
+        tl.store(y + offs, (xf * r[:, None] * wv[None, :]).to(y.dtype.element_ty), mask=mask)
+        tl.store(rstd + rows.to(tl.int64) * G + i_g, r, mask=rows < M)
+
+    @triton.jit
+    def _rms_bwd_kernel(x, w, dy, rstd, dx, dw, M, G, D, BM: tl.constexpr, BD: tl.constexpr):
+        i_m, i_g = tl.program_id(0), tl.program_id(1)
+        xv, offs, mask, rows = _tile(x, i_m, i_g, M, G, D, BM, BD)
+        acc_t = rstd.dtype.element_ty
+        dyv = tl.load(dy + offs, mask=mask, other=0.0).to(acc_t)
+        r = tl.load(rstd + rows.to(tl.int64) * G + i_g, mask=rows < M, other=0.0)  # (BM,)
+        cols = tl.arange(0, BD)
+        wv = tl.load(w + i_g * D + cols, mask=cols < D, other=0.0).to(acc_t)
+        xhat = xv.to(acc_t) * r[:, None]  # (BM, BD)
+        gx = dyv * wv[None, :]
+        # d/dx of x·rstd: rstd (g − x̂ · mean(g · x̂))
+        c = tl.sum(gx * xhat, 1) / D  # (BM,)
+        tl.store(dx + offs, (r[:, None] * (gx - xhat * c[:, None])).to(dx.dtype.element_ty), mask=mask)
+        tl.store(dw + (i_m.to(tl.int64) * G + i_g) * D + cols, tl.sum(dyv * xhat, 0), mask=cols < D)
+
+
+def _block_rows(D: int) -> int:
+    # about 4K elements per program: enough rows to hide latency, few enough to keep registers
+    return max(1, min(64, 4096 // triton.next_power_of_2(D)))
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float, G: int, D: int):
+        M = x.numel() // (G * D)
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        y = torch.empty_like(x)
+        rstd = torch.empty(M, G, device=x.device, dtype=acc)
+        BM, BD = _block_rows(D), triton.next_power_of_2(D)
+        _rms_fwd_kernel[(triton.cdiv(M, BM), G)](x, weight, y, rstd, M, G, D, eps, BM=BM, BD=BD)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.shape = (M, G, D, BM, BD)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        M, G, D, BM, BD = ctx.shape
+        dy = dy.contiguous()
+        dx = torch.empty_like(x)
+        nm = triton.cdiv(M, BM)
+        dw = torch.empty(nm, G, D, device=x.device, dtype=rstd.dtype)  # per-program partial sums
+        _rms_bwd_kernel[(nm, G)](x, weight, dy, rstd, dx, dw, M, G, D, BM=BM, BD=BD)
+        return dx, dw.sum(0).reshape(weight.shape).to(weight.dtype), None, None, None
+
+
+def triton_rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
+    """``naive_rms_norm`` on the Triton kernels (CUDA, or the CPU interpreter); same shapes."""
+    G, D = check_inputs(x, weight)
+    if not triton_supports(x, weight):
+        raise ValueError(
+            "impl='triton' runs CUDA tensors (or CPU fp32/fp64 ones under TRITON_INTERPRET=1); "
+            f"got {x.device.type} {x.dtype}"
+        )
+    if x.numel() == 0:
+        return x * weight
+    return _RMSNorm.apply(x.contiguous(), weight.contiguous(), float(eps), G, D)
