@@ -30,7 +30,7 @@ if HAS_TRITON:
         return tl.load(x + offs, mask=mask, other=0.0), offs, mask, rows
 
     @triton.jit
-    def _rms_fwd_kernel(x, w, y, rstd, M, G, D, eps, BM: tl.constexpr, BD: tl.constexpr):
+    def _rms_fwd_kernel(x, w, y, rstd, M, G, D, eps: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
         i_m, i_g = tl.program_id(0), tl.program_id(1)
         xv, offs, mask, rows = _tile(x, i_m, i_g, M, G, D, BM, BD)
         acc_t = rstd.dtype.element_ty
@@ -71,7 +71,7 @@ class _RMSNorm(torch.autograd.Function):
         y = torch.empty_like(x)
         rstd = torch.empty(M, G, device=x.device, dtype=acc)
         BM, BD = _block_rows(D), triton.next_power_of_2(D)
-        _rms_fwd_kernel[(triton.cdiv(M, BM), G)](x, weight, y, rstd, M, G, D, eps, BM=BM, BD=BD)
+        _rms_fwd_kernel[(triton.cdiv(M, BM), G)](x, weight, y, rstd, M, G, D, eps=eps, BM=BM, BD=BD)
         ctx.save_for_backward(x, weight, rstd)
         ctx.shape = (M, G, D, BM, BD)
         return y
