@@ -86,10 +86,29 @@ def test_throughput_json(throughput_result):
     assert (throughput_result / "train_throughput-cpu.md").read_text().startswith("| N | B |")
 
 
+def test_tt_embedding_json(tmp_path):
+    """nn.Embedding vs TT torch vs TT fused (Triton's interpreter on CPU), k = 2 and 3 cores."""
+    pytest.importorskip("triton")
+    rc = _script("tt_embedding").main(["--shapes", "60x24", "5000x64", "--ranks", "3", "--tokens", "24",
+                                       "--dtypes", "fp32", "--copy-mib", "4", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "tt_embedding-cpu.json").read_text())
+    assert res["benchmark"] == "tt_embedding" and ENV_KEYS <= res.keys() and res["copy_bandwidth_gbs"] > 0
+    assert [(r["vocab"], r["dim"], len(r["dim_factors"])) for r in res["figures"]] == [(60, 24, 2), (5000, 64, 3)]
+    for r in res["figures"]:
+        for name in ("embedding", "tt_torch", "tt_triton"):
+            assert "error" not in r[name] and r[name]["ms"] > 0 and r[name]["x_floor"] > 0
+        assert r["floor_bytes"] == 2 * 24 * r["dim"] * 4 + 2 * 24 * 8 + 3 * r["tt_params"] * 4
+        cores = {f"core{i}" for i in range(len(r["dim_factors"]))}
+        assert r["check"]["ok"] and set(r["check"]["errors"]) == {"out", *cores}
+    assert "| 5000 | 64 | 3 | fp32 |" in (tmp_path / "tt_embedding-cpu.md").read_text()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal applies off CUDA")
 def test_no_default_output_off_cuda(capsys):
     assert _script("mixers").main(["--seqs", "32"]) == 2
     assert _script("train_throughput").main(["--seqs", "32"]) == 2
+    assert _script("tt_embedding").main(["--shapes", "60x24"]) == 2
     assert "not on CUDA" in capsys.readouterr().err
 
 

@@ -62,13 +62,23 @@ class EmbeddingConfig:
     vocab_factors: list[int] | None = None  # override the automatic mixed radix of V
     dim_factors: list[int] | None = None  # override the factorisation of d
     phase: str = "none"  # none | cos | complex ("holographic" bond phases, TT only)
+    # TT row gather: auto (the fused Triton kernel on CUDA when it fits, torch otherwise) |
+    # triton (always the kernel; CUDA only) | torch (the chunked torch contraction)
+    gather_impl: str = "auto"
 
     def __post_init__(self):
         _check_choice("embedding.kind", self.kind, ("dense", "lowrank", "tt"))
         _check_positive("embedding.rank", self.rank)
         _check_choice("embedding.phase", self.phase, ("none", "cos", "complex"))
+        _check_choice("embedding.gather_impl", self.gather_impl, ("auto", "triton", "torch"))
         if self.phase != "none" and self.kind != "tt":
             raise ConfigError("embedding.phase applies only to embedding.kind 'tt'")
+        if self.gather_impl != "auto" and self.kind != "tt":
+            raise ConfigError("embedding.gather_impl applies only to embedding.kind 'tt'")
+        if self.gather_impl == "triton" and self.phase == "complex":
+            raise ConfigError(
+                "embedding.gather_impl 'triton' needs real cores; phase 'complex' runs on 'torch' or 'auto'"
+            )
         if self.num_cores is not None and self.num_cores not in (2, 3, 4):
             raise ConfigError(f"embedding.num_cores must be 2, 3, 4 or null; got {self.num_cores!r}")
         for name in ("vocab_factors", "dim_factors"):
@@ -167,15 +177,22 @@ class FFNConfig:
         return LinearConfig(kind=self.kind, rank=self.rank, bias=self.bias)
 
 
+LOSS_IMPLS = ("auto", "fused", "chunked")
+
+
 @dataclass
 class HeadConfig:
     kind: str = "dense"  # dense | tied (shares the embedding) | lowrank (d→r→V) | tt
     rank: int = 0
     bias: bool = False
-    loss_chunk: int = 2048  # tokens per chunk of the recomputed cross-entropy
+    loss_chunk: int = 2048  # tokens per chunk of the recomputed (chunked) cross-entropy
+    # auto: the fused linear + cross-entropy kernels on CUDA where the head ends in a plain
+    # matrix (dense, lowrank, tied to a dense embedding), else chunked | fused | chunked
+    loss_impl: str = "auto"
 
     def __post_init__(self):
         _check_choice("head.kind", self.kind, ("dense", "tied", "lowrank", "tt"))
+        _check_choice("head.loss_impl", self.loss_impl, LOSS_IMPLS)
         _check_positive("head.rank", self.rank, allow_zero=True)
         if self.kind in ("lowrank", "tt") and self.rank < 1:
             raise ConfigError(f"head.rank must be >= 1 when head.kind is {self.kind!r}; got {self.rank}")
@@ -227,6 +244,14 @@ class ModelConfig:
             raise ConfigError(f"model.init_std must be > 0; got {self.init_std!r}")
         if self.embedding.kind == "dense" and self.embedding.phase != "none":
             raise ConfigError("embedding.phase applies only to embedding.kind 'tt'")
+        if self.head.loss_impl == "fused" and (
+            self.head.kind == "tt" or (self.head.kind == "tied" and self.embedding.kind != "dense")
+        ):
+            what = "tt" if self.head.kind == "tt" else f"tied to a {self.embedding.kind} embedding"
+            raise ConfigError(
+                f"head.loss_impl 'fused' needs a head ending in a plain matrix (dense, lowrank, or tied to a "
+                f"dense embedding); this head is {what}: use head.loss_impl 'auto' or 'chunked'"
+            )
 
     @property
     def head_dim(self) -> int:

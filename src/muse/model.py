@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from muse.config import Config, ModelConfig
 from muse.layers.embedding import DenseEmbedding, LowRankEmbedding, TTEmbedding
 from muse.layers.ffn import FFN
-from muse.layers.head import chunked_cross_entropy, make_head
+from muse.layers.head import head_logits, lm_loss, make_head
 from muse.layers.norm import make_norm
 from muse.mixers import build_mixer
 
@@ -28,7 +28,7 @@ def make_embedding(cfg: ModelConfig) -> nn.Module:
     if e.kind == "tt":
         return TTEmbedding(
             V, d, e.rank, num_cores=e.num_cores, vocab_factors=e.vocab_factors,
-            dim_factors=e.dim_factors, phase=e.phase, init_std=cfg.init_std,
+            dim_factors=e.dim_factors, phase=e.phase, init_std=cfg.init_std, gather_impl=e.gather_impl,
         )
     if e.kind == "lowrank":
         return LowRankEmbedding(V, d, e.rank, init_std=cfg.init_std)
@@ -83,7 +83,7 @@ class MuseLM(nn.Module):
     # ------------------------------------------------------------------ forward
     def logits(self, h: Tensor) -> Tensor:
         """(..., d) → (..., V); a tied head contracts with the (possibly TT) embedding directly."""
-        return self.embed.attend(h) if self.head is None else self.head(h)
+        return head_logits(self.head, self.embed, h)
 
     def _check_ids(self, idx: Tensor, offset: int = 0) -> None:
         if idx.dtype not in (torch.int64, torch.int32):
@@ -121,7 +121,7 @@ class MuseLM(nn.Module):
         h, aux = self.hidden(idx)
         loss = None
         if targets is not None:
-            loss = chunked_cross_entropy(self.logits, h, targets, self.cfg.head.loss_chunk)
+            loss = lm_loss(self.cfg.head, self.head, self.embed, h, targets)
         want_logits = targets is None if return_logits is None else return_logits
         return LMOutput(self.logits(h) if want_logits else None, loss, aux)
 

@@ -110,6 +110,7 @@ class TTEmbedding(nn.Module):
         vocab_factors, dim_factors: override the automatic factorisations.
         phase: "none" | "cos" | "complex" holographic bond phases (see ``TTMatrix``).
         init_std: std of the table entries at init (as a dense embedding's).
+        gather_impl: "auto" | "triton" | "torch": how ``forward`` gathers rows (see ``TTMatrix``).
     """
 
     kind = "tt"
@@ -124,11 +125,12 @@ class TTEmbedding(nn.Module):
         dim_factors: list[int] | None = None,
         phase: str = "none",
         init_std: float = 0.02,
+        gather_impl: str = "auto",
     ):
         super().__init__()
         _check_sizes(vocab_size, dim)
         self.vocab_size, self.dim = vocab_size, dim
-        self.tt = TTMatrix(vocab_size, dim, rank, num_cores, vocab_factors, dim_factors, phase, init_std)
+        self.tt = TTMatrix(vocab_size, dim, rank, num_cores, vocab_factors, dim_factors, phase, init_std, gather_impl)
 
     @classmethod
     def from_dense(
@@ -138,6 +140,7 @@ class TTEmbedding(nn.Module):
         num_cores: int | None = None,
         vocab_factors: list[int] | None = None,
         dim_factors: list[int] | None = None,
+        gather_impl: str = "auto",
     ) -> "TTEmbedding":
         """TT-SVD of a trained (V, d) table; exact when rank reaches the full TT rank.
 
@@ -146,6 +149,7 @@ class TTEmbedding(nn.Module):
         """
         tt = TTMatrix.from_dense(weight, rank, num_cores, vocab_factors, dim_factors)
         emb = cls(tt.num_rows, tt.num_cols, 1, vocab_factors=tt.row_factors, dim_factors=tt.col_factors)
+        tt.gather_impl = tt._check_gather_impl(gather_impl)
         emb.tt = tt  # the rank-1 placeholder cores are dropped
         return emb
 

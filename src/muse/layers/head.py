@@ -1,22 +1,25 @@
 """Output heads and the memory-bounded cross-entropy.
 
-The loss never holds B×N×V logits: it walks over chunks of tokens and recomputes each chunk's
-logits in the backward pass (activation checkpointing on the head alone), so the peak is one
-chunk of fp32 logits plus its gradient. At V=50 257, N=2048, B=8 that is the difference between
-3.3 GB and ~0.4 GB at the default chunk of 2048 tokens.
+The loss never holds B×N×V logits. Where the head ends in a plain (V, K) matrix — a dense head,
+the (r, V) factor of a low-rank head, a head tied to a dense embedding — it runs the fused
+linear + cross-entropy kernels (``muse.ops.linear_ce``), which keep logits tiles in registers
+and save only a per-token log-sum-exp. Otherwise (TT heads, heads tied to a TT or low-rank
+embedding, CPU) it walks over chunks of ``head.loss_chunk`` tokens and recomputes each chunk's
+logits in the backward pass, so the peak is one chunk of fp32 logits plus its gradient.
+``head.loss_impl`` picks: "auto" (fused on CUDA where possible), "fused", "chunked".
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch._subclasses.fake_tensor import is_fake
 
 from muse.config import HeadConfig
-from muse.layers.linear import make_linear
+from muse.layers.embedding import DenseEmbedding
+from muse.layers.linear import LowRankLinear, make_linear
+from muse.ops.linear_ce import HAS_TRITON, chunked_nll, linear_cross_entropy, resolve_impl, triton_supports
 
 
 def make_head(cfg: HeadConfig, dim: int, vocab_size: int, init_std: float = 0.02) -> nn.Module | None:
@@ -26,9 +29,77 @@ def make_head(cfg: HeadConfig, dim: int, vocab_size: int, init_std: float = 0.02
     return make_linear(cfg.kind, dim, vocab_size, rank=cfg.rank, bias=cfg.bias, init_std=init_std)
 
 
-def _chunk_nll(logits_fn: Callable[[Tensor], Tensor], h: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
-    # upcast per chunk: a bf16 log-softmax over 50K classes loses ~2 digits of the loss
-    return F.cross_entropy(logits_fn(h).float(), targets, ignore_index=ignore_index, reduction="sum")
+def head_logits(head: nn.Module | None, embed: nn.Module, h: Tensor) -> Tensor:
+    """(..., d) → (..., V); a tied head (None) contracts with the (possibly TT) embedding directly."""
+    return embed.attend(h) if head is None else head(h)
+
+
+def fusable(head: nn.Module | None, embed: nn.Module) -> bool:
+    """Whether the projection ends in a plain (V, K) matrix the fused loss can take."""
+    if head is None:
+        return isinstance(embed, DenseEmbedding)
+    return isinstance(head, (nn.Linear, LowRankLinear))
+
+
+def last_matrix(head: nn.Module | None, embed: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """(x, W, b) with head_logits(h) = x @ W^T + b and W a (V, K) matrix, or None.
+
+    dense: (h, weight, bias); low-rank: (h @ A, B^T, bias), so only the (T, r) projection is
+    formed outside the kernel; tied to a dense embedding: (h, E, None).
+    """
+    if head is None:
+        return (h, embed.weight, None) if isinstance(embed, DenseEmbedding) else None
+    if isinstance(head, nn.Linear):
+        return h, head.weight, head.bias
+    if isinstance(head, LowRankLinear):
+        return h @ head.A, head.B.T, head.bias
+    return None
+
+
+def resolve_loss_impl(cfg: HeadConfig, head: nn.Module | None, embed: nn.Module, h: Tensor) -> str:
+    """"fused" or "chunked" for ``head.loss_impl`` and hidden states h (..., d).
+
+    "auto" fuses where the head allows it and ``muse.ops.linear_ce.resolve_impl`` picks the
+    Triton kernels (CUDA, K within ``AUTO_MAX_K``); the CPU — interpreter or not — keeps the
+    chunked loss. "fused" raises when the head has no final plain matrix; the kernels raise
+    when they cannot run the tensors.
+    """
+    impl = cfg.loss_impl
+    if impl == "chunked":
+        return "chunked"
+    if not fusable(head, embed):
+        if impl == "fused":
+            kind = "tied" if head is None else type(head).__name__
+            raise ValueError(
+                f"head.loss_impl 'fused' needs a dense or lowrank head, or a tied head over a dense embedding; "
+                f"got {kind} (embedding {type(embed).__name__}); use head.loss_impl 'chunked' or 'auto'"
+            )
+        return "chunked"
+    if impl == "fused":
+        if not (is_fake(h) or h.device.type == "meta" or triton_supports(h)):
+            raise ValueError(
+                "head.loss_impl 'fused' runs the Triton kernels: it needs the triton package and CUDA "
+                f"tensors (or fp32/fp64 CPU ones under TRITON_INTERPRET=1); got {h.device.type} {h.dtype}"
+                f"{'' if HAS_TRITON else ' without triton installed'}; use head.loss_impl 'auto' or 'chunked'"
+            )
+        return "fused"
+    K = head.rank if isinstance(head, LowRankLinear) else h.size(-1)  # the width the kernels contract
+    return "fused" if resolve_impl("auto", h, K) == "triton" else "chunked"
+
+
+def lm_loss(
+    cfg: HeadConfig, head: nn.Module | None, embed: nn.Module, h: Tensor, targets: Tensor, ignore_index: int = -100
+) -> Tensor:
+    """Mean next-token NLL of the head's logits of h (..., d) against targets (...): float32
+    (float64 for a float64 model), over the targets that are not ``ignore_index``."""
+    h = h.reshape(-1, h.size(-1))  # (T, d)
+    targets = targets.reshape(-1)  # (T,)
+    if resolve_loss_impl(cfg, head, embed, h) == "fused":
+        x, w, b = last_matrix(head, embed, h)
+        total = linear_cross_entropy(x, w, targets, b, ignore_index, impl="triton")
+    else:
+        total = chunked_nll(lambda z: head_logits(head, embed, z), h, targets, cfg.loss_chunk, ignore_index)
+    return total / (targets != ignore_index).sum().clamp(min=1)
 
 
 def chunked_cross_entropy(
@@ -40,17 +111,8 @@ def chunked_cross_entropy(
 ) -> Tensor:
     """Mean next-token NLL of ``logits_fn(h)`` against ``targets`` without storing all logits.
 
-    h: (..., d) hidden states, targets: (...) class ids. Returns a float32 scalar.
+    h: (..., d) hidden states, targets: (...) class ids. Returns a float32 scalar (see
+    ``muse.ops.linear_ce.chunked_nll`` for the summed form).
     """
-    h = h.reshape(-1, h.size(-1))  # (T, d)
-    targets = targets.reshape(-1)  # (T,)
-    recompute = torch.is_grad_enabled()  # head weights may need grads even when h does not
-    total = h.new_zeros((), dtype=torch.float32)
-    for i in range(0, h.size(0), chunk_size):
-        hc, tc = h[i : i + chunk_size], targets[i : i + chunk_size]
-        if recompute:
-            total = total + checkpoint(_chunk_nll, logits_fn, hc, tc, ignore_index, use_reentrant=False)
-        else:
-            total = total + _chunk_nll(logits_fn, hc, tc, ignore_index)
-    count = (targets != ignore_index).sum().clamp(min=1)
-    return total / count
+    total = chunked_nll(logits_fn, h, targets, chunk_size, ignore_index)
+    return total / (targets.reshape(-1) != ignore_index).sum().clamp(min=1)

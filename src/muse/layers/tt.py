@@ -19,7 +19,10 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch import Tensor, nn
 
+from muse.ops.tt_gather import resolve_impl, shape_unsupported, tt_contract, tt_gather
+
 PHASES = ("none", "cos", "complex")
+GATHER_IMPLS = ("auto", "triton", "torch")
 
 # cos-phase init: θ ~ U(−a, a). Not exactly 0: d cos θ / dθ = −sin θ vanishes there, so the
 # phases would never leave their init. With a = 0.1, cos θ ≥ 0.995 at the start.
@@ -209,7 +212,14 @@ class TTMatrix(nn.Module):
             symmetric, so a random start phase would add nothing) and returns the real part.
         init_std: std of the entries of W at init; core entries are N(0, σ²) with σ solved
             from Var W = (∏ bond gains) · σ^{2k} (see ``reset_parameters``).
+        gather_impl: how ``rows`` runs: "auto" (the fused Triton kernel for CUDA tensors when
+            Triton is installed and the shape fits it: k = 2..4 cores, ranks <= 64, real phase;
+            the torch contraction otherwise), "triton" (always the kernel: CUDA, or CPU under
+            TRITON_INTERPRET=1; an error where it cannot run) or "torch". Fake and meta tensors
+            (memory estimates) always take the torch path.
     """
+
+    gather_impl = "auto"  # set per instance by __init__; the class default serves older pickles
 
     def __init__(
         self,
@@ -221,6 +231,7 @@ class TTMatrix(nn.Module):
         col_factors: list[int] | None = None,
         phase: str = "none",
         init_std: float = 0.02,
+        gather_impl: str = "auto",
     ):
         super().__init__()
         if not isinstance(rows, int) or rows < 1 or not isinstance(cols, int) or cols < 1:
@@ -233,6 +244,7 @@ class TTMatrix(nn.Module):
         k, self.row_factors, self.col_factors = resolve_factors(rows, cols, num_cores, row_factors, col_factors)
         self.num_cores = k
         self.ranks = _bond_ranks(rank, self.row_factors, self.col_factors)  # [1, r_1, …, r_{k−1}, 1]
+        self.gather_impl = self._check_gather_impl(gather_impl)
         shapes = [(self.ranks[i], self.row_factors[i], self.col_factors[i], self.ranks[i + 1]) for i in range(k)]
         self.cores = nn.ParameterList(nn.Parameter(torch.empty(s)) for s in shapes)
         self.cores_imag = (
@@ -242,6 +254,17 @@ class TTMatrix(nn.Module):
             nn.ParameterList(nn.Parameter(torch.empty(r)) for r in self.ranks[1:-1]) if phase != "none" else None
         )
         self.reset_parameters()
+
+    def _check_gather_impl(self, impl: str) -> str:
+        if impl not in GATHER_IMPLS:
+            raise ValueError(f"gather_impl must be one of {', '.join(map(repr, GATHER_IMPLS))}; got {impl!r}")
+        if impl == "triton":
+            if self.phase == "complex":
+                raise ValueError("gather_impl='triton' needs real cores; phase 'complex' runs on 'torch' (or 'auto')")
+            why = shape_unsupported(self.ranks, self.col_factors)
+            if why:
+                raise ValueError(f"gather_impl='triton': {why}; use 'auto' or 'torch'")
+        return impl
 
     @property
     def padded_shape(self) -> tuple[int, int]:
@@ -322,12 +345,17 @@ class TTMatrix(nn.Module):
     def rows(self, idx: Tensor) -> Tensor:
         """Rows W[idx]: (*idx.shape) → (*idx.shape, N).
 
-        Only the unique ids are contracted (a batch of language tokens repeats ids heavily);
-        the result is scattered back with the inverse index. Peak memory is
-        O(U · ∏n_i · r) for U unique ids, independent of M.
+        Fused path (``gather_impl``, CUDA): one Triton kernel computes every row straight from
+        the cores and writes only the output; its backward sums the gradient per unique id and
+        adds it into the cores (``muse.ops.tt_gather``). Torch path: only the unique ids are
+        contracted (a batch of language tokens repeats ids heavily), ``rows_chunk`` at a time,
+        and scattered back with the inverse index. Peak memory is O(U · ∏n_i · r) for U unique
+        ids, independent of M.
         """
         if idx.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"idx must be an integer tensor (int64 or int32); got {idx.dtype}")
+        if self._fused_rows(idx):
+            return self._gather_rows(idx)
         if is_fake(idx) or idx.device.type == "meta":
             # shape-only tensors (memory estimates): no values to deduplicate, so every id counts
             # as unique, an upper bound on U
@@ -356,6 +384,29 @@ class TTMatrix(nn.Module):
         out = _ChunkedRows.apply(self, uniq, inv, order, bounds, chunk, *self.parameters())  # (L, N)
         return out.reshape(*idx.shape, self.num_cols)
 
+    def _fused_rows(self, idx: Tensor) -> bool:
+        """Whether ``rows(idx)`` runs the fused kernel (see ``gather_impl``)."""
+        if self.gather_impl == "torch" or self.phase == "complex":
+            return False
+        if any(is_fake(t) or t.device.type == "meta" for t in (idx, self.cores[0])):
+            return False  # shape-only tensors (memory estimates) keep the torch path exactly
+        if self.gather_impl == "triton":
+            return True  # tt_gather raises a clear error where the kernel cannot run
+        return resolve_impl("auto", idx, list(self.cores), self.col_factors) == "triton"
+
+    def _gather_rows(self, idx: Tensor) -> Tensor:
+        flat = idx.reshape(-1).long()
+        if flat.numel():
+            lo, hi = torch.aminmax(flat)
+            if bool((lo < 0) | (hi >= self.num_rows)):  # one host sync, as the torch path's unique
+                raise ValueError(f"idx values must lie in [0, {self.num_rows}); got min {int(lo)}, max {int(hi)}")
+        dtype = self.cores[0].dtype
+        if flat.is_cuda and torch.is_autocast_enabled("cuda") and dtype == torch.float32:
+            dtype = torch.get_autocast_dtype("cuda")  # as the torch path's bmm under autocast
+        out = tt_gather(flat, self._effective_cores(), self.row_factors, self.col_factors, self.num_cols,
+                        impl=self.gather_impl, out_dtype=dtype)
+        return out.reshape(*idx.shape, self.num_cols)
+
     # Unique ids contracted at a time by ``rows``: enough that a chunk's partial products take
     # about ROWS_CHUNK_BYTES (a fixed 128 rows made a 16K-token step launch-bound on the host:
     # 64 chunks, ~150 ms of CPU per step on an H100 box), and no fewer than 128. ROWS_CHUNK
@@ -370,22 +421,9 @@ class TTMatrix(nn.Module):
         return max(128, self.ROWS_CHUNK_BYTES // per_row)
 
     def _contract_rows(self, uniq: Tensor) -> Tensor:
-        """W[uniq] for sorted, in-range int64 ids: (U,) → (U, N), core by core."""
-        U, cores = uniq.numel(), self._effective_cores()
-        stride = self.padded_shape[0]
-        res = None
-        for core, mi, ni in zip(cores, self.row_factors, self.col_factors):
-            stride //= mi
-            digit = torch.div(uniq, stride, rounding_mode="floor") % mi  # (U,)
-            r0, r1 = core.shape[0], core.shape[-1]
-            # (m_i, r0, n_i·r1): one core-sized copy, then a single gather per unique id
-            sliced = core.permute(1, 0, 2, 3).reshape(mi, r0, ni * r1).index_select(0, digit)  # (U, r0, n_i·r1)
-            if res is None:
-                res = sliced.reshape(U, ni, r1)  # r0 = 1: (U, n_1, r_1)
-            else:
-                P = res.shape[1]
-                res = torch.bmm(res, sliced).reshape(U, P * ni, r1)  # (U, P·n_i, r_i)
-        return self._finish(res.reshape(U, self.padded_shape[1])[:, : self.num_cols])  # (U, N)
+        """W[uniq] for sorted, in-range int64 ids: (U,) → (U, N), core by core (``tt_contract``)."""
+        cores = self._effective_cores()
+        return self._finish(tt_contract(uniq, cores, self.row_factors, self.col_factors, self.num_cols))  # (U, N)
 
     def matmul(self, x: Tensor) -> Tensor:
         """x @ W: (..., M) → (..., N), by sequential core contraction (W is never formed)."""

@@ -12,7 +12,8 @@ from the parameter shapes. Breakdown, in both:
   allocator per (handle, stream); measured between steps on CUDA, from
   :func:`workspace_bytes` in the estimate;
 - activations + temporaries: the rest of the peak (saved activations, recomputation in
-  checkpointed blocks, logits chunks).
+  checkpointed blocks, logits chunks — or, where the loss runs the fused linear +
+  cross-entropy kernels on a GPU, their per-token log-sum-exp; the estimate models that path).
 
 With ``adamw-offload`` (torchao's CPUOffloadOptimizer) the AdamW states and the gradients of
 parameters of >= 4096 values live in host memory: they count 0 GPU bytes, and the estimate runs
@@ -252,6 +253,7 @@ def estimate(cfg: Config, plan: StepPlan) -> dict:
         from torch.distributed._tools.mem_tracker import MemTracker
     except ImportError as e:  # pragma: no cover - torch < 2.5
         raise ValueError(f"memory estimates need torch >= 2.5 (MemTracker): {e}") from None
+    from muse.ops.linear_ce import assume_cuda
     from muse.runtime import autocast_context, effective_cublas_workspace
 
     cfg = plan_config(cfg, plan)
@@ -268,7 +270,9 @@ def estimate(cfg: Config, plan: StepPlan) -> dict:
         idx = torch.randint(0, cfg.model.vocab_size, (plan.batch, plan.seq + 1))
         tracker = MemTracker()
         tracker.track_external(model)
-        with tracker, warnings.catch_warnings():
+        # assume_cuda: the loss takes the path it would on a GPU (the fused linear + cross-entropy,
+        # holding a per-token lse, where head.loss_impl resolves to it), not the CPU's chunked one
+        with tracker, warnings.catch_warnings(), assume_cuda():
             # MemTracker looks for the gradients the offload hook has just dropped: expected, not news
             warnings.filterwarnings("ignore", message="Expected a tensor or a traceable wrapper-subclass")
             grads = _step(model, None, autocast_context(plan.precision, cpu), idx, fb_plan.mode)

@@ -1,0 +1,136 @@
+"""Linear + cross-entropy: the summed next-token NLL of x @ W^T + b without (T, V) logits.
+
+Implementations that agree to float64 tolerance:
+
+- ``naive``    (``naive_linear_cross_entropy``): the whole (T, V) logits; reference, tests only.
+- ``chunked``  (``chunked_nll``): chunks of tokens with recomputation (activation
+  checkpointing on the projection); works for any logits function and is the CPU path.
+- ``triton``   (``triton_linear_cross_entropy``): three fused kernels (forward, dx, dW) that
+  never hold a logits tile outside registers; CUDA, or the CPU interpreter under
+  TRITON_INTERPRET=1. Saves only the per-token log-sum-exp (T,) for the backward.
+- ``auto``     the Triton kernels for CUDA tensors of dtype fp32/bf16/fp16 with K <=
+  ``AUTO_MAX_K``, the torch ``chunked`` loss otherwise (CPU included, interpreter or not).
+
+All take x (T, K), weight (V, K) (``nn.Linear.weight``'s layout), targets (T,) integer ids,
+bias (V,) or None, and return the SUM of the NLL over the tokens whose target is not
+``ignore_index`` as a float32 scalar (float64 for float64 inputs); the mean is that sum over
+``(targets != ignore_index).sum()``. Gradients reach x, weight and bias.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
+
+from .chunk import chunked_nll
+from .naive import check_inputs, naive_linear_cross_entropy
+from .triton_kernel import HAS_TRITON, triton_linear_cross_entropy, triton_supports
+
+__all__ = [
+    "AUTO_MAX_K",
+    "HAS_TRITON",
+    "IMPLS",
+    "assume_cuda",
+    "chunked_nll",
+    "linear_cross_entropy",
+    "naive_linear_cross_entropy",
+    "resolve_impl",
+    "triton_linear_cross_entropy",
+    "triton_supports",
+]
+
+IMPLS = ("auto", "triton", "chunked", "naive")
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# The backward kernels keep a (block, KG) gradient block in registers (KG <= 512) and recompute
+# the logits once per group of KG columns: one group for the low-rank heads, cdiv(K, KG) for wide
+# dense heads, where cuBLAS over large loss chunks does fewer FLOPs. "auto" fuses up to this K.
+AUTO_MAX_K = 512
+_warned_no_triton = False
+_assume_cuda = False
+
+
+@contextlib.contextmanager
+def assume_cuda():
+    """Inside: "auto" resolves fake tensors as if they were on a CUDA device with Triton (the
+    ``muse memory`` estimate runs the step on fake CPU tensors but models a GPU step)."""
+    global _assume_cuda
+    old, _assume_cuda = _assume_cuda, True
+    try:
+        yield
+    finally:
+        _assume_cuda = old
+
+
+def resolve_impl(impl: str, x: Tensor, K: int | None = None) -> str:
+    """The implementation ``impl`` means for hidden states ``x`` (..., K): "auto" becomes
+    "triton" for CUDA tensors of a kernel dtype with K <= AUTO_MAX_K (and Triton installed),
+    else "chunked". Under the CPU interpreter "auto" stays "chunked"; ask for "triton".
+    K: the width the kernels would contract over, when it is not x's last dimension."""
+    global _warned_no_triton
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got impl={impl!r}")
+    if impl != "auto":
+        return impl
+    on_gpu = x.is_cuda or (_assume_cuda and is_fake(x))
+    if not (on_gpu and x.dtype in _KERNEL_DTYPES and (K or x.shape[-1]) <= AUTO_MAX_K):
+        return "chunked"
+    if not HAS_TRITON and not is_fake(x):
+        if not _warned_no_triton:
+            warnings.warn(
+                "muse: Triton is not installed, so the cross-entropy runs the slower torch chunked "
+                "path on CUDA (pip install triton for the fused kernel)",
+                stacklevel=2,
+            )
+            _warned_no_triton = True
+        return "chunked"
+    return "triton"
+
+
+def _autocast(x: Tensor, weight: Tensor, bias: Tensor | None):
+    """What ``F.linear`` would see under autocast: the operands in the autocast dtype."""
+    dev = x.device.type
+    if not torch.is_autocast_enabled(dev):
+        return x, weight, bias
+    dt = torch.get_autocast_dtype(dev)
+    cast = lambda t: t.to(dt) if t is not None and t.dtype in _KERNEL_DTYPES else t  # noqa: E731
+    return cast(x), cast(weight), cast(bias)
+
+
+def linear_cross_entropy(
+    x: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    bias: Tensor | None = None,
+    ignore_index: int = -100,
+    impl: str = "auto",
+    chunk_size: int = 2048,
+) -> Tensor:
+    """Summed NLL of the logits ``x @ weight^T + bias`` against ``targets``, logits never stored.
+
+    Args:
+        x: (T, K) hidden states, any float dtype. weight: (V, K). bias: (V,) or None.
+        targets: (T,) int64/int32 ids in [0, V), or ``ignore_index`` (contributes 0).
+        impl: one of ``IMPLS`` = ("auto", "triton", "chunked", "naive").
+        chunk_size: tokens per chunk of the ``chunked`` path (ignored otherwise).
+
+    Returns:
+        The SUM of the NLL over the non-ignored tokens: a float32 scalar (float64 for float64
+        inputs); 0 when every target is ignored. Divide by the count for the mean.
+
+    Under autocast the Triton path casts x, weight and bias to the autocast dtype, as
+    ``F.linear`` does on the other paths.
+    """
+    check_inputs(x, weight, targets, bias)
+    impl = resolve_impl(impl, x)
+    if impl == "triton":
+        x, weight, bias = _autocast(x, weight, bias)
+        return triton_linear_cross_entropy(x, weight, targets, bias, ignore_index)
+    if impl == "chunked":
+        return chunked_nll(lambda h: F.linear(h, weight, bias), x, targets, chunk_size, ignore_index)
+    return naive_linear_cross_entropy(x, weight, targets, bias, ignore_index)
+

@@ -1,0 +1,353 @@
+"""Triton fused linear + cross-entropy: the NLL of x @ W^T + b without the (T, V) logits.
+
+Same function and shapes as ``naive_linear_cross_entropy`` (the reference for this file):
+
+    x (T, K), weight (V, K), bias (V,) or None, targets (T,)  ->  sum of the NLL (fp32 scalar)
+
+Three kernels, none with atomics, so the loss and every gradient are deterministic:
+
+    fwd  grid (T / BM, S):       per vocabulary split s, the online log-sum-exp of the logits
+                                 tiles z = x_blk @ w_blk^T + b (BM, BV) and the target's logit;
+                                 S partial (lse, logit) pairs per token are combined in torch
+    dx   grid (T / BM, K / KG):  dx[:, g]  = sum over vocab blocks of dz_tile @ w[v, g]
+    dw   grid (V / BV, K / KG):  dw[v, g]  = sum over token blocks of dz_tile^T @ x[t, g],
+                                 dbias[v] = the column sums of dz
+
+where dz = (softmax(z) - onehot(target)) * dloss (0 for ignored targets and padding rows) is
+recomputed tile by tile from the saved lse (T,): the only tensor saved besides the inputs.
+Each backward program owns a (BM or BV) x KG block of its gradient and accumulates it in
+registers over the whole reduction, so a K wider than KG is covered by cdiv(K, KG) programs
+that each recompute the logits: cheap for the low-rank heads (K = r <= 256: one group), a
+multiple of the forward's cost for wide dense heads (see ``AUTO_MAX_K`` in ``__init__``).
+
+Matmuls run on the tensor cores in the input dtype (3xTF32 for fp32, IEEE for fp64) with fp32
+accumulation (fp64 for fp64 inputs); the exponentials, the lse and dz are fp32 (fp64). Any
+T, V, K: tiles past the edges are masked (logits of padded vocabulary columns are -inf).
+Offsets are int64, so T*K and V*K may exceed 2^31. Gradients come back in the inputs' dtypes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
+
+from .naive import accumulation_dtype, check_inputs, naive_linear_cross_entropy
+
+try:  # Triton is a GPU extra; the torch chunked loss is the fallback everywhere.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised on installs without Triton
+    triton = None
+
+__all__ = ["HAS_TRITON", "triton_linear_cross_entropy", "triton_supports"]
+
+HAS_TRITON = triton is not None
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# Autotuning compiles every config once per (V, K, dtype): worth it for a training run, too
+# slow for a test session of many odd shapes, which sets MUSE_TRITON_AUTOTUNE=0.
+_AUTOTUNE = os.environ.get("MUSE_TRITON_AUTOTUNE", "1") != "0"
+
+
+def _abstract(t: Tensor) -> bool:
+    """Fake or meta tensors (``muse memory`` estimates): shapes only, no kernel is launched."""
+    return is_fake(t) or t.device.type == "meta"
+
+
+def triton_supports(*tensors: Tensor | None) -> bool:
+    """True where the kernels can run these tensors: Triton present, and CUDA or the interpreter."""
+    if not HAS_TRITON:
+        return False
+    ts = [t for t in tensors if t is not None]
+    # numpy has no bfloat16: the interpreter computes garbage for bf16/fp16 tiles.
+    host = (torch.float32, torch.float64)
+    return all((t.is_cuda and t.dtype in _DTYPES) or (_interpreting() and t.dtype in host) for t in ts)
+
+
+if HAS_TRITON:
+
+    def _configs(extra: list[dict], interp: dict, warps=(4, 8), stages=(2, 3)) -> list:
+        """The autotuning space; its first entry alone without autotuning, and ``interp`` (small
+        blocks, so the tests cover several blocks of every loop) for the CPU interpreter."""
+        if _interpreting():
+            return [triton.Config(interp, num_warps=1, num_stages=1)]
+        if not _AUTOTUNE:
+            return [triton.Config(extra[0], num_warps=warps[0], num_stages=stages[0])]
+        return [triton.Config(kw, num_warps=w, num_stages=s) for kw in extra for w in warps for s in stages]
+
+    def _clamp_kg(configs, nargs, **kwargs):
+        """Autotune pruning: no gradient group wider than K needs (rounded up to a power of two)."""
+        K = {**nargs, **kwargs}["K"]
+        kp = max(16, triton.next_power_of_2(K))
+        out, seen = [], set()
+        for c in configs:
+            kw = {**c.kwargs, "KG": min(c.kwargs["KG"], kp)}
+            key = (tuple(sorted(kw.items())), c.num_warps, c.num_stages)
+            if key not in seen:
+                seen.add(key)
+                out.append(triton.Config(kw, num_warps=c.num_warps, num_stages=c.num_stages))
+        return out
+
+    @triton.jit
+    def _logits_tile(x, w, b, acc_ref, rows, cols, T, VL, K, sxt, sxk, swv, swk,
+                     BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, PREC: tl.constexpr):
+        """(BM, BV) logits x[rows] @ w[cols]^T (+ b[cols]) in acc_ref's dtype, -inf in the
+        columns >= VL (past V, or past the caller's vocabulary split). rows, cols: int64, so
+        the offsets stay exact past 2^31 elements."""
+        acc = tl.zeros((BM, BV), dtype=acc_ref.dtype.element_ty)
+        for k0 in range(0, K, BK):
+            ks = (k0 + tl.arange(0, BK)).to(tl.int64)
+            xt = tl.load(x + rows[:, None] * sxt + ks[None, :] * sxk,
+                         mask=(rows[:, None] < T) & (ks[None, :] < K), other=0.0)  # (BM, BK)
+            wt = tl.load(w + cols[:, None] * swv + ks[None, :] * swk,
+                         mask=(cols[:, None] < VL) & (ks[None, :] < K), other=0.0)  # (BV, BK)
+            acc = tl.dot(xt, tl.trans(wt), acc, input_precision=PREC)  # (BM, BK) @ (BK, BV)
+        if HAS_BIAS:
+            acc += tl.load(b + cols, mask=cols < VL, other=0.0).to(acc.dtype)[None, :]
+        return tl.where(cols[None, :] < VL, acc, float("-inf"))
+
+    @triton.jit
+    def _row_stats(tgt, lse, dloss, rows, T, IGNORE):
+        """Per row (BM,): target id, lse, and the loss gradient (0 for ignored / padding rows)."""
+        ok = rows < T
+        t = tl.load(tgt + rows, mask=ok, other=IGNORE)
+        lse_r = tl.load(lse + rows, mask=ok, other=0.0)
+        g = tl.where(ok & (t != IGNORE), tl.load(dloss), 0.0)
+        return t, lse_r, g
+
+    @triton.jit
+    def _dlogits(z, cols, t, lse_r, g):
+        """dz = (softmax - onehot) * g for a logits tile z (BM, BV); rows with g = 0 give 0 (not
+        0 * inf: padding rows have no lse)."""
+        p = tl.exp(z - lse_r[:, None])
+        p = tl.where(cols[None, :] == t[:, None], p - 1.0, p)
+        return tl.where(g[:, None] != 0.0, p * g[:, None], 0.0)
+
+    @triton.autotune(
+        configs=_configs([{"BM": 64, "BV": 64}, {"BM": 128, "BV": 128}, {"BM": 128, "BV": 64}, {"BM": 64, "BV": 128}],
+                         interp={"BM": 16, "BV": 32}),
+        key=["V", "K", "HAS_BIAS"],
+    )
+    @triton.jit
+    def _fwd_kernel(
+        x, w, b, tgt, lse_part, tz_part, T, V, K, VS, sxt, sxk, swv, swk,
+        BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
+    ):
+        """lse_part[s, t] = log-sum-exp of row t's logits over the vocabulary slice
+        [s*VS, (s+1)*VS) of split s, tz_part[s, t] = the target's logit if it lies in the slice."""
+        i_m, i_s = tl.program_id(0), tl.program_id(1)
+        rows = (i_m * BM + tl.arange(0, BM)).to(tl.int64)
+        lo = i_s * VS
+        hi = tl.minimum(lo + VS, V)
+        t = tl.load(tgt + rows, mask=rows < T, other=-1)
+        acc_t = lse_part.dtype.element_ty
+        m = tl.full((BM,), float("-inf"), acc_t)  # running max
+        s = tl.zeros((BM,), acc_t)  # running sum of exp(z - m)
+        tz = tl.zeros((BM,), acc_t)  # the target's logit
+        for v0 in range(lo, hi, BV):  # every block has a column < hi, so m stays finite
+            cols = (v0 + tl.arange(0, BV)).to(tl.int64)
+            z = _logits_tile(x, w, b, lse_part, rows, cols, T, hi, K, sxt, sxk, swv, swk,
+                             BM, BV, BK, HAS_BIAS, PREC)  # (BM, BV)
+            m_new = tl.maximum(m, tl.max(z, 1))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), 1)
+            m = m_new
+            hit = (cols[None, :] == t[:, None]) & (cols[None, :] < hi)
+            tz += tl.sum(tl.where(hit, z, 0.0), 1)
+        out = i_s.to(tl.int64) * T + rows
+        tl.store(lse_part + out, m + tl.log(s), mask=rows < T)
+        tl.store(tz_part + out, tz, mask=rows < T)
+
+    _BWD = [  # (BM, BV, KG): the accumulator is (BM, KG) for dx, (BV, KG) for dw
+        {"BM": 64, "BV": 64, "KG": 128}, {"BM": 64, "BV": 64, "KG": 256}, {"BM": 128, "BV": 64, "KG": 128},
+        {"BM": 64, "BV": 128, "KG": 128}, {"BM": 128, "BV": 128, "KG": 128}, {"BM": 64, "BV": 64, "KG": 512},
+    ]
+
+    @triton.autotune(
+        configs=_configs(_BWD, interp={"BM": 16, "BV": 32, "KG": 16}),
+        key=["V", "K", "HAS_BIAS"], prune_configs_by={"early_config_prune": _clamp_kg},
+    )
+    @triton.jit
+    def _dx_kernel(
+        x, w, b, tgt, lse, dloss, dx, T, V, K, sxt, sxk, swv, swk, sdt, sdk, IGNORE,
+        BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr, KG: tl.constexpr,
+        HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
+    ):
+        """dx[rows, group] = sum over the vocabulary of dz (BM, BV) @ w[cols, group] (BV, KG)."""
+        i_m, i_g = tl.program_id(0), tl.program_id(1)
+        rows = (i_m * BM + tl.arange(0, BM)).to(tl.int64)
+        kg = (i_g * KG + tl.arange(0, KG)).to(tl.int64)
+        t, lse_r, g = _row_stats(tgt, lse, dloss, rows, T, IGNORE)
+        acc = tl.zeros((BM, KG), dtype=lse.dtype.element_ty)
+        for v0 in range(0, V, BV):
+            cols = (v0 + tl.arange(0, BV)).to(tl.int64)
+            z = _logits_tile(x, w, b, lse, rows, cols, T, V, K, sxt, sxk, swv, swk, BM, BV, BK, HAS_BIAS, PREC)
+            dz = _dlogits(z, cols, t, lse_r, g)  # (BM, BV)
+            wg = tl.load(w + cols[:, None] * swv + kg[None, :] * swk,
+                         mask=(cols[:, None] < V) & (kg[None, :] < K), other=0.0)  # (BV, KG)
+            acc = tl.dot(dz.to(wg.dtype), wg, acc, input_precision=PREC)  # (BM, BV) @ (BV, KG)
+        tl.store(dx + rows[:, None] * sdt + kg[None, :] * sdk, acc.to(dx.dtype.element_ty),
+                 mask=(rows[:, None] < T) & (kg[None, :] < K))
+
+    @triton.autotune(
+        configs=_configs(_BWD, interp={"BM": 16, "BV": 32, "KG": 16}),
+        key=["V", "K", "HAS_BIAS"], prune_configs_by={"early_config_prune": _clamp_kg},
+    )
+    @triton.jit
+    def _dw_kernel(
+        x, w, b, tgt, lse, dloss, dw, db, T, V, K, sxt, sxk, swv, swk, sdv, sdk, IGNORE,
+        BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr, KG: tl.constexpr,
+        HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
+    ):
+        """dw[cols, group] = sum over the tokens of dz^T (BV, BM) @ x[rows, group] (BM, KG);
+        db[cols] = the column sums of dz (written by the programs of group 0)."""
+        i_v, i_g = tl.program_id(0), tl.program_id(1)
+        cols = (i_v * BV + tl.arange(0, BV)).to(tl.int64)
+        kg = (i_g * KG + tl.arange(0, KG)).to(tl.int64)
+        acc = tl.zeros((BV, KG), dtype=lse.dtype.element_ty)
+        acc_b = tl.zeros((BV,), dtype=lse.dtype.element_ty)
+        for t0 in range(0, T, BM):
+            rows = (t0 + tl.arange(0, BM)).to(tl.int64)
+            t, lse_r, g = _row_stats(tgt, lse, dloss, rows, T, IGNORE)
+            z = _logits_tile(x, w, b, lse, rows, cols, T, V, K, sxt, sxk, swv, swk, BM, BV, BK, HAS_BIAS, PREC)
+            dz = _dlogits(z, cols, t, lse_r, g)  # (BM, BV)
+            xg = tl.load(x + rows[:, None] * sxt + kg[None, :] * sxk,
+                         mask=(rows[:, None] < T) & (kg[None, :] < K), other=0.0)  # (BM, KG)
+            acc = tl.dot(tl.trans(dz.to(xg.dtype)), xg, acc, input_precision=PREC)  # (BV, BM) @ (BM, KG)
+            if HAS_BIAS:
+                acc_b += tl.sum(dz, 0)
+        tl.store(dw + cols[:, None] * sdv + kg[None, :] * sdk, acc.to(dw.dtype.element_ty),
+                 mask=(cols[:, None] < V) & (kg[None, :] < K))
+        if HAS_BIAS:
+            if i_g == 0:
+                tl.store(db + cols, acc_b.to(db.dtype.element_ty), mask=cols < V)
+
+
+def _precision(dtype: torch.dtype) -> str | None:
+    """tl.dot precision: 3xTF32 keeps fp32 inputs near fp32 accuracy; IEEE for fp64;
+    bf16/fp16 use the tensor cores natively."""
+    return {torch.float32: "tf32x3", torch.float64: "ieee"}.get(dtype)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _bk(K: int, dtype: torch.dtype) -> int:
+    """The K step of the logits matmul: 16 under the interpreter (several steps in the tests),
+    else 64 for 16-bit inputs and 32 for fp32/fp64 (shared memory per pipeline stage)."""
+    if _interpreting():
+        return 16
+    return min(max(16, 1 << (K - 1).bit_length()), 64 if dtype.itemsize <= 2 else 32)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _vocab_splits(T: int, V: int, x: Tensor) -> int:
+    """Vocabulary splits of the forward: enough programs for ~2 per SM at BM = 128, each split
+    keeping >= 1024 columns. Two under the interpreter (the tests cover the combine); one for
+    fake tensors, whose estimate should not depend on the machine it runs on."""
+    if _abstract(x) or not x.is_cuda:
+        return 2 if _interpreting() and V >= 64 and not _abstract(x) else 1
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    want = _cdiv(2 * _sm_count(index), _cdiv(T, 128))
+    return max(1, min(want, _cdiv(V, 1024)))
+
+
+def _forward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-token lse (T,) and target logit (T,) in the accumulation dtype."""
+    T, K = x.shape
+    V = w.shape[0]
+    acc = accumulation_dtype(x)
+    S = _vocab_splits(T, V, x)
+    VS = _cdiv(V, S)
+    S = _cdiv(V, VS)  # no empty split
+    lse_part = torch.empty(S, T, device=x.device, dtype=acc)
+    tz_part = torch.empty(S, T, device=x.device, dtype=acc)
+    if not _abstract(x):
+        grid = lambda meta: (triton.cdiv(T, meta["BM"]), S)  # noqa: E731
+        _fwd_kernel[grid](
+            x, w, b, tgt, lse_part, tz_part, T, V, K, VS, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+            BK=_bk(K, x.dtype), HAS_BIAS=b is not None, PREC=_precision(x.dtype),
+        )
+    if S == 1:
+        return lse_part[0], tz_part[0]
+    return torch.logsumexp(lse_part, 0), tz_part.sum(0)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, tgt, ignore_index: int):
+        lse, tz = _forward(x, w, b, tgt)
+        total = torch.where(tgt != ignore_index, lse - tz, 0.0).sum()
+        ctx.save_for_backward(x, w, b, tgt, lse)
+        ctx.ignore_index = ignore_index
+        return total
+
+    @staticmethod
+    def backward(ctx, dloss):
+        x, w, b, tgt, lse = ctx.saved_tensors
+        T, K = x.shape
+        V = w.shape[0]
+        dloss = dloss.to(lse.dtype).reshape(1).contiguous()
+        common = dict(BK=_bk(K, x.dtype), HAS_BIAS=b is not None, PREC=_precision(x.dtype))
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty_like(x)
+            if not _abstract(x):
+                grid = lambda meta: (triton.cdiv(T, meta["BM"]), triton.cdiv(K, meta["KG"]))  # noqa: E731
+                _dx_kernel[grid](
+                    x, w, b, tgt, lse, dloss, dx, T, V, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+                    dx.stride(0), dx.stride(1), ctx.ignore_index, **common,
+                )
+        if ctx.needs_input_grad[1] or (b is not None and ctx.needs_input_grad[2]):
+            dw = torch.empty_like(w)  # w's strides: the gradient of a transposed view is contiguous
+            db = torch.empty_like(b) if b is not None else None
+            if not _abstract(x):
+                grid = lambda meta: (triton.cdiv(V, meta["BV"]), triton.cdiv(K, meta["KG"]))  # noqa: E731
+                _dw_kernel[grid](
+                    x, w, b, tgt, lse, dloss, dw, db, T, V, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+                    dw.stride(0), dw.stride(1), ctx.ignore_index, **common,
+                )
+        return dx, dw if ctx.needs_input_grad[1] else None, db, None, None
+
+
+def triton_linear_cross_entropy(
+    x: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None, ignore_index: int = -100
+) -> Tensor:
+    """The fused linear + cross-entropy on the Triton kernels (CUDA, or the CPU interpreter).
+
+    Args and result as ``naive_linear_cross_entropy``: x (T, K), weight (V, K), bias (V,) or
+    None, targets (T,) in [0, V) or ``ignore_index`` (other ids are not checked: no host
+    sync); returns the summed NLL, float32 (float64 for float64 inputs). x, weight and bias
+    must share a dtype (cast them first, or run under autocast). Gradients reach x, weight
+    and bias; fake / meta tensors (memory estimates) allocate what the kernels would.
+    """
+    check_inputs(x, weight, targets, bias)
+    if not (_abstract(x) or triton_supports(x, weight, bias)):
+        if not HAS_TRITON:
+            raise RuntimeError("impl='triton' needs the triton package (pip install triton); use impl='chunked'")
+        raise ValueError(
+            "impl='triton' runs CUDA tensors (or CPU ones under TRITON_INTERPRET=1) of dtype "
+            f"float32/bfloat16/float16/float64; got {x.device.type} {x.dtype}"
+        )
+    if len({x.dtype, weight.dtype} | ({bias.dtype} if bias is not None else set())) > 1:
+        raise ValueError(f"x, weight and bias must share a dtype; got {x.dtype}, {weight.dtype}, "
+                         f"{bias.dtype if bias is not None else None}")
+    if x.shape[0] == 0:
+        return naive_linear_cross_entropy(x, weight, targets, bias, ignore_index)
+    targets = targets.long().contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    return _LinearCrossEntropy.apply(x, weight, bias, targets, int(ignore_index))
