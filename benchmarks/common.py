@@ -32,3 +32,14 @@ def pick_device(name: str, out: str | None, script: str) -> torch.device | None:
               file=sys.stderr)
         return None
     return device
+
+
+def publish(bench: str, res: dict, device: torch.device, out: str | None, markdown) -> Path:
+    """Write BENCH-gpu.json (BENCH-cpu.json off CUDA) and its Markdown table; print the table."""
+    name = f"{bench}-{'gpu' if device.type == 'cuda' else 'cpu'}"
+    path = write_result(name, res, out if out is not None else RESULTS)
+    md = markdown(res)
+    path.with_suffix(".md").write_text(md + "\n")
+    print(md)
+    print(f"-> {path}")
+    return path

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common import RESULTS, environment, pick_device, write_result  # noqa: E402
+from common import RESULTS, environment, pick_device, publish  # noqa: E402
 from muse.config import load_config, to_dict  # noqa: E402
 from muse.mixers import build_mixer  # noqa: E402
 from muse.ops.semiseparable import semiseparable  # noqa: E402
@@ -308,12 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "figures": rows,
     }
-    name = f"mixers-{'gpu' if device.type == 'cuda' else 'cpu'}"
-    path = write_result(name, res, args.out if args.out is not None else RESULTS)
-    md = mixers_markdown(res)
-    path.with_suffix(".md").write_text(md + "\n")
-    print(md)
-    print(f"-> {path}")
+    publish("mixers", res, device, args.out, mixers_markdown)
     return 0 if all(r["check"]["ok"] for r in rows) else 1
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from common import RESULTS, environment, pick_device, write_result  # noqa: E402
+from common import RESULTS, environment, pick_device, publish  # noqa: E402
 from muse.config import PRECISIONS, load_config, to_dict  # noqa: E402
 from muse.memory.profile import StepPlan, _build, _step, measure, plan_config  # noqa: E402
 from muse.runtime import autocast_context  # noqa: E402
@@ -142,12 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                    "timer": "host clock around each step, torch.cuda.synchronize() after it (median)"},
         "figures": rows,
     }
-    name = f"train_throughput-{'gpu' if device.type == 'cuda' else 'cpu'}"
-    path = write_result(name, res, args.out if args.out is not None else RESULTS)
-    md = throughput_markdown(res)
-    path.with_suffix(".md").write_text(md + "\n")
-    print(md)
-    print(f"-> {path}")
+    publish("train_throughput", res, device, args.out, throughput_markdown)
     return 0
 
 

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from common import RESULTS, environment, pick_device, write_result  # noqa: E402
+from common import RESULTS, environment, pick_device, publish  # noqa: E402
 from muse.layers.embedding import TTEmbedding  # noqa: E402
 from muse.ops.tt_gather import triton_kernel  # noqa: E402
 
@@ -257,12 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "copy_bandwidth_gbs": bw / 1e9,
         "figures": rows,
     }
-    name = f"tt_embedding-{'gpu' if device.type == 'cuda' else 'cpu'}"
-    path = write_result(name, res, args.out if args.out is not None else RESULTS)
-    md = markdown(res)
-    path.with_suffix(".md").write_text(md + "\n")
-    print(md)
-    print(f"-> {path}")
+    publish("tt_embedding", res, device, args.out, markdown)
     return 0 if all(r["check"]["ok"] for r in rows) else 1
 
 

@@ -201,8 +201,25 @@ def test_memory_estimate_models_the_fused_loss():
     over = {"model.vocab_size": 8192, "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2,
             "model.max_seq_len": 64, "model.head.loss_chunk": 128}
     plan = StepPlan(batch=2, seq=64, mode="fwdbwd")
-    fused = estimate(muse.load_config("baseline", over), plan)  # dense head, K = 32: "auto" fuses
+    # dense head, K = 32 ("auto" would fuse too once AUTO_ON_GPU is set)
+    fused = estimate(muse.load_config("baseline", {**over, "model.head.loss_impl": "fused"}), plan)
     chunked = estimate(muse.load_config("baseline", {**over, "model.head.loss_impl": "chunked"}), plan)
     assert fused["gradients"] == chunked["gradients"]
     # the chunked loss holds at least one (128, 8192) fp32 logits chunk and its gradient
     assert chunked["activations"] - fused["activations"] >= 2 * 128 * 8192 * 4
+
+
+def test_auto_fuses_on_gpu_only_when_enabled(monkeypatch):
+    """"auto" picks the kernels for (fake) CUDA-bound tensors only behind AUTO_ON_GPU, and only
+    up to AUTO_MAX_K; "fused" is the opt-in meanwhile."""
+    import muse.ops.linear_ce as lce
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        small, wide = torch.empty(4, 64), torch.empty(4, lce.AUTO_MAX_K + 1)
+    with lce.assume_cuda():
+        monkeypatch.setattr(lce, "AUTO_ON_GPU", False)
+        assert resolve_impl("auto", small) == "chunked"
+        monkeypatch.setattr(lce, "AUTO_ON_GPU", True)
+        assert resolve_impl("auto", small) == "triton"
+        assert resolve_impl("auto", wide) == "chunked"

@@ -66,6 +66,12 @@ def assume_cuda():
         _assume_cuda = old
 
 
+# "auto" picks the kernels only once they have passed the GPU test run and a GPU benchmark on
+# real hardware; until then they are opt-in (impl "triton", head.loss_impl "fused"). They are
+# checked against the reference on Triton's CPU interpreter only.
+AUTO_ON_GPU = False
+
+
 def resolve_impl(impl: str, x: Tensor, K: int | None = None) -> str:
     """The implementation ``impl`` means for hidden states ``x`` (..., K): "auto" becomes
     "triton" for CUDA tensors of a kernel dtype with K <= AUTO_MAX_K (and Triton installed),
@@ -77,7 +83,7 @@ def resolve_impl(impl: str, x: Tensor, K: int | None = None) -> str:
     if impl != "auto":
         return impl
     on_gpu = x.is_cuda or (_assume_cuda and is_fake(x))
-    if not (on_gpu and x.dtype in _KERNEL_DTYPES and (K or x.shape[-1]) <= AUTO_MAX_K):
+    if not (AUTO_ON_GPU and on_gpu and x.dtype in _KERNEL_DTYPES and (K or x.shape[-1]) <= AUTO_MAX_K):
         return "chunked"
     if not HAS_TRITON and not is_fake(x):
         if not _warned_no_triton:

@@ -29,7 +29,6 @@ Offsets are int64, so T*K and V*K may exceed 2^31. Gradients come back in the in
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 from torch import Tensor
@@ -37,40 +36,19 @@ from torch._subclasses.fake_tensor import is_fake
 
 from .naive import accumulation_dtype, check_inputs, naive_linear_cross_entropy
 
-try:  # Triton is a GPU extra; the torch chunked loss is the fallback everywhere.
+# one definition of "Triton present" and "where it runs" for every kernel in muse.ops
+from muse.ops.semiseparable.triton_chunk import _AUTOTUNE, HAS_TRITON, _interpreting, triton_supports
+
+if HAS_TRITON:
     import triton
     import triton.language as tl
-except ImportError:  # pragma: no cover - exercised on installs without Triton
-    triton = None
 
 __all__ = ["HAS_TRITON", "triton_linear_cross_entropy", "triton_supports"]
-
-HAS_TRITON = triton is not None
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-# Autotuning compiles every config once per (V, K, dtype): worth it for a training run, too
-# slow for a test session of many odd shapes, which sets MUSE_TRITON_AUTOTUNE=0.
-_AUTOTUNE = os.environ.get("MUSE_TRITON_AUTOTUNE", "1") != "0"
 
 
 def _abstract(t: Tensor) -> bool:
     """Fake or meta tensors (``muse memory`` estimates): shapes only, no kernel is launched."""
     return is_fake(t) or t.device.type == "meta"
-
-
-def triton_supports(*tensors: Tensor | None) -> bool:
-    """True where the kernels can run these tensors: Triton present, and CUDA or the interpreter."""
-    if not HAS_TRITON:
-        return False
-    ts = [t for t in tensors if t is not None]
-    # numpy has no bfloat16: the interpreter computes garbage for bf16/fp16 tiles.
-    host = (torch.float32, torch.float64)
-    return all((t.is_cuda and t.dtype in _DTYPES) or (_interpreting() and t.dtype in host) for t in ts)
 
 
 if HAS_TRITON:

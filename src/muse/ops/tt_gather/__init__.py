@@ -36,6 +36,12 @@ def _ranks(cores: list[Tensor]) -> list[int]:
     return [1] + [c.shape[-1] for c in cores[:-1]] + [1]
 
 
+# "auto" picks the kernel only once it has passed the GPU test run and benchmarks/tt_embedding.py
+# on real hardware; until then it is opt-in (impl / embedding.gather_impl "triton"). The kernels
+# are checked against the torch path on Triton's CPU interpreter only.
+AUTO_ON_GPU = False
+
+
 def resolve_impl(impl: str, ids: Tensor, cores: list[Tensor], col_factors) -> str:
     """What ``impl`` means for these tensors: "auto" becomes "triton" for real CUDA cores of a
     kernel dtype and a supported shape (Triton installed, not interpreting), else "torch"."""
@@ -44,7 +50,7 @@ def resolve_impl(impl: str, ids: Tensor, cores: list[Tensor], col_factors) -> st
     if impl != "auto":
         return impl
     ok = (
-        HAS_TRITON and not _interpreting() and ids.is_cuda
+        AUTO_ON_GPU and HAS_TRITON and not _interpreting() and ids.is_cuda
         and all(c.is_cuda and c.dtype in _KERNEL_DTYPES for c in cores)
         and shape_unsupported(_ranks(cores), list(col_factors)) is None
     )

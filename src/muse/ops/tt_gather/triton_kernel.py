@@ -34,7 +34,6 @@ interpreter tests) runs exact "ieee" dots into fp64 buffers.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 
 import torch
@@ -52,23 +51,16 @@ except ImportError:  # pragma: no cover - exercised on installs without Triton
     class OutOfResources(Exception):  # noqa: N818 - Triton's name
         pass
 
+# one definition of the kernel dtypes, the interpreter switch and the autotuning switch
+from muse.ops.semiseparable.triton_chunk import _AUTOTUNE, _DTYPES, _interpreting  # noqa: E402
+
 __all__ = ["HAS_TRITON", "MAX_RANK", "MAX_TILE", "shape_unsupported", "triton_supports", "triton_tt_gather"]
 
 HAS_TRITON = triton is not None
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 MAX_RANK = 64  # largest bond rank the kernels take
 # Largest tile (elements) of one token's chain: beyond it registers spill heavily and shared memory
 # runs out (ptxas reports of sm_90 builds: col factors [16, 12, 16] fit with ranks 32, not 64).
 MAX_TILE = 2**14
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-# Autotuning compiles every config once per shape: worth it for a training run, too slow for a
-# test session of many odd shapes, which sets MUSE_TRITON_AUTOTUNE=0.
-_AUTOTUNE = os.environ.get("MUSE_TRITON_AUTOTUNE", "1") != "0"
 
 
 def _pow2(n: int, lo: int = 1) -> int:
