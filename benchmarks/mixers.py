@@ -27,7 +27,6 @@ import argparse
 import gc
 import itertools
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,68 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common import RESULTS, environment, pick_device, publish  # noqa: E402
+from common import RESULTS, _err, do_bench, environment, median_ms, pick_device, publish  # noqa: E402
 from muse.config import load_config, to_dict  # noqa: E402
 from muse.mixers import build_mixer  # noqa: E402
 from muse.ops.semiseparable import semiseparable  # noqa: E402
 from readme_tables import mixers_markdown  # noqa: E402
 
-try:
-    from triton.testing import do_bench
-except ImportError:  # pragma: no cover - no Triton: CUDA events
-    do_bench = None
-
 ROTATE_BYTES = 256 * 2**20  # rotate among input sets until they add up to this (2 to 8 sets)
-
-
-def _err(e: BaseException) -> str:
-    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
 
 
 def _nbytes(ts) -> int:
     return sum(t.numel() * t.element_size() for t in ts)
-
-
-def median_ms(fn, leaves, device: torch.device, warmup_ms: float, rep_ms: float) -> tuple[float, str]:
-    """Median ms of fn() (gradients of ``leaves`` set to None before each call) and how it was timed."""
-    def reset():
-        for t in leaves:
-            t.grad = None
-
-    if device.type == "cuda":
-        reset()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        est = a.elapsed_time(b)
-        # at least ~10 timed calls even where one call outlasts rep_ms (long N)
-        warmup_ms, rep_ms = max(warmup_ms, 2 * est), max(rep_ms, 10 * est)
-        if do_bench is not None:
-            return do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=leaves, return_mode="median"), \
-                "triton.testing.do_bench"
-        for _ in range(max(1, int(warmup_ms / max(est, 1e-3)))):
-            reset()
-            fn()
-        times = []
-        for _ in range(max(10, int(rep_ms / max(est, 1e-3)))):
-            reset()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            times.append((a, b))
-        torch.cuda.synchronize()
-        return statistics.median(x.elapsed_time(y) for x, y in times), "CUDA events"
-    times = []
-    for i in range(4):  # host clock: one warm-up call, then three
-        reset()
-        t0 = time.perf_counter()
-        fn()
-        if i:
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times), "host clock"
 
 
 def graph_ms(run, inputs, leaves, args) -> dict:

@@ -29,15 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from common import RESULTS, environment, pick_device, publish  # noqa: E402
+from common import RESULTS, _err, environment, pick_device, publish  # noqa: E402
 from muse.config import PRECISIONS, load_config, to_dict  # noqa: E402
 from muse.memory.profile import StepPlan, _build, _step, measure, plan_config  # noqa: E402
 from muse.runtime import autocast_context  # noqa: E402
 from readme_tables import throughput_markdown  # noqa: E402
-
-
-def _err(e: BaseException) -> str:
-    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
 
 
 def _parse_set(items: list[str]) -> dict:

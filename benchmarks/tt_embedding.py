@@ -32,7 +32,6 @@ import argparse
 import copy
 import gc
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,59 +41,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from common import RESULTS, environment, pick_device, publish  # noqa: E402
+from common import RESULTS, _err, do_bench, environment, median_ms, pick_device, publish  # noqa: E402
 from muse.layers.embedding import TTEmbedding  # noqa: E402
 from muse.ops.tt_gather import triton_kernel  # noqa: E402
 
-try:
-    from triton.testing import do_bench
-except ImportError:  # pragma: no cover - no Triton: CUDA events
-    do_bench = None
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 TOL = {"bf16": 2e-2, "fp32": 1e-3}
 IMPLS = ("embedding", "tt_torch", "tt_triton")
 
 
-def _err(e: BaseException) -> str:
-    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
-
-
-def median_ms(fn, leaves, device: torch.device, warmup_ms: float, rep_ms: float) -> float:
-    """Median ms of fn(), gradients of ``leaves`` set to None before each call."""
-    def reset():
-        for t in leaves:
-            t.grad = None
-
-    if device.type == "cuda":
-        if do_bench is not None:
-            return do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=leaves, return_mode="median")
-        times = []
-        for i in range(25):
-            reset()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            if i >= 5:
-                times.append((a, b))
-        torch.cuda.synchronize()
-        return statistics.median(x.elapsed_time(y) for x, y in times)
-    times = []
-    for i in range(3):  # host clock: one warm-up call, then two
-        reset()
-        t0 = time.perf_counter()
-        fn()
-        if i:
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
 def copy_bandwidth(device: torch.device, nbytes: int, args) -> float:
     """Bytes read + written per second by a large device-to-device copy."""
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src), [], device, args.warmup, args.rep)
+    ms, _ = median_ms(lambda: dst.copy_(src), [], device, args.warmup, args.rep)
     return 2 * nbytes / (ms * 1e-3)
 
 
@@ -118,7 +79,7 @@ def bench(module: nn.Module, id_sets, grad, device, args) -> dict:
             step()
             torch.cuda.synchronize()
             peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-        return {"ms": median_ms(step, params, device, args.warmup, args.rep), "peak_mib": peak}
+        return {"ms": median_ms(step, params, device, args.warmup, args.rep)[0], "peak_mib": peak}
     except Exception as e:  # noqa: BLE001 - OOM or a kernel failure: record, go on
         return {"ms": None, "peak_mib": None, "error": _err(e)}
     finally:

@@ -6,12 +6,11 @@ linear + cross-entropy kernels (``muse.ops.linear_ce``), which keep logits tiles
 and save only a per-token log-sum-exp. Otherwise (TT heads, heads tied to a TT or low-rank
 embedding, CPU) it walks over chunks of ``head.loss_chunk`` tokens and recomputes each chunk's
 logits in the backward pass, so the peak is one chunk of fp32 logits plus its gradient.
-``head.loss_impl`` picks: "auto" (fused on CUDA where possible), "fused", "chunked".
+``head.loss_impl`` picks: "auto" (fused on CUDA where possible, once the kernels are validated on
+a GPU: ``muse.ops.linear_ce.AUTO_ON_GPU``), "fused", "chunked".
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import is_fake
@@ -100,19 +99,3 @@ def lm_loss(
     else:
         total = chunked_nll(lambda z: head_logits(head, embed, z), h, targets, cfg.loss_chunk, ignore_index)
     return total / (targets != ignore_index).sum().clamp(min=1)
-
-
-def chunked_cross_entropy(
-    logits_fn: Callable[[Tensor], Tensor],
-    h: Tensor,
-    targets: Tensor,
-    chunk_size: int = 2048,
-    ignore_index: int = -100,
-) -> Tensor:
-    """Mean next-token NLL of ``logits_fn(h)`` against ``targets`` without storing all logits.
-
-    h: (..., d) hidden states, targets: (...) class ids. Returns a float32 scalar (see
-    ``muse.ops.linear_ce.chunked_nll`` for the summed form).
-    """
-    total = chunked_nll(logits_fn, h, targets, chunk_size, ignore_index)
-    return total / (targets.reshape(-1) != ignore_index).sum().clamp(min=1)
