@@ -19,6 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def _sha(res: dict) -> str:
+    """The short commit; a "+wip" suffix (a run of uncommitted changes on top of it) is kept."""
+    sha, plus, rest = res["git_sha"].partition("+")
+    return sha[:7] + plus + rest
+
+
 def _human(n: float) -> str:
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= div:
@@ -45,7 +51,7 @@ def params_table() -> str:
         )
     lines.append("")
     lines.append(f"Exact counts from `benchmarks/params.py` (models built on the `meta` device), "
-                 f"commit `{res['git_sha'][:7]}`, {res['date'][:10]}.")
+                 f"commit `{_sha(res)}`, {res['date'][:10]}.")
     return "\n".join(lines)
 
 
@@ -87,7 +93,7 @@ def train_eval_table() -> str:
         f"AdamW lr {c['train']['lr']:g} (warm-up {c['train']['warmup_steps']}, cosine), dropout "
         f"{c['model']['dropout']:g}, identical batches; test = best-validation checkpoint, whole test split, "
         f"non-overlapping {c['train']['seq_len']}-token windows. {r['device']}, torch {r['torch']}, "
-        f"commit `{r['git_sha'][:7]}`, {r['date'][:10]} (`benchmarks/train_eval.py`)."
+        f"commit `{_sha(r)}`, {r['date'][:10]} (`benchmarks/train_eval.py`)."
     )
     return "\n".join(lines)
 
@@ -121,7 +127,7 @@ def memory_table() -> str:
         lines.append(f"| {r['shape']} | {r['variant']} | {r['actual_params'] / 1e6:,.1f} M | {from_bytes(r['peak'])} "
                      f"| {r['status']} |")
     lines += ["", f"{'Measured' if res['method'] == 'measured' else 'Estimated'} by `muse verify` on {res['device']}, "
-              f"torch {res['torch']}, commit `{res['git_sha'][:7]}`, {res['date'][:10]}"
+              f"torch {res['torch']}, commit `{_sha(res)}`, {res['date'][:10]}"
               + (f"; every measured peak includes {from_bytes(ws)} of cuBLAS workspace." if ws else ".")
               + " A FAIL row's peak is what was allocated when the allocation that did not fit was refused."
               " Full tables: `benchmarks/results/verify.md`."]
@@ -191,7 +197,7 @@ def mixers_markdown(res: dict) -> str:
         f"`standard` at d={c['d_model']}, {c['heads']} heads. Peak: `torch.cuda.max_memory_allocated` over one "
         f"forward+backward, counting its inputs (and the layer's parameters). Check: the scan's output and "
         f"du, dv, dz, dℓ against the float64 `chunked` scan on fresh inputs, ‖a − b‖ / ‖b‖ ≤ {c['tolerance']:g}. "
-        f"{res['device']}, torch {res['torch']}, commit `{res['git_sha'][:7]}`, {res['date'][:10]} "
+        f"{res['device']}, torch {res['torch']}, commit `{_sha(res)}`, {res['date'][:10]} "
         f"(`benchmarks/mixers.py`)."
     )
     if errors:
@@ -220,10 +226,12 @@ def throughput_markdown(res: dict) -> str:
     lines.append("")
     lines.append(
         f"Full training steps (forward, backward, {c['optimizer']} step), {c['precision']}, checkpointing "
-        f"{'on' if c['checkpointing'] else 'off'}, B = max(1, {c['tokens']:,} // N) sequences of random token "
+        f"{'on' if c['checkpointing'] else 'off'}, "
+        f"{'torch.compile mode ' + repr(c['compile']) if c.get('compile') else 'eager'}, "
+        f"B = max(1, {c['tokens']:,} // N) sequences of random token "
         f"ids; median of {c['steps']} timed steps after {c['warmup_steps']} warm-up steps; peak = "
         f"`torch.cuda.max_memory_allocated` over the timed steps. Scan: `impl=\"{c['impl']}\"`. "
-        f"{res['device']}, torch {res['torch']}, commit `{res['git_sha'][:7]}`, {res['date'][:10]} "
+        f"{res['device']}, torch {res['torch']}, commit `{_sha(res)}`, {res['date'][:10]} "
         f"(`benchmarks/train_throughput.py`)."
     )
     if errors:

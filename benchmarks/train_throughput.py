@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from common import RESULTS, _err, environment, pick_device, publish  # noqa: E402
-from muse.config import PRECISIONS, load_config, to_dict  # noqa: E402
+from muse.config import COMPILE_MODES, PRECISIONS, load_config, to_dict  # noqa: E402
 from muse.memory.profile import StepPlan, _build, _step, measure, plan_config  # noqa: E402
 from muse.runtime import autocast_context  # noqa: E402
 from readme_tables import throughput_markdown  # noqa: E402
@@ -66,6 +66,8 @@ def run_one(preset: str, N: int, B: int, args, device: torch.device) -> dict:
     over = {**_parse_set(args.set), "model.max_seq_len": N, "train.seq_len": N, "train.batch_size": B,
             "train.precision": args.precision, "train.optimizer": args.optimizer,
             "model.checkpointing": args.checkpointing, "model.mixer.semiseparable.impl": args.impl}
+    if args.compile:
+        over.update({"train.compile": True, "train.compile_mode": args.compile})
     try:
         cfg = load_config(preset, over)
         plan = StepPlan(batch=B, seq=N, precision=args.precision, optimizer=args.optimizer,
@@ -101,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="bf16", choices=PRECISIONS)
     p.add_argument("--optimizer", default="adamw", choices=("adamw", "adamw8bit"))
     p.add_argument("--checkpointing", action="store_true")
+    p.add_argument("--compile", default=None, choices=COMPILE_MODES, metavar="MODE",
+                   help="torch.compile both models in this mode (CUDA only; results go to "
+                        "train_throughput-compile-MODE-gpu.json)")
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -110,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = pick_device(args.device, args.out, "train_throughput")
     if device is None:
+        return 2
+    if args.compile and device.type != "cuda":
+        print("--compile measures compiled GPU steps; it needs a CUDA device", file=sys.stderr)
         return 2
     env = environment(device)
     a, b = args.presets
@@ -134,11 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "train_throughput", **env,
         "config": {"presets": args.presets, "seqs": args.seqs, "tokens": args.tokens, "impl": args.impl,
                    "precision": args.precision, "optimizer": args.optimizer, "checkpointing": args.checkpointing,
+                   "compile": args.compile,
                    "warmup_steps": args.warmup_steps, "steps": args.steps, "overrides": _parse_set(args.set),
                    "timer": "host clock around each step, torch.cuda.synchronize() after it (median)"},
         "figures": rows,
     }
-    publish("train_throughput", res, device, args.out, throughput_markdown)
+    name = "train_throughput" + (f"-compile-{args.compile}" if args.compile else "")
+    publish(name, res, device, args.out, throughput_markdown)
     return 0
 
 

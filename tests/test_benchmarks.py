@@ -76,6 +76,7 @@ def test_throughput_json(throughput_result):
     res = json.loads((throughput_result / "train_throughput-cpu.json").read_text())
     assert res["benchmark"] == "train_throughput" and ENV_KEYS <= res.keys()
     assert res["config"]["presets"] == ["baseline", "standard"] and res["config"]["steps"] == 2
+    assert res["config"]["compile"] is None
     for r, (n, b) in zip(res["figures"], [(32, 2), (64, 1)]):
         assert (r["N"], r["B"]) == (n, b)
         assert r["baseline"]["mixer"] == "attention" and r["standard"]["mixer"] == "semiseparable"
@@ -84,6 +85,12 @@ def test_throughput_json(throughput_result):
             assert r[p]["config"]["max_seq_len"] == n and r[p]["config"]["d_model"] == 64
         assert r["ratio_tokens_per_s"] > 0 and "ratio_peak_memory" in r
     assert (throughput_result / "train_throughput-cpu.md").read_text().startswith("| N | B |")
+
+
+def test_throughput_compile_needs_cuda(tmp_path, capsys):
+    rc = _script("train_throughput").main(["--compile", "reduce-overhead", "--out", str(tmp_path)])
+    assert rc == 2 and "needs a CUDA device" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_tt_embedding_json(tmp_path):

@@ -32,6 +32,7 @@ def test_config_module_does_not_import_torch():
         ({"model": {"mixer": {"kind": "lstm"}}}, "mixer.kind"),
         ({"model": {"ffn": {"kind": "lowrank"}}}, "ffn.rank"),
         ({"model": {"ffn": {"activation": "relu"}}}, "ffn.activation"),
+        ({"model": {"ffn": {"token_chunk": -1}}}, "ffn.token_chunk"),
         ({"model": {"head": {"kind": "tt"}}}, "head.rank"),
         ({"model": {"embedding": {"kind": "tt", "phase": "quantum"}}}, "embedding.phase"),
         ({"model": {"embedding": {"kind": "dense", "phase": "cos"}}}, "embedding.phase"),
@@ -44,6 +45,7 @@ def test_config_module_does_not_import_torch():
         ({"model": {"mixer": {"linear": {"kind": "tt", "rank": 0}}}}, "linear.rank"),
         ({"model": {"d_model": "big"}}, "model.d_model"),
         ({"model": {"dropout": 1.5}}, "model.dropout"),
+        ({"train": {"compile_mode": "fast"}}, "train.compile_mode"),
     ],
 )
 def test_bad_values_name_the_field(data, field):

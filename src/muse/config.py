@@ -163,9 +163,14 @@ class FFNConfig:
     activation: str = "gelu"  # gelu | swiglu
     rank: int = 0  # low-rank r or TT rank (DESIGN: standard r = d/16, ultra r = d/64)
     bias: bool = True
+    # Tokens per chunk of the sequence-chunked FFN (0: off). The (T, mult·d) hidden activations
+    # then exist for one chunk at a time, in the forward and (with gradients, through a per-chunk
+    # activation checkpoint) in the backward, at the cost of one more FFN forward per step.
+    token_chunk: int = 0
 
     def __post_init__(self):
         _check_choice("ffn.kind", self.kind, LINEAR_KINDS)
+        _check_positive("ffn.token_chunk", self.token_chunk, allow_zero=True)
         _check_choice("ffn.activation", self.activation, ("gelu", "swiglu"))
         if not self.mult > 0:
             raise ConfigError(f"ffn.mult must be > 0; got {self.mult!r}")
@@ -289,6 +294,9 @@ def check_cublas_workspace(path: str, value: Any) -> None:
         )
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class TrainConfig:
     out_dir: str = "runs"  # the run directory is OUT_DIR/NAME unless --run-dir is given
@@ -314,6 +322,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + loss scaling) | bf16-pure (bf16 params)
     compile: bool = False
+    # torch.compile mode when compile is on: "default" | "reduce-overhead" (CUDA graphs: the host
+    # launches nothing per kernel, for launch-bound small models) | "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
     eval_every: int = 100
     eval_tokens: int = 65536  # validation tokens per periodic evaluation (0 = whole split)
     log_every: int = 10
@@ -336,6 +347,7 @@ class TrainConfig:
             raise ConfigError(f"train.max_minutes must be >= 0; got {self.max_minutes!r}")
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("train.precision", self.precision, PRECISIONS)
+        _check_choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
         if self.optimizer == "adamw-offload":
             if self.grad_accum > 1:
                 raise ConfigError(

@@ -88,7 +88,12 @@ class MuseLM(nn.Module):
     def _check_ids(self, idx: Tensor, offset: int = 0) -> None:
         if idx.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"token ids must be an integer tensor; got {idx.dtype}")
-        if idx.numel() and idx.device.type != "meta" and not is_fake(idx):
+        if idx.numel() and torch.compiler.is_compiling():
+            # traceable: no host sync, no graph break (int() would be both); raises when it runs
+            lo, hi = torch.aminmax(idx)
+            torch._assert_async((lo >= 0) & (hi < self.cfg.vocab_size),
+                                f"token ids must lie in the vocabulary [0, {self.cfg.vocab_size}) (model.vocab_size)")
+        elif idx.numel() and idx.device.type != "meta" and not is_fake(idx):
             lo, hi = torch.aminmax(idx)
             lo, hi = int(lo), int(hi)  # one host sync per forward
             if lo < 0 or hi >= self.cfg.vocab_size:

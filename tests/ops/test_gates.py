@@ -55,7 +55,7 @@ def test_softplus_tails():
     """−softplus at large |logit|: no overflow, and tiny decays keep their value (not 0)."""
     x = torch.tensor([[[-60.0, -20.0, 0.0, 20.0, 80.0]]], dtype=torch.float64)
     u = torch.zeros(1, 1, 5, 2, dtype=torch.float64)
-    _, ld, _, _ = gate_inputs(u, None, x, 1.0, "triton")
+    _, ld, _, _ = gate_inputs(u.to(DEVICE), None, x.to(DEVICE), 1.0, "triton")
     _, ref, _, _ = naive_gate_inputs(u, None, x, 1.0)
     assert torch.allclose(ld.cpu(), ref, rtol=1e-9, atol=0)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from muse.config import FFNConfig
 from muse.layers.linear import make_linear
@@ -14,6 +16,13 @@ class FFN(nn.Module):
 
     Low-rank GELU with hidden 4d costs r·(d + 4d) per projection, i.e. 10·d·r in total versus
     8·d² dense (DESIGN §1.3).
+
+    With ``ffn.token_chunk`` = c > 0 the FFN is applied to chunks of c tokens (it is
+    position-wise, so the result is the same). Under autograd each chunk is an activation
+    checkpoint: the forward keeps only the chunk's input, and the backward recomputes one chunk's
+    hidden activations at a time, so the (T, hidden) tensors — the largest in a low-rank FFN,
+    whose hidden width stays 4d however small r is — exist for c tokens instead of T. Nested
+    inside a checkpointed block this moves the backward peak of ``ultra`` off the FFN.
     """
 
     def __init__(self, dim: int, cfg: FFNConfig, init_std: float = 0.02, out_std: float | None = None):
@@ -26,8 +35,20 @@ class FFN(nn.Module):
         self.up = lin(dim, hidden, init_std)
         self.gate = lin(dim, hidden, init_std) if self.swiglu else None
         self.down = lin(hidden, dim, out_std or init_std)
+        self.token_chunk = cfg.token_chunk
 
     def forward(self, x: Tensor) -> Tensor:  # (B, N, d) -> (B, N, d)
+        c = self.token_chunk
+        if not c or x.shape[:-1].numel() <= c:
+            return self._mlp(x)
+        chunks = x.reshape(-1, x.size(-1)).split(c)  # views of (T, d), c rows each
+        if torch.is_grad_enabled():
+            out = [checkpoint(self._mlp, xc, use_reentrant=False) for xc in chunks]
+        else:
+            out = [self._mlp(xc) for xc in chunks]
+        return torch.cat(out).view(*x.shape[:-1], -1)
+
+    def _mlp(self, x: Tensor) -> Tensor:  # (..., d) -> (..., d)
         if self.swiglu:
             return self.down(F.silu(self.gate(x)) * self.up(x))
         return self.down(F.gelu(self.up(x), approximate="tanh"))

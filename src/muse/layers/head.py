@@ -1,13 +1,17 @@
 """Output heads and the memory-bounded cross-entropy.
 
 The loss never holds B×N×V logits. Where the head ends in a plain (V, K) matrix — a dense head,
-the (r, V) factor of a low-rank head, a head tied to a dense embedding — it runs the fused
-linear + cross-entropy kernels (``muse.ops.linear_ce``), which keep logits tiles in registers
-and save only a per-token log-sum-exp. Otherwise (TT heads, heads tied to a TT or low-rank
-embedding, CPU) it walks over chunks of ``head.loss_chunk`` tokens and recomputes each chunk's
-logits in the backward pass, so the peak is one chunk of fp32 logits plus its gradient.
+the (r, V) factor of a low-rank head, a head tied to a dense embedding — it runs a linear +
+cross-entropy of ``muse.ops.linear_ce`` on (x, W, b) = ``last_matrix``: the fused Triton kernels
+(logits tiles in registers, a per-token log-sum-exp saved) or, when those are not selected,
+``chunk_linear_cross_entropy``: chunks of ``head.loss_chunk`` tokens that compute the loss and
+the gradients of x, W and b in the forward, so the backward only scales them. Otherwise (TT
+heads, heads tied to a TT or low-rank embedding) ``chunked_nll`` walks over chunks of
+``head.loss_chunk`` tokens and recomputes each chunk's logits in the backward pass. The first
+peaks at one fp32 (chunk, V) buffer plus its low-precision copy, the second at a few.
 ``head.loss_impl`` picks: "auto" (fused on CUDA where possible, once the kernels are validated on
-a GPU: ``muse.ops.linear_ce.AUTO_ON_GPU``), "fused", "chunked".
+a GPU: ``muse.ops.linear_ce.AUTO_ON_GPU``), "fused", "chunked" (the torch chunked loss of the
+head: gradient-in-forward for a plain matrix, recomputation otherwise).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from torch._subclasses.fake_tensor import is_fake
 from muse.config import HeadConfig
 from muse.layers.embedding import DenseEmbedding
 from muse.layers.linear import LowRankLinear, make_linear
-from muse.ops.linear_ce import HAS_TRITON, chunked_nll, linear_cross_entropy, resolve_impl, triton_supports
+from muse.ops.linear_ce import (
+    HAS_TRITON, chunk_linear_cross_entropy, chunked_nll, linear_cross_entropy, resolve_impl, triton_supports,
+)
 
 
 def make_head(cfg: HeadConfig, dim: int, vocab_size: int, init_std: float = 0.02) -> nn.Module | None:
@@ -93,9 +99,13 @@ def lm_loss(
     (float64 for a float64 model), over the targets that are not ``ignore_index``."""
     h = h.reshape(-1, h.size(-1))  # (T, d)
     targets = targets.reshape(-1)  # (T,)
-    if resolve_loss_impl(cfg, head, embed, h) == "fused":
+    impl = resolve_loss_impl(cfg, head, embed, h)
+    if impl == "fused":
         x, w, b = last_matrix(head, embed, h)
         total = linear_cross_entropy(x, w, targets, b, ignore_index, impl="triton")
+    elif fusable(head, embed):  # a plain last matrix: gradients in the forward, no recomputation
+        x, w, b = last_matrix(head, embed, h)
+        total = chunk_linear_cross_entropy(x, w, targets, b, ignore_index, chunk_size=cfg.loss_chunk)
     else:
         total = chunked_nll(lambda z: head_logits(head, embed, z), h, targets, cfg.loss_chunk, ignore_index)
     return total / (targets != ignore_index).sum().clamp(min=1)

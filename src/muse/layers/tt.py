@@ -19,6 +19,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch import Tensor, nn
 
+from muse.ops._dispatch import assumes_cuda
 from muse.ops.tt_gather import resolve_impl, shape_unsupported, tt_contract, tt_gather
 
 PHASES = ("none", "cos", "complex")
@@ -31,7 +32,7 @@ _COS_PHASE_INIT = 0.1
 
 # ----------------------------------------------------------------------------- factorization
 def _prod(xs) -> int:
-    return math.prod(int(x) for x in xs)
+    return math.prod([int(x) for x in xs])  # a list: dynamo cannot pass a generator to math.prod
 
 
 def _imbalance(fs: list[int]) -> float:
@@ -388,21 +389,28 @@ class TTMatrix(nn.Module):
         """Whether ``rows(idx)`` runs the fused kernel (see ``gather_impl``)."""
         if self.gather_impl == "torch" or self.phase == "complex":
             return False
-        if any(is_fake(t) or t.device.type == "meta" for t in (idx, self.cores[0])):
-            return False  # shape-only tensors (memory estimates) keep the torch path exactly
+        if not torch.compiler.is_compiling() and any(  # (dynamo cannot trace is_fake; no fakes there)
+            t.device.type == "meta" or (is_fake(t) and not assumes_cuda(t)) for t in (idx, self.cores[0])
+        ):
+            # shape-only tensors keep the torch path exactly, unless the memory estimate models a
+            # GPU step (assume_cuda): then the kernel's fake implementation stands in for it
+            return False
         if self.gather_impl == "triton":
             return True  # tt_gather raises a clear error where the kernel cannot run
         return resolve_impl("auto", idx, list(self.cores), self.col_factors) == "triton"
 
     def _gather_rows(self, idx: Tensor) -> Tensor:
         flat = idx.reshape(-1).long()
-        if flat.numel():
+        if flat.numel() and torch.compiler.is_compiling():  # traceable: no host sync, no graph break
+            lo, hi = torch.aminmax(flat)
+            torch._assert_async((lo >= 0) & (hi < self.num_rows), f"idx values must lie in [0, {self.num_rows})")
+        elif flat.numel() and not is_fake(flat):
             lo, hi = torch.aminmax(flat)
             if bool((lo < 0) | (hi >= self.num_rows)):  # one host sync, as the torch path's unique
                 raise ValueError(f"idx values must lie in [0, {self.num_rows}); got min {int(lo)}, max {int(hi)}")
-        dtype = self.cores[0].dtype
-        if flat.is_cuda and torch.is_autocast_enabled("cuda") and dtype == torch.float32:
-            dtype = torch.get_autocast_dtype("cuda")  # as the torch path's bmm under autocast
+        dtype, dev = self.cores[0].dtype, flat.device.type
+        if assumes_cuda(flat) and torch.is_autocast_enabled(dev) and dtype == torch.float32:
+            dtype = torch.get_autocast_dtype(dev)  # as the torch path's bmm under autocast
         out = tt_gather(flat, self._effective_cores(), self.row_factors, self.col_factors, self.num_cols,
                         impl=self.gather_impl, out_dtype=dtype)
         return out.reshape(*idx.shape, self.num_cols)

@@ -253,7 +253,7 @@ def estimate(cfg: Config, plan: StepPlan) -> dict:
         from torch.distributed._tools.mem_tracker import MemTracker
     except ImportError as e:  # pragma: no cover - torch < 2.5
         raise ValueError(f"memory estimates need torch >= 2.5 (MemTracker): {e}") from None
-    from muse.ops.linear_ce import assume_cuda
+    from muse.ops import assume_cuda
     from muse.runtime import autocast_context, effective_cublas_workspace
 
     cfg = plan_config(cfg, plan)
@@ -270,8 +270,9 @@ def estimate(cfg: Config, plan: StepPlan) -> dict:
         idx = torch.randint(0, cfg.model.vocab_size, (plan.batch, plan.seq + 1))
         tracker = MemTracker()
         tracker.track_external(model)
-        # assume_cuda: the loss takes the path it would on a GPU (the fused linear + cross-entropy,
-        # holding a per-token lse, where head.loss_impl resolves to it), not the CPU's chunked one
+        # assume_cuda: "auto" takes the paths it would on a GPU, not the CPU's: the Triton mixer ops
+        # (scan, gates, head norm: their fake implementations) and the fused linear + cross-entropy
+        # (holding a per-token lse) where head.loss_impl resolves to it.
         with tracker, warnings.catch_warnings(), assume_cuda():
             # MemTracker looks for the gradients the offload hook has just dropped: expected, not news
             warnings.filterwarnings("ignore", message="Expected a tensor or a traceable wrapper-subclass")
@@ -324,6 +325,8 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
     try:
         model, opt = _build(cfg, plan, device)
         params = tensor_bytes(list(model.parameters()) + list(model.buffers()))
+        if cfg.train.compile:  # as the trainer runs it; the warm-up steps compile
+            model = torch.compile(model, mode=cfg.train.compile_mode)
         autocast = autocast_context(plan.precision, device)
         idx = torch.randint(0, cfg.model.vocab_size, (plan.batch, plan.seq + 1), device=device)
         for _ in range(warmup):
@@ -353,6 +356,7 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
     out = _result(cfg, plan, "measured", torch.cuda.get_device_name(device), params, grads, state, peak,
                   workspace, cublas)
     out["tokens_per_s"] = plan.batch * plan.seq / statistics.median(times) if times else None
+    out["compile"] = cfg.train.compile_mode if cfg.train.compile else None
     out["timed_steps"] = len(times)
     props = torch.cuda.get_device_properties(device)
     sm90 = (props.major, props.minor) == (9, 0)

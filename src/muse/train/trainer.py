@@ -35,7 +35,8 @@ from muse.train.optim import (
 # train.* keys that may change on --resume without changing what the run computes
 RESUMABLE_TRAIN_KEYS = {
     "max_steps", "max_tokens", "max_minutes", "eval_every", "eval_tokens", "log_every", "progress",
-    "tensorboard", "wandb", "out_dir", "device", "compile", "cublas_workspace",
+    "tensorboard", "wandb", "out_dir", "device", "compile", "compile_mode",
+    "cublas_workspace",
 }
 
 
@@ -136,7 +137,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DDP(self.model, device_ids=ids)
         if tc.compile:
-            self.train_model = torch.compile(self.train_model)
+            self.train_model = torch.compile(self.train_model, mode=tc.compile_mode)
         self.sampler = BatchSampler(
             self.data.tokens["train"], tc.batch_size, cfg.seq_len, tc.seed, self.dist.rank, self.dist.world_size
         )

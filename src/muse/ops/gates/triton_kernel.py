@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from muse.ops._dispatch import absent, define_op, present, use_op
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON, triton_supports
 
 from .naive import check_inputs
@@ -97,22 +98,103 @@ def _block_rows(r: int) -> int:
     return max(1, min(128, 4096 // triton.next_power_of_2(r)))
 
 
+def gates_forward(u, gl, dl, scale: float):
+    """Forward launcher (``muse::gate_inputs_fwd``): (u_eff (B, N, H, r) in u's dtype, log_decay,
+    gate_sum, gate_open (B, N, H) fp32/fp64, None without decay logits / gates). u and gl are
+    read with one row stride (``_row_stride``), dl with unit head stride."""
+    B, N, H, r = u.shape
+    n = gl.shape[-1] if gl is not None else 0
+    R = B * N * H
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    ue = torch.empty(B, N, H, r, device=u.device, dtype=u.dtype)
+    ld = torch.empty(B, N, H, device=u.device, dtype=acc) if dl is not None else None
+    gs, go = (torch.empty(B, N, H, device=u.device, dtype=acc) if n else None for _ in range(2))
+    BR, BK = _block_rows(r), triton.next_power_of_2(r)
+    _gate_fwd_kernel[(triton.cdiv(R, BR),)](
+        u, gl, dl, ue, ld, gs, go, R, H, u.stride(1), gl.stride(1) if n else 0, dl.stride(1) if dl is not None else 0,
+        scale=scale, r=r, n=n, BR=BR, BK=BK, HAS_GATE=n > 0, HAS_DECAY=dl is not None,
+    )
+    return ue, ld, gs, go
+
+
+def gates_backward(due, dld, dgs, u, gl, dl, scale: float):
+    """Backward launcher (``muse::gate_inputs_bwd``): (du, d gate_logits, d decay_logits), None
+    where that input is None. dld, dgs: the gradients of log_decay and gate_sum, or None."""
+    B, N, H, r = u.shape
+    n = gl.shape[-1] if gl is not None else 0
+    R = B * N * H
+    due = due.contiguous()
+    du = torch.empty(B, N, H, r, device=u.device, dtype=u.dtype)
+    dgl = torch.empty(B, N, H, n, device=u.device, dtype=gl.dtype) if n else None
+    ddl = torch.empty(B, N, H, device=u.device, dtype=dl.dtype) if dl is not None else None
+    BR, BK = _block_rows(r), triton.next_power_of_2(r)
+    _gate_bwd_kernel[(triton.cdiv(R, BR),)](
+        u, gl, dl, due, dld.contiguous() if dld is not None else None,
+        dgs.contiguous() if dgs is not None else None, du, dgl, ddl, R, H, u.stride(1),
+        gl.stride(1) if n else 0, dl.stride(1) if dl is not None else 0, scale=scale, r=r, n=n, BR=BR, BK=BK,
+        HAS_GATE=n > 0, HAS_DECAY=dl is not None, HAS_DGS=dgs is not None, HAS_DLD=dld is not None,
+    )
+    return du, dgl, ddl
+
+
+# The launchers as ops (muse.ops._dispatch): one graph node each under torch.compile, outputs of
+# the real shapes for fake tensors. Absent outputs are (0,) tensors of u's dtype. No temporaries.
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _fwd_fake(u, gl, dl, scale):
+    B, N, H, r = u.shape
+    rows = lambda: u.new_empty((B, N, H), dtype=_acc(u.dtype))  # noqa: E731
+    gs, go = (rows(), rows()) if gl is not None and gl.shape[-1] else (absent(u), absent(u))
+    return u.new_empty(u.shape), rows() if dl is not None else absent(u), gs, go
+
+
+def _bwd_fake(due, dld, dgs, u, gl, dl, scale):
+    dgl = gl.new_empty(gl.shape) if gl is not None and gl.shape[-1] else absent(u)
+    return u.new_empty(u.shape), dgl, dl.new_empty(dl.shape) if dl is not None else absent(u)
+
+
+def _dl_layout(dl):
+    """decay_logits (B, N, H) as the kernels read it: unit head stride, one row stride."""
+    if dl is not None and not (dl.stride(2) == 1 and dl.stride(0) == dl.shape[1] * dl.stride(1)):
+        return dl.contiguous()
+    return dl
+
+
+def _fwd_kernel(u, gl, dl, scale):
+    gl = _row_stride(gl, gl.shape[-1]) if gl is not None else None
+    return gates_forward(_row_stride(u, u.shape[-1]), gl, _dl_layout(dl), scale)
+
+
+def _bwd_kernel(due, dld, dgs, u, gl, dl, scale):
+    gl = _row_stride(gl, gl.shape[-1]) if gl is not None else None
+    return gates_backward(due, dld, dgs, _row_stride(u, u.shape[-1]), gl, _dl_layout(dl), scale)
+
+
+_u = lambda *a: a[0]  # noqa: E731
+_fwd_op = define_op(
+    "gate_inputs_fwd", "(Tensor u, Tensor? gate_logits, Tensor? decay_logits, float scale) -> (Tensor, Tensor, Tensor, Tensor)",
+    _fwd_kernel, _fwd_fake, placeholders=(None, _u, _u, _u),
+)
+_bwd_op = define_op(
+    "gate_inputs_bwd",
+    "(Tensor d_u_eff, Tensor? d_log_decay, Tensor? d_gate_sum, Tensor u, Tensor? gate_logits, Tensor? decay_logits,"
+    " float scale) -> (Tensor, Tensor, Tensor)",
+    _bwd_kernel, _bwd_fake, placeholders=(None, lambda *a: a[3], lambda *a: a[3]),
+)
+
+
 class _GateInputs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, gl, dl, scale: float, r: int, n: int):
-        B, N, H, _ = u.shape
-        R = B * N * H
-        acc = torch.float64 if u.dtype == torch.float64 else torch.float32
-        ue = torch.empty(B, N, H, r, device=u.device, dtype=u.dtype)
-        ld = torch.empty(B, N, H, device=u.device, dtype=acc) if dl is not None else None
-        gs, go = (torch.empty(B, N, H, device=u.device, dtype=acc) if n else None for _ in range(2))
-        BR, BK = _block_rows(r), triton.next_power_of_2(r)
-        _gate_fwd_kernel[(triton.cdiv(R, BR),)](
-            u, gl, dl, ue, ld, gs, go, R, H, u.stride(1), gl.stride(1) if n else 0, dl.stride(1) if dl is not None else 0,
-            scale=scale, r=r, n=n, BR=BR, BK=BK, HAS_GATE=n > 0, HAS_DECAY=dl is not None,
-        )
+    def forward(ctx, u, gl, dl, scale: float):
+        if use_op(u):
+            n = gl is not None
+            ue, ld, gs, go = present(_fwd_op(u, gl, dl, scale), (True, dl is not None, n, n))
+        else:
+            ue, ld, gs, go = gates_forward(u, gl, dl, scale)
         ctx.save_for_backward(u, gl, dl)
-        ctx.meta = (scale, r, n)
+        ctx.scale = scale
         if go is not None:
             ctx.mark_non_differentiable(go)
         return ue, ld, gs, go
@@ -120,21 +202,12 @@ class _GateInputs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, due, dld, dgs, _dgo):
         u, gl, dl = ctx.saved_tensors
-        scale, r, n = ctx.meta
-        B, N, H, _ = u.shape
-        R = B * N * H
-        due = due.contiguous()
-        du = torch.empty(B, N, H, r, device=u.device, dtype=u.dtype)
-        dgl = torch.empty(B, N, H, n, device=u.device, dtype=gl.dtype) if n else None
-        ddl = torch.empty(B, N, H, device=u.device, dtype=dl.dtype) if dl is not None else None
-        BR, BK = _block_rows(r), triton.next_power_of_2(r)
-        _gate_bwd_kernel[(triton.cdiv(R, BR),)](
-            u, gl, dl, due, dld.contiguous() if dld is not None else None,
-            dgs.contiguous() if dgs is not None else None, du, dgl, ddl, R, H, u.stride(1),
-            gl.stride(1) if n else 0, dl.stride(1) if dl is not None else 0, scale=scale, r=r, n=n, BR=BR, BK=BK,
-            HAS_GATE=n > 0, HAS_DECAY=dl is not None, HAS_DGS=dgs is not None, HAS_DLD=dld is not None,
-        )
-        return du, dgl, ddl, None, None, None
+        args = (due, dld, dgs, u, gl, dl, ctx.scale)
+        if use_op(due):
+            du, dgl, ddl = present(_bwd_op(*args), (True, gl is not None, dl is not None))
+        else:
+            du, dgl, ddl = gates_backward(*args)
+        return du, dgl, ddl, None
 
 
 def triton_gate_inputs(u: Tensor, gate_logits: Tensor | None, decay_logits: Tensor | None, scale: float = 1.0):
@@ -149,7 +222,4 @@ def triton_gate_inputs(u: Tensor, gate_logits: Tensor | None, decay_logits: Tens
         gate_logits = gate_logits.to(u.dtype)
     u = _row_stride(u, r)
     gl = _row_stride(gate_logits, n) if n else None
-    dl = decay_logits
-    if dl is not None and not (dl.stride(2) == 1 and dl.stride(0) == dl.shape[1] * dl.stride(1)):
-        dl = dl.contiguous()
-    return _GateInputs.apply(u, gl, dl, float(scale), r, n)
+    return _GateInputs.apply(u, gl, _dl_layout(decay_logits), float(scale))

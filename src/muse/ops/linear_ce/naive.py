@@ -17,12 +17,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["accumulation_dtype", "check_inputs", "naive_linear_cross_entropy"]
+__all__ = [
+    "AUTOCAST_CASTABLE", "accumulation_dtype", "autocast_operands", "check_inputs", "naive_linear_cross_entropy",
+]
+
+# the float dtypes autocast casts (every one but float64); also the Triton kernels' low-precision set
+AUTOCAST_CASTABLE = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def accumulation_dtype(x: Tensor) -> torch.dtype:
     """float64 for float64 inputs, else float32 (also for bf16/fp16 inputs)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def autocast_operands(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """What ``F.linear`` would see under autocast on x's device: x, weight and bias in the
+    autocast dtype (float64 stays float64); unchanged outside autocast. The casts are recorded
+    by autograd, so the gradients come back in the callers' dtypes."""
+    dev = x.device.type
+    if dev == "meta" or not torch.is_autocast_enabled(dev):  # meta: no autocast to ask
+        return x, weight, bias
+    dt = torch.get_autocast_dtype(dev)
+    cast = lambda t: t.to(dt) if t is not None and t.dtype in AUTOCAST_CASTABLE else t  # noqa: E731
+    return cast(x), cast(weight), cast(bias)
 
 
 def check_inputs(x: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None) -> None:

@@ -89,7 +89,7 @@ if HAS_TRITON:
                          mask=(rows[:, None] < T) & (ks[None, :] < K), other=0.0)  # (BM, BK)
             wt = tl.load(w + cols[:, None] * swv + ks[None, :] * swk,
                          mask=(cols[:, None] < VL) & (ks[None, :] < K), other=0.0)  # (BV, BK)
-            acc = tl.dot(xt, tl.trans(wt), acc, input_precision=PREC)  # (BM, BK) @ (BK, BV)
+            acc = tl.dot(xt, tl.trans(wt), acc, input_precision=PREC, out_dtype=acc.dtype)  # (BM, BK) @ (BK, BV)
         if HAS_BIAS:
             acc += tl.load(b + cols, mask=cols < VL, other=0.0).to(acc.dtype)[None, :]
         return tl.where(cols[None, :] < VL, acc, float("-inf"))
@@ -172,7 +172,7 @@ if HAS_TRITON:
             dz = _dlogits(z, cols, t, lse_r, g)  # (BM, BV)
             wg = tl.load(w + cols[:, None] * swv + kg[None, :] * swk,
                          mask=(cols[:, None] < V) & (kg[None, :] < K), other=0.0)  # (BV, KG)
-            acc = tl.dot(dz.to(wg.dtype), wg, acc, input_precision=PREC)  # (BM, BV) @ (BV, KG)
+            acc = tl.dot(dz.to(wg.dtype), wg, acc, input_precision=PREC, out_dtype=acc.dtype)  # (BM, BV) @ (BV, KG)
         tl.store(dx + rows[:, None] * sdt + kg[None, :] * sdk, acc.to(dx.dtype.element_ty),
                  mask=(rows[:, None] < T) & (kg[None, :] < K))
 
@@ -200,7 +200,7 @@ if HAS_TRITON:
             dz = _dlogits(z, cols, t, lse_r, g)  # (BM, BV)
             xg = tl.load(x + rows[:, None] * sxt + kg[None, :] * sxk,
                          mask=(rows[:, None] < T) & (kg[None, :] < K), other=0.0)  # (BM, KG)
-            acc = tl.dot(tl.trans(dz.to(xg.dtype)), xg, acc, input_precision=PREC)  # (BV, BM) @ (BM, KG)
+            acc = tl.dot(tl.trans(dz.to(xg.dtype)), xg, acc, input_precision=PREC, out_dtype=acc.dtype)  # (BV, BM) @ (BM, KG)
             if HAS_BIAS:
                 acc_b += tl.sum(dz, 0)
         tl.store(dw + cols[:, None] * sdv + kg[None, :] * sdk, acc.to(dw.dtype.element_ty),

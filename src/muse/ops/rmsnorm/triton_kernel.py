@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from muse.ops._dispatch import define_op, use_op
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON, triton_supports
 
 from .naive import check_inputs
@@ -63,34 +64,69 @@ def _block_rows(D: int) -> int:
     return max(1, min(64, 4096 // triton.next_power_of_2(D)))
 
 
+def norm_forward(x: Tensor, weight: Tensor, eps: float):
+    """Forward launcher (``muse::rms_norm_fwd``): y (x's shape and dtype) and rstd (M, G) fp32
+    (fp64 for fp64), for contiguous x (M, G, D) in any leading shape and weight (G, D) or (D,)."""
+    G, D = (1, weight.shape[0]) if weight.dim() == 1 else weight.shape
+    M = x.numel() // (G * D)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = torch.empty_like(x)
+    rstd = torch.empty(M, G, device=x.device, dtype=acc)
+    BM, BD = _block_rows(D), triton.next_power_of_2(D)
+    _rms_fwd_kernel[(triton.cdiv(M, BM), G)](x, weight, y, rstd, M, G, D, eps=eps, BM=BM, BD=BD)
+    return y, rstd
+
+
+def norm_backward(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor):
+    """Backward launcher (``muse::rms_norm_bwd``): dx (x's shape and dtype), dweight (weight's)."""
+    G, D = (1, weight.shape[0]) if weight.dim() == 1 else weight.shape
+    M = rstd.shape[0]
+    BM, BD = _block_rows(D), triton.next_power_of_2(D)
+    dy = dy.contiguous()
+    dx = torch.empty_like(x)
+    nm = triton.cdiv(M, BM)
+    dw = torch.empty(nm, G, D, device=x.device, dtype=rstd.dtype)  # per-program partial sums
+    _rms_bwd_kernel[(nm, G)](x, weight, dy, rstd, dx, dw, M, G, D, BM=BM, BD=BD)
+    return dx, dw.sum(0).reshape(weight.shape).to(weight.dtype)
+
+
+# The launchers as ops (muse.ops._dispatch): one graph node each under torch.compile, outputs of
+# the real shapes for fake tensors. Not modelled by the fakes: the backward's per-program partial
+# weight gradients, (ceil(M / BM), G, D) fp32 with BM = _block_rows(D).
+def _fwd_fake(x, weight, eps):
+    G = 1 if weight.dim() == 1 else weight.shape[0]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.empty_like(x), x.new_empty((x.numel() // (G * weight.shape[-1]), G), dtype=acc)
+
+
+def _bwd_fake(dy, x, weight, rstd):
+    return torch.empty_like(x), weight.new_empty(weight.shape)
+
+
+_fwd_op = define_op("rms_norm_fwd", "(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)",
+                    lambda x, w, eps: norm_forward(x.contiguous(), w.contiguous(), eps), _fwd_fake)
+_bwd_op = define_op("rms_norm_bwd", "(Tensor dy, Tensor x, Tensor weight, Tensor rstd) -> (Tensor, Tensor)",
+                    lambda dy, x, w, rstd: norm_backward(dy, x.contiguous(), w.contiguous(), rstd.contiguous()),
+                    _bwd_fake)
+
+
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, eps: float, G: int, D: int):
-        M = x.numel() // (G * D)
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        y = torch.empty_like(x)
-        rstd = torch.empty(M, G, device=x.device, dtype=acc)
-        BM, BD = _block_rows(D), triton.next_power_of_2(D)
-        _rms_fwd_kernel[(triton.cdiv(M, BM), G)](x, weight, y, rstd, M, G, D, eps=eps, BM=BM, BD=BD)
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float):
+        y, rstd = (_fwd_op if use_op(x) else norm_forward)(x, weight, eps)
         ctx.save_for_backward(x, weight, rstd)
-        ctx.shape = (M, G, D, BM, BD)
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         x, weight, rstd = ctx.saved_tensors
-        M, G, D, BM, BD = ctx.shape
-        dy = dy.contiguous()
-        dx = torch.empty_like(x)
-        nm = triton.cdiv(M, BM)
-        dw = torch.empty(nm, G, D, device=x.device, dtype=rstd.dtype)  # per-program partial sums
-        _rms_bwd_kernel[(nm, G)](x, weight, dy, rstd, dx, dw, M, G, D, BM=BM, BD=BD)
-        return dx, dw.sum(0).reshape(weight.shape).to(weight.dtype), None, None, None
+        dx, dw = (_bwd_op if use_op(dy) else norm_backward)(dy, x, weight, rstd)
+        return dx, dw, None
 
 
 def triton_rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
     """``naive_rms_norm`` on the Triton kernels (CUDA, or the CPU interpreter); same shapes."""
-    G, D = check_inputs(x, weight)
+    check_inputs(x, weight)
     if not triton_supports(x, weight):
         raise ValueError(
             "impl='triton' runs CUDA tensors (or CPU fp32/fp64 ones under TRITON_INTERPRET=1); "
@@ -98,4 +134,4 @@ def triton_rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
         )
     if x.numel() == 0:
         return x * weight
-    return _RMSNorm.apply(x.contiguous(), weight.contiguous(), float(eps), G, D)
+    return _RMSNorm.apply(x.contiguous(), weight.contiguous(), float(eps))

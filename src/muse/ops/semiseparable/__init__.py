@@ -10,8 +10,9 @@ Three pure-torch implementations that agree to float64 tolerance, and the GPU ke
   decoding path with memory constant in the context length.
 - ``triton``     (``triton_chunk_semiseparable``): chunked Triton kernels, forward and backward,
   for CUDA (and the CPU interpreter under TRITON_INTERPRET=1).
-- ``auto``       the Triton kernels for CUDA tensors of dtype fp32/bf16/fp16, the torch
-  ``chunked`` scan otherwise (with a one-time notice when Triton is missing on CUDA).
+- ``auto``       the Triton kernels for CUDA tensors of dtype fp32/bf16/fp16 (and fake ones under
+  ``muse.ops.assume_cuda()``), the torch ``chunked`` scan otherwise (with a one-time notice
+  when Triton is missing on CUDA).
 
 All take u, v: (B, N, H, r), z: (B, N, H, p), log_decay: (B, N, H) with values <= 0 or None,
 initial_state: (B, H, r, p) or None, and return (y: (B, N, H, p) in z's dtype,
@@ -26,10 +27,14 @@ from torch import Tensor
 import warnings
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
+
+from muse.ops._dispatch import assumes_cuda
 
 from .chunk import chunk_semiseparable
 from .naive import check_inputs, causal_band, causal_band_matrix, naive_quadratic, naive_recurrent, recurrent_step
-from .triton_chunk import HAS_TRITON, triton_chunk_semiseparable, valid_chunk
+from .triton_chunk import HAS_TRITON, valid_chunk
+from .triton_scan import triton_chunk_semiseparable
 
 __all__ = [
     "IMPLS",
@@ -51,13 +56,14 @@ _warned_no_triton = False
 
 def resolve_impl(impl: str, x: Tensor, chunk_size: int = 64) -> str:
     """The implementation ``impl`` means for tensor ``x``: "auto" becomes "triton" for CUDA
-    tensors of a kernel dtype (with a power-of-two chunk >= 16), else "chunked"."""
+    tensors of a kernel dtype (with a power-of-two chunk >= 16), else "chunked". Fake tensors
+    count as CUDA ones under ``muse.ops.assume_cuda()`` (the memory estimate's GPU step)."""
     global _warned_no_triton
     if impl != "auto":
         return impl
-    if not (x.is_cuda and x.dtype in _KERNEL_DTYPES and valid_chunk(chunk_size)):
+    if not (assumes_cuda(x) and x.dtype in _KERNEL_DTYPES and valid_chunk(chunk_size)):
         return "chunked"
-    if not HAS_TRITON:
+    if not HAS_TRITON and not is_fake(x):  # fakes run no kernel: the estimate models a GPU install
         if not _warned_no_triton:
             warnings.warn(
                 "muse: Triton is not installed, so the semiseparable scan runs the slower torch "

@@ -1,6 +1,9 @@
 """Triton chunked kernels for the causal semiseparable scan: the fast GPU path.
 
-Same function and shapes as ``chunk_semiseparable`` (the torch reference for this file):
+The kernels and their launchers ``scan_forward`` / ``scan_backward``; ``triton_scan.py``
+registers those as the ops ``muse::semiseparable_fwd`` / ``_bwd`` and wraps them in autograd
+as ``triton_chunk_semiseparable``, with the function and shapes of ``chunk_semiseparable``
+(the torch reference for this file):
 
     u, v (B, N, H, r), z (B, N, H, p), log_decay (B, N, H) <= 0 or None,
     initial_state (B, H, r, p) or None  ->  y (B, N, H, p), final_state (B, H, r, p) or None
@@ -35,8 +38,9 @@ import os
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
-from .naive import check_inputs
+from muse.ops._dispatch import assumes_cuda
 
 try:  # Triton is a GPU extra; the torch chunked scan is the fallback everywhere.
     import triton
@@ -44,7 +48,7 @@ try:  # Triton is a GPU extra; the torch chunked scan is the fallback everywhere
 except ImportError:  # pragma: no cover - exercised on installs without Triton
     triton = None
 
-__all__ = ["HAS_TRITON", "triton_chunk_semiseparable", "triton_supports"]
+__all__ = ["HAS_TRITON", "scan_backward", "scan_forward", "triton_supports", "valid_chunk"]
 
 HAS_TRITON = triton is not None
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -66,13 +70,21 @@ _AUTOTUNE = os.environ.get("MUSE_TRITON_AUTOTUNE", "1") != "0"
 
 
 def triton_supports(*tensors: Tensor | None) -> bool:
-    """True where the kernels can run these tensors: Triton present, and CUDA or the interpreter."""
-    if not HAS_TRITON:
-        return False
-    ts = [t for t in tensors if t is not None]
-    # numpy has no bfloat16: the interpreter computes garbage for bf16/fp16 tiles.
-    host = (torch.float32, torch.float64)
-    return all((t.is_cuda and t.dtype in _DTYPES) or (_interpreting() and t.dtype in host) for t in ts)
+    """True where the kernels can run these tensors: Triton present, and CUDA or the interpreter.
+
+    Fake tensors under ``assume_cuda()`` count as CUDA ones, Triton installed or not: only the
+    ops' fake implementations run on them (``muse memory`` models the GPU step on any machine).
+    """
+    return all(_supported(t) for t in tensors if t is not None)
+
+
+_HOST_DTYPES = (torch.float32, torch.float64)  # numpy has no bfloat16: the interpreter computes garbage
+
+
+def _supported(t: Tensor) -> bool:
+    if t.is_cuda or assumes_cuda(t):  # is_cuda first: the common case skips the call
+        return t.dtype in _DTYPES and (HAS_TRITON or is_fake(t))
+    return HAS_TRITON and _interpreting() and t.dtype in _HOST_DTYPES
 
 
 if HAS_TRITON:
@@ -385,100 +397,59 @@ def _scan(a, x, g, init, C, *, read: bool, store_final: bool):
     return X, final
 
 
-class _TritonChunkScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, v, z, g, h0, band, output_final_state: bool, C: int):
-        B, N, H, K = u.shape
-        V = z.shape[-1]
-        hs, ht = _scan(v, z, g, h0, C, read=False, store_final=output_final_state)
-        y = torch.empty(z.shape, device=z.device, dtype=z.dtype)
-        BV = min(64, _block(V))
-        grid = (hs.shape[2], triton.cdiv(V, BV), B * H)
-        _launch(
-            _fwd_output_kernel, grid, u, v, z, g, hs, band, y, u.stride(1), v.stride(1), z.stride(1),
-            N, H, K, V, hs.shape[2], C=C, BK=_block(K), BV=BV, HAS_G=g is not None, PREC=_precision(z.dtype),
-            W=band.shape[1] if band is not None else 1, HAS_BAND=band is not None,
-        )
-        ctx.save_for_backward(u, v, z, g, h0, band)
-        ctx.C = C
-        ctx.output_final_state = output_final_state
-        return y, ht
-
-    @staticmethod
-    def backward(ctx, dy, dht):
-        u, v, z, g, h0, band = ctx.saved_tensors
-        C = ctx.C
-        B, N, H, K = u.shape
-        V = z.shape[-1]
-        dy = dy.contiguous()
-        has_dht = dht is not None and ctx.output_final_state
-        # The chunk states are recomputed rather than saved; the final state is only needed
-        # for the <dS_N, S_N> term of the decay gradient.
-        hs, ht = _scan(v, z, g, h0, C, read=False, store_final=has_dht and g is not None)
-        dht = dht.to(hs.dtype).contiguous() if has_dht else None
-        dhs, dh0 = _scan(u, dy, g, dht, C, read=True, store_final=h0 is not None)
-        NT = hs.shape[2]
-        du, dv = (torch.empty(u.shape, device=u.device, dtype=u.dtype) for _ in range(2))
-        dz = torch.empty(z.shape, device=z.device, dtype=z.dtype)
-        W = band.shape[1] if band is not None else 1
-        new = lambda *shape: torch.empty(*shape, device=z.device, dtype=hs.dtype)  # noqa: E731
-        dgl = new(B, H, NT, C) if g is not None else None
-        dg_tot = new(B, H, NT) if g is not None else None
-        dband = new(NT, B, H, V, W) if band is not None else None
-        _launch(
-            _bwd_main_kernel, (NT, B * H), u, v, z, g, hs, dhs, dy, band, du, dv, dz, dgl, dg_tot, dband,
-            u.stride(1), v.stride(1), z.stride(1), N, H, K, V, NT, C=C,
-            BK=_block(K), BV=_block(V), HAS_G=g is not None, PREC=_precision(z.dtype),
-            W=W, HAS_BAND=band is not None,
-        )
-        dg = None
-        if g is not None:
-            # L_N scales S_N, so <dS_N, S_N> reaches every log decay.
-            dg_final = (dht * ht).sum((-2, -1)).contiguous() if has_dht else None  # (B, H)
-            dg = torch.empty(B, N, H, device=z.device, dtype=hs.dtype)
-            _dg_finish_kernel[(NT, B * H)](
-                dgl, dg_tot, dg_final, dg, N, H, NT, C=C, BNT=min(1024, max(16, triton.next_power_of_2(NT))),
-                HAS_FINAL=has_dht,
-            )
-        dband_sum = dband.sum((0, 1)).reshape(H * V, W).to(band.dtype) if band is not None else None
-        return du, dv, dz, dg, dh0, dband_sum, None, None
-
-
-def triton_chunk_semiseparable(
-    u: Tensor,
-    v: Tensor,
-    z: Tensor,
-    log_decay: Tensor | None = None,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-    band: Tensor | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """The semiseparable scan on the Triton kernels (CUDA, or the CPU interpreter).
-
-    Args and returns as ``chunk_semiseparable``: u, v (B, N, H, r), z (B, N, H, p),
-    log_decay (B, N, H) <= 0 or None, initial_state (B, H, r, p) or None; returns
-    y (B, N, H, p) in z's dtype and the final state (B, H, r, p) in fp32 (fp64 for fp64
-    inputs) or None. u and v are cast to z's dtype. chunk_size must be a power of two >= 16.
-    band: (H*p, w) causal band weights, added inside the output kernel (as ``causal_band``).
-    Gradients reach u, v, z, log_decay, initial_state and band.
-    """
-    check_inputs(u, v, z, log_decay, initial_state, band)
-    if not HAS_TRITON:
-        raise RuntimeError("impl='triton' needs the triton package (pip install triton); use impl='chunked'")
-    if not triton_supports(u, v, z, log_decay, initial_state):
-        raise ValueError(
-            "impl='triton' runs CUDA tensors (or CPU ones under TRITON_INTERPRET=1) of dtype "
-            f"float32/bfloat16/float16/float64; got {u.device.type} {z.dtype}"
-        )
-    C = chunk_size
-    if not valid_chunk(C):
-        raise ValueError(f"chunk_size must be a power of two >= 16 for impl='triton'; got {C!r}")
-    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
-    u, v, z = (_rows(t.to(z.dtype)) for t in (u, v, z))
-    g = log_decay.to(acc).contiguous() if log_decay is not None else None
-    h0 = initial_state.to(acc).contiguous() if initial_state is not None else None
-    if band is not None:
-        band = band.contiguous()
-    y, ht = _TritonChunkScan.apply(u, v, z, g, h0, band, output_final_state, C)
+def scan_forward(u, v, z, g, h0, band, output_final_state: bool, C: int):
+    """Forward launcher (``muse::semiseparable_fwd``): y (B, N, H, p) in z's dtype and the
+    final state (B, H, r, p) in fp32/fp64, or None. Inputs as ``triton_chunk_semiseparable``
+    leaves them: u, v, z in one dtype laid out as ``_rows`` accepts, g and h0 fp32/fp64
+    contiguous or None, band (H*p, W) contiguous or None. Writes only fresh tensors."""
+    B, N, H, K = u.shape
+    V = z.shape[-1]
+    hs, ht = _scan(v, z, g, h0, C, read=False, store_final=output_final_state)
+    y = torch.empty(z.shape, device=z.device, dtype=z.dtype)
+    BV = min(64, _block(V))
+    grid = (hs.shape[2], triton.cdiv(V, BV), B * H)
+    _launch(
+        _fwd_output_kernel, grid, u, v, z, g, hs, band, y, u.stride(1), v.stride(1), z.stride(1),
+        N, H, K, V, hs.shape[2], C=C, BK=_block(K), BV=BV, HAS_G=g is not None, PREC=_precision(z.dtype),
+        W=band.shape[1] if band is not None else 1, HAS_BAND=band is not None,
+    )
     return y, ht
+
+
+def scan_backward(dy, dht, u, v, z, g, h0, band, C: int):
+    """Backward launcher (``muse::semiseparable_bwd``): (du, dv, dz, dg, dh0, dband) for the
+    forward's inputs, None where that input is None. dht: the final state's gradient, or None
+    when the forward returned none (or it got no gradient). The chunk states are recomputed
+    rather than saved; the final state only for the <dS_N, S_N> term of the decay gradient."""
+    B, N, H, K = u.shape
+    V = z.shape[-1]
+    dy = dy.contiguous()
+    has_dht = dht is not None
+    hs, ht = _scan(v, z, g, h0, C, read=False, store_final=has_dht and g is not None)
+    dht = dht.to(hs.dtype).contiguous() if has_dht else None
+    dhs, dh0 = _scan(u, dy, g, dht, C, read=True, store_final=h0 is not None)
+    NT = hs.shape[2]
+    du, dv = (torch.empty(u.shape, device=u.device, dtype=u.dtype) for _ in range(2))
+    dz = torch.empty(z.shape, device=z.device, dtype=z.dtype)
+    W = band.shape[1] if band is not None else 1
+    new = lambda *shape: torch.empty(*shape, device=z.device, dtype=hs.dtype)  # noqa: E731
+    dgl = new(B, H, NT, C) if g is not None else None
+    dg_tot = new(B, H, NT) if g is not None else None
+    dband = new(NT, B, H, V, W) if band is not None else None
+    _launch(
+        _bwd_main_kernel, (NT, B * H), u, v, z, g, hs, dhs, dy, band, du, dv, dz, dgl, dg_tot, dband,
+        u.stride(1), v.stride(1), z.stride(1), N, H, K, V, NT, C=C,
+        BK=_block(K), BV=_block(V), HAS_G=g is not None, PREC=_precision(z.dtype),
+        W=W, HAS_BAND=band is not None,
+    )
+    dg = None
+    if g is not None:
+        # L_N scales S_N, so <dS_N, S_N> reaches every log decay.
+        dg_final = (dht * ht).sum((-2, -1)).contiguous() if has_dht else None  # (B, H)
+        dg = torch.empty(B, N, H, device=z.device, dtype=hs.dtype)
+        _dg_finish_kernel[(NT, B * H)](
+            dgl, dg_tot, dg_final, dg, N, H, NT, C=C, BNT=min(1024, max(16, triton.next_power_of_2(NT))),
+            HAS_FINAL=has_dht,
+        )
+    dband_sum = dband.sum((0, 1)).reshape(H * V, W).to(band.dtype) if band is not None else None
+    return du, dv, dz, dg, dh0, dband_sum

@@ -38,6 +38,9 @@ import warnings
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
+
+from muse.ops._dispatch import assumes_cuda, define_op, use_op
 
 from .naive import tt_contract
 
@@ -98,15 +101,19 @@ def shape_unsupported(ranks: list[int], col_factors: list[int]) -> str | None:
     return None
 
 
-def _runs(device: torch.device, dtype: torch.dtype) -> bool:
+def _runs(t: Tensor, dtype: torch.dtype | None = None) -> bool:
+    """Whether the kernels run on t's device in ``dtype`` (default t's). Fake tensors under
+    ``assume_cuda()`` count as CUDA ones, Triton or not: only the ops' fakes run on them."""
+    dtype = dtype or t.dtype
+    if assumes_cuda(t):
+        return dtype in _DTYPES and (HAS_TRITON or is_fake(t))
     # numpy has no bfloat16: the interpreter computes garbage for bf16/fp16 tiles
-    host = (torch.float32, torch.float64)
-    return (device.type == "cuda" and dtype in _DTYPES) or (_interpreting() and dtype in host)
+    return HAS_TRITON and _interpreting() and dtype in (torch.float32, torch.float64)
 
 
 def triton_supports(*tensors: Tensor) -> bool:
     """True where the kernels can run these tensors: Triton present, and CUDA or the interpreter."""
-    return HAS_TRITON and all(_runs(t.device, t.dtype) for t in tensors)
+    return all(_runs(t) for t in tensors)
 
 
 if HAS_TRITON:
@@ -306,17 +313,70 @@ def _kernel_args(cores: list[Tensor], row_factors, col_factors) -> tuple[list, d
     return sizes, meta
 
 
+def gather_forward(ids: Tensor, cores: list[Tensor], row_factors: list[int], col_factors: list[int], num_cols: int,
+                   out_dtype: torch.dtype) -> Tensor:
+    """Forward launcher (``muse::tt_gather_fwd``): rows ``ids`` (L,) int64 -> (L, num_cols) in
+    ``out_dtype``, from contiguous cores."""
+    L = ids.numel()
+    out = torch.empty(L, num_cols, device=ids.device, dtype=out_dtype)
+    sizes, meta = _kernel_args(list(cores), row_factors, col_factors)
+    ptrs = list(cores) + [None] * (4 - len(cores))
+    if L:
+        grid = lambda m: (triton.cdiv(L, m["BT"]),)  # noqa: E731
+        _fwd_kernel[grid](ids, out, *ptrs, L, num_cols, *sizes, **meta, PREC=_precision(out_dtype))
+    return out
+
+
+def gather_backward(grad_out: Tensor, ids: Tensor, cores: list[Tensor], row_factors: list[int],
+                    col_factors: list[int]) -> Tensor:
+    """Backward launcher (``muse::tt_gather_bwd``): every core's gradient, concatenated flat in
+    fp32 (fp64 for fp64 cores); the caller splits and casts it. One output rather than one per
+    core: the per-core gradients would be views of one buffer, and an op's outputs must not
+    alias. Raises OutOfResources where the kernel does not fit the GPU."""
+    L, N = grad_out.shape
+    acc = torch.float64 if cores[0].dtype == torch.float64 else torch.float32
+    sizes_n = [c.numel() for c in cores]
+    offs = [sum(sizes_n[:i]) for i in range(len(cores))] + [0] * (4 - len(cores))
+    dC = torch.zeros(sum(sizes_n), device=grad_out.device, dtype=acc)  # every core's gradient, flat
+    if L:
+        sids, order = torch.sort(ids)  # runs of equal ids become adjacent
+        sizes, meta = _kernel_args(list(cores), row_factors, col_factors)
+        ptrs = list(cores) + [None] * (4 - len(cores))
+        grid = lambda m: (triton.cdiv(L, m["BT"]),)  # noqa: E731
+        _bwd_kernel[grid](sids, order, grad_out.contiguous(), *ptrs, dC, *offs[1:4], L, N, *sizes, **meta,
+                          PREC=_precision(grad_out.dtype))
+    return dC
+
+
+# The launchers as ops (muse.ops._dispatch): one graph node each under torch.compile, outputs of
+# the real shapes for fake tensors. Not modelled by the fakes: the backward's sorted ids and
+# their order, (L,) int64 each.
+def _fwd_fake(ids, cores, row_factors, col_factors, num_cols, out_dtype):
+    return ids.new_empty((ids.numel(), num_cols), dtype=out_dtype)
+
+
+def _bwd_fake(grad_out, ids, cores, row_factors, col_factors):
+    acc = torch.float64 if cores[0].dtype == torch.float64 else torch.float32
+    return grad_out.new_empty((sum(c.numel() for c in cores),), dtype=acc)
+
+
+_fwd_op = define_op(
+    "tt_gather_fwd",
+    "(Tensor ids, Tensor[] cores, int[] row_factors, int[] col_factors, int num_cols, ScalarType out_dtype) -> Tensor",
+    lambda ids, cores, *rest: gather_forward(ids.contiguous(), [c.contiguous() for c in cores], *rest), _fwd_fake,
+)
+_bwd_op = define_op(
+    "tt_gather_bwd", "(Tensor grad_out, Tensor ids, Tensor[] cores, int[] row_factors, int[] col_factors) -> Tensor",
+    lambda g, ids, cores, *rest: gather_backward(g, ids.contiguous(), [c.contiguous() for c in cores], *rest),
+    _bwd_fake,
+)
+
+
 class _TTGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ids: Tensor, row_factors, col_factors, num_cols: int, out_dtype, *cores: Tensor) -> Tensor:
-        cores = tuple(c.contiguous() for c in cores)
-        L = ids.numel()
-        out = torch.empty(L, num_cols, device=ids.device, dtype=out_dtype)
-        sizes, meta = _kernel_args(list(cores), row_factors, col_factors)
-        ptrs = list(cores) + [None] * (4 - len(cores))
-        if L:
-            grid = lambda m: (triton.cdiv(L, m["BT"]),)  # noqa: E731
-            _fwd_kernel[grid](ids, out, *ptrs, L, num_cols, *sizes, **meta, PREC=_precision(out_dtype))
+        out = (_fwd_op if use_op(ids) else gather_forward)(ids, list(cores), row_factors, col_factors, num_cols,
+                                                            out_dtype)
         ctx.save_for_backward(ids, *cores)
         ctx.factors = (row_factors, col_factors)
         return out
@@ -325,27 +385,19 @@ class _TTGather(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         ids, *cores = ctx.saved_tensors
         row_factors, col_factors = ctx.factors
-        L, N = grad_out.shape
-        acc = torch.float64 if cores[0].dtype == torch.float64 else torch.float32
-        sizes_n = [c.numel() for c in cores]
-        offs = [sum(sizes_n[:i]) for i in range(len(cores))] + [0] * (4 - len(cores))
-        dC = torch.zeros(sum(sizes_n), device=grad_out.device, dtype=acc)  # every core's gradient, flat
-        if L:
-            sids, order = torch.sort(ids)  # runs of equal ids become adjacent
-            sizes, meta = _kernel_args(cores, row_factors, col_factors)
-            ptrs = list(cores) + [None] * (4 - len(cores))
-            grid = lambda m: (triton.cdiv(L, m["BT"]),)  # noqa: E731
-            try:
-                _bwd_kernel[grid](sids, order, grad_out.contiguous(), *ptrs, dC, *offs[1:4], L, N, *sizes, **meta,
-                                  PREC=_precision(grad_out.dtype))
-            except OutOfResources as e:  # the forward fit, the backward does not: recompute in torch
-                warnings.warn(f"muse: the fused TT gather backward does not fit this GPU ({e}); using torch",
-                              stacklevel=2)
-                with torch.enable_grad():
-                    leaves = [c.detach().requires_grad_() for c in cores]
-                    out = tt_contract(ids, leaves, list(row_factors), list(col_factors), N).to(grad_out.dtype)
-                    return (None, None, None, None, None, *torch.autograd.grad(out, leaves, grad_out))
-        grads = [dC[o : o + n].view(c.shape).to(c.dtype) for o, n, c in zip(offs, sizes_n, cores)]
+        try:
+            dC = (_bwd_op if use_op(grad_out) else gather_backward)(grad_out, ids, cores, row_factors, col_factors)
+        except OutOfResources as e:  # the forward fit, the backward does not: recompute in torch
+            warnings.warn(f"muse: the fused TT gather backward does not fit this GPU ({e}); using torch",
+                          stacklevel=2)
+            with torch.enable_grad():
+                leaves = [c.detach().requires_grad_() for c in cores]
+                out = tt_contract(ids, leaves, list(row_factors), list(col_factors), grad_out.shape[1])
+                return (None, None, None, None, None, *torch.autograd.grad(out.to(grad_out.dtype), leaves, grad_out))
+        grads, o = [], 0
+        for c in cores:  # views of dC, cast to the cores' dtype
+            grads.append(dC[o : o + c.numel()].view(c.shape).to(c.dtype))
+            o += c.numel()
         return (None, None, None, None, None, *grads)
 
 
@@ -357,9 +409,9 @@ def triton_tt_gather(ids: Tensor, cores: list[Tensor], row_factors, col_factors,
     ``out_dtype`` (default: the cores'), which is also the dtype of the dots.
     """
     out_dtype = out_dtype or cores[0].dtype
-    if not HAS_TRITON:
-        raise RuntimeError("impl='triton' needs the triton package (pip install triton); use impl='torch'")
-    if not (triton_supports(*cores) and _runs(cores[0].device, out_dtype)):
+    if not (triton_supports(*cores) and _runs(cores[0], out_dtype)):
+        if not HAS_TRITON:
+            raise RuntimeError("impl='triton' needs the triton package (pip install triton); use impl='torch'")
         raise ValueError(
             "impl='triton' runs CUDA tensors (or CPU ones under TRITON_INTERPRET=1) of dtype "
             f"float32/bfloat16/float16/float64 (interpreter: float32/float64); got {cores[0].device.type} "
@@ -371,4 +423,4 @@ def triton_tt_gather(ids: Tensor, cores: list[Tensor], row_factors, col_factors,
     if why:
         raise ValueError(why + "; use impl='torch'")
     return _TTGather.apply(ids.long().contiguous(), tuple(row_factors), tuple(col_factors), num_cols, out_dtype,
-                           *cores)
+                           *(c.contiguous() for c in cores))

@@ -1,0 +1,111 @@
+"""How MUSE's Triton ops reach PyTorch: opaque ``torch.ops.muse.*`` operators, and ``assume_cuda``.
+
+Each kernel *launcher* (allocate the outputs, launch the kernels; forward and backward
+separately) is registered with ``define_op`` as a custom operator with a fake implementation,
+so ``torch.compile`` traces it as one opaque node (no graph break on the Triton autotuner's
+Python) and fake tensors (``muse memory``'s estimate) get outputs of the real shapes without
+touching data. The ``torch.autograd.Function``s stay outside the ops: their forward and
+backward call the op where ``use_op`` says so, else the launcher directly:
+
+    y, ht = present(_fwd_op(*args), flags) if use_op(u) else scan_forward(*args)
+
+A layer at N = 2K is launch-bound on the GPU, and the dispatcher's boxing into Python costs
+~2.7 us more per call than the direct call (CPU, a launcher that returns at once); ``use_op``
+costs ~0.2 us. The op path is taken while compiling and for anything that is not a plain eager
+tensor (fake, meta, other subclasses), where only the dispatcher knows what to do.
+
+Schemas are fixed-arity: an optional input is ``Tensor?``; an output that may be absent
+(no final state, no decay gradient, ...) is returned by the op as an empty (0,) tensor of the
+placeholder's dtype (``absent``), and ``present`` turns it back into None from the caller's
+flags (never from the shape: a real output may be empty too). The launchers return None
+there, so the eager path never allocates placeholders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
+
+__all__ = ["absent", "assume_cuda", "assumes_cuda", "contiguous", "define_op", "present", "use_op"]
+
+_assume_cuda = False
+_is_compiling = torch.compiler.is_compiling
+
+
+@contextlib.contextmanager
+def assume_cuda():
+    """Inside: "auto" resolves fake tensors as if they were on a CUDA device with Triton (the
+    ``muse memory`` estimate runs the step on fake CPU tensors but models a GPU step)."""
+    global _assume_cuda
+    old, _assume_cuda = _assume_cuda, True
+    try:
+        yield
+    finally:
+        _assume_cuda = old
+
+
+def assumes_cuda(x: Tensor) -> bool:
+    """x is a CUDA tensor, or a fake tensor while ``assume_cuda()`` is active."""
+    return x.is_cuda or (_assume_cuda and not _is_compiling() and is_fake(x))  # dynamo cannot trace is_fake
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def use_op(x: Tensor) -> bool:
+    """Whether a call with first tensor argument ``x`` goes through ``torch.ops.muse.*``:
+    while compiling, and for anything but a plain eager tensor (fake and other subclasses,
+    meta). One tensor stands for all: fake tensors come from one mode, never mixed with real
+    ones. ~0.2 us on a plain tensor (``is_fake`` alone takes ~1.3 us). functorch's wrappers
+    (vmap, grad, functionalize) need no check: they refuse the old-style autograd.Functions
+    that call this before any of their tensors could get here.
+    """
+    return _is_compiling() or type(x) not in _PLAIN or x.is_meta
+
+
+def absent(like: Tensor) -> Tensor:
+    """The placeholder an op returns for an absent output: (0,) in ``like``'s dtype and device."""
+    return like.new_empty((0,))
+
+
+def contiguous(t: Tensor | None) -> Tensor | None:
+    return t.contiguous() if t is not None else None
+
+
+def present(out: tuple, flags: Sequence[bool]) -> tuple:
+    """An op's outputs with its placeholders for absent ones (``flags[i]`` False) made None."""
+    return tuple(t if keep else None for t, keep in zip(out, flags))
+
+
+_LIB = torch.library.Library("muse", "FRAGMENT")  # a fragment: other modules may define muse:: ops too
+
+
+def define_op(name: str, schema: str, launcher: Callable, fake: Callable, placeholders: Sequence | None = None):
+    """Register ``muse::name`` with ``schema`` (no mutation, no aliasing: every output is a
+    fresh tensor), ``launcher`` as its CPU (Triton's interpreter) and CUDA kernel and ``fake``
+    as its fake / meta implementation; returns the op's default overload (the cheapest to call).
+
+    launcher: for the op path only, so it first puts its inputs into the layout the kernels read
+    (cheap stride checks): a compiler may hand an op other strides than eager mode's (Inductor
+    may pad or re-lay its buffers), which the eager callers have already normalised.
+
+    placeholders: for ops with outputs that may be absent, one entry per output, None where
+    the output is always there, else a function of the op's arguments giving the tensor whose
+    dtype/device the (0,) placeholder takes (``absent``); the launcher returns None there and
+    the registered kernel fills in the placeholder (the fake must return the same ``absent``).
+    """
+    _LIB.define(name + schema, tags=(torch.Tag.pt2_compliant_tag,))
+
+    def filled(*args):
+        out = launcher(*args)
+        return tuple(absent(ph(*args)) if t is None else t for t, ph in zip(out, placeholders))
+
+    kernel = launcher if placeholders is None else filled
+    _LIB.impl(name, kernel, "CPU")
+    _LIB.impl(name, kernel, "CUDA")
+    torch.library.register_fake(f"muse::{name}", fake, lib=_LIB)
+    return getattr(torch.ops.muse, name).default
