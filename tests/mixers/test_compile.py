@@ -102,3 +102,38 @@ def test_tiny_model_compiles_to_one_graph():
     assert counter.frame_count == 1  # the same graph: the check runs inside it
     with pytest.raises(ValueError, match=r"token id 64 is outside the vocabulary \[0, 64\)"):
         model(bad, tgt)  # eager: unchanged
+
+
+def test_checkpointed_standard_model_compiles_to_one_graph():
+    """`standard`'s layout (TT embedding, gated semiseparable mixer, low-rank FFN, low-rank head
+    on the fused cross-entropy) with activation checkpointing: one graph. The gate statistics
+    are not recorded under compile (a module attribute set inside a checkpointed block would
+    break the graph at every block), so stats() reports none rather than a stale figure."""
+    over = {
+        "model.vocab_size": 64, "model.d_model": 24, "model.n_heads": 3, "model.n_layers": 2, "model.max_seq_len": 64,
+        "model.embedding.rank": 4, "model.embedding.gather_impl": "triton", "model.head.rank": 8,
+        "model.head.loss_impl": "fused", "model.ffn.rank": 8, "model.checkpointing": True,
+        "model.mixer.semiseparable.impl": "triton", "model.mixer.semiseparable.chunk_size": 16,
+        "model.mixer.semiseparable.max_rank": 8, "model.mixer.semiseparable.min_rank": 2,
+    }
+    torch.manual_seed(0)
+    model = MuseLM(load_config("standard", over).model).to(DEVICE)
+    idx, tgt = (torch.randint(0, 64, (2, 21), device=DEVICE) for _ in range(2))
+    params = list(model.parameters())
+
+    def step(m):
+        out = m(idx, tgt)
+        return out.loss.detach(), _grads(out.loss + out.aux_loss, params)
+
+    l0, g0 = step(model)
+    assert "gate_mean" in model.mixer_stats()
+    for b in model.blocks:
+        b.mixer._last = {}
+    cm, counter = _compiled(model)
+    l1, g1 = step(cm)
+    assert counter.frame_count == 1
+    assert {"muse.linear_ce_fwd.default", "muse.semiseparable_fwd.default", "muse.tt_gather_fwd.default"} <= _targets(
+        counter.graphs[0]
+    )
+    assert model.mixer_stats() == {}
+    _assert_close([l0, *g0], [l1, *g1], "loss, grads")

@@ -17,11 +17,11 @@ head: gradient-in-forward for a plain matrix, recomputation otherwise).
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torch._subclasses.fake_tensor import is_fake
 
 from muse.config import HeadConfig
 from muse.layers.embedding import DenseEmbedding
 from muse.layers.linear import LowRankLinear, make_linear
+from muse.ops._dispatch import abstract
 from muse.ops.linear_ce import (
     HAS_TRITON, chunk_linear_cross_entropy, chunked_nll, linear_cross_entropy, resolve_impl, triton_supports,
 )
@@ -81,7 +81,7 @@ def resolve_loss_impl(cfg: HeadConfig, head: nn.Module | None, embed: nn.Module,
             )
         return "chunked"
     if impl == "fused":
-        if not (is_fake(h) or h.device.type == "meta" or triton_supports(h)):
+        if not (abstract(h) or triton_supports(h)):
             raise ValueError(
                 "head.loss_impl 'fused' runs the Triton kernels: it needs the triton package and CUDA "
                 f"tensors (or fp32/fp64 CPU ones under TRITON_INTERPRET=1); got {h.device.type} {h.dtype}"

@@ -107,7 +107,10 @@ class SemiseparableMixer(Mixer):
         if gate_sum is None:
             return None
         mean = gate_sum.mean() / self.n_gated
-        self._last = {"gate_mean": mean.detach(), "open": gate_open.mean()}
+        if not torch.compiler.is_compiling():
+            # for stats() only; under torch.compile a module attribute set inside a checkpointed
+            # block is a side effect dynamo cannot keep, which would break the graph at every block
+            self._last = {"gate_mean": mean.detach(), "open": gate_open.mean()}
         return self.s.gate_l1 * mean
 
     # ------------------------------------------------------------------ Mixer API
@@ -138,8 +141,9 @@ class SemiseparableMixer(Mixer):
         return self._output(y[:, None])[:, 0], state
 
     def stats(self) -> dict[str, float]:
-        """Effective rank = min_rank + mean number of open (> 0.5) gates in the last forward."""
+        """Effective rank = min_rank + mean number of open (> 0.5) gates in the last eager forward
+        (none recorded under torch.compile: then {} for a gated mixer)."""
         if not self._last:
-            return {"effective_rank": float(self.r)}
+            return {"effective_rank": float(self.r)} if self.n_gated == 0 else {}
         fixed = self.r - self.n_gated
         return {"effective_rank": fixed + self._last["open"].item(), "gate_mean": self._last["gate_mean"].item()}

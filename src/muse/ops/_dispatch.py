@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
-__all__ = ["absent", "assume_cuda", "assumes_cuda", "contiguous", "define_op", "present", "use_op"]
+__all__ = ["absent", "abstract", "assume_cuda", "assumes_cuda", "contiguous", "define_op", "present", "use_op"]
 
 _assume_cuda = False
 _is_compiling = torch.compiler.is_compiling
@@ -64,7 +64,13 @@ def use_op(x: Tensor) -> bool:
     (vmap, grad, functionalize) need no check: they refuse the old-style autograd.Functions
     that call this before any of their tensors could get here.
     """
-    return _is_compiling() or type(x) not in _PLAIN or x.is_meta
+    return _is_compiling() or abstract(x)
+
+
+def abstract(x: Tensor) -> bool:
+    """Fake, meta or another subclass: a tensor whose data no kernel should read. Unlike
+    ``is_fake``, dynamo traces it (a compiled graph sees plain tensors here)."""
+    return type(x) not in _PLAIN or x.is_meta
 
 
 def absent(like: Tensor) -> Tensor:

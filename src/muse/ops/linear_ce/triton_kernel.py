@@ -32,7 +32,8 @@ import functools
 
 import torch
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
+
+from muse.ops._dispatch import absent, contiguous, define_op, present, use_op
 
 from .naive import accumulation_dtype, check_inputs, naive_linear_cross_entropy
 
@@ -44,11 +45,6 @@ if HAS_TRITON:
     import triton.language as tl
 
 __all__ = ["HAS_TRITON", "triton_linear_cross_entropy", "triton_supports"]
-
-
-def _abstract(t: Tensor) -> bool:
-    """Fake or meta tensors (``muse memory`` estimates): shapes only, no kernel is launched."""
-    return is_fake(t) or t.device.type == "meta"
 
 
 if HAS_TRITON:
@@ -237,38 +233,91 @@ def _vocab_splits(T: int, V: int, x: Tensor) -> int:
     """Vocabulary splits of the forward: enough programs for ~2 per SM at BM = 128, each split
     keeping >= 1024 columns. Two under the interpreter (the tests cover the combine); one for
     fake tensors, whose estimate should not depend on the machine it runs on."""
-    if _abstract(x) or not x.is_cuda:
-        return 2 if _interpreting() and V >= 64 and not _abstract(x) else 1
+    if not x.is_cuda:
+        return 2 if _interpreting() and V >= 64 else 1
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     want = _cdiv(2 * _sm_count(index), _cdiv(T, 128))
     return max(1, min(want, _cdiv(V, 1024)))
 
 
-def _forward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-token lse (T,) and target logit (T,) in the accumulation dtype."""
+def ce_forward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor) -> tuple[Tensor, Tensor]:
+    """Forward launcher (``muse::linear_ce_fwd``): per-token lse (T,) and target logit (T,) in
+    the accumulation dtype, from contiguous targets."""
     T, K = x.shape
     V = w.shape[0]
     acc = accumulation_dtype(x)
     S = _vocab_splits(T, V, x)
     VS = _cdiv(V, S)
     S = _cdiv(V, VS)  # no empty split
-    lse_part = torch.empty(S, T, device=x.device, dtype=acc)
+    lse_part = torch.empty(S, T, device=x.device, dtype=acc)  # (S, T)
     tz_part = torch.empty(S, T, device=x.device, dtype=acc)
-    if not _abstract(x):
-        grid = lambda meta: (triton.cdiv(T, meta["BM"]), S)  # noqa: E731
-        _fwd_kernel[grid](
-            x, w, b, tgt, lse_part, tz_part, T, V, K, VS, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
-            BK=_bk(K, x.dtype), HAS_BIAS=b is not None, PREC=_precision(x.dtype),
-        )
+    grid = lambda meta: (triton.cdiv(T, meta["BM"]), S)  # noqa: E731
+    _fwd_kernel[grid](
+        x, w, b, tgt, lse_part, tz_part, T, V, K, VS, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+        BK=_bk(K, x.dtype), HAS_BIAS=b is not None, PREC=_precision(x.dtype),
+    )
     if S == 1:
         return lse_part[0], tz_part[0]
     return torch.logsumexp(lse_part, 0), tz_part.sum(0)
 
 
+def ce_backward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor, lse: Tensor, dloss: Tensor,
+                ignore_index: int, need_dx: bool, need_dw: bool) -> tuple:
+    """Backward launcher (``muse::linear_ce_bwd``): dx (like x) if need_dx, dw (like w) and db
+    (like b, when there is a bias) if need_dw; None for the others. dloss: (1,) in lse's dtype."""
+    T, K = x.shape
+    V = w.shape[0]
+    common = dict(BK=_bk(K, x.dtype), HAS_BIAS=b is not None, PREC=_precision(x.dtype))
+    dx = dw = db = None
+    if need_dx:
+        dx = torch.empty_like(x)
+        grid = lambda meta: (triton.cdiv(T, meta["BM"]), triton.cdiv(K, meta["KG"]))  # noqa: E731
+        _dx_kernel[grid](
+            x, w, b, tgt, lse, dloss, dx, T, V, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+            dx.stride(0), dx.stride(1), ignore_index, **common,
+        )
+    if need_dw:
+        dw = torch.empty_like(w)  # w's strides: the gradient of a transposed view is contiguous
+        db = torch.empty_like(b) if b is not None else None
+        grid = lambda meta: (triton.cdiv(V, meta["BV"]), triton.cdiv(K, meta["KG"]))  # noqa: E731
+        _dw_kernel[grid](
+            x, w, b, tgt, lse, dloss, dw, db, T, V, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+            dw.stride(0), dw.stride(1), ignore_index, **common,
+        )
+    return dx, dw, db
+
+
+# The launchers as ops (muse.ops._dispatch): one graph node each under torch.compile, outputs of
+# the real shapes for fake tensors. Not modelled by the fakes: the forward's (S, T) partials
+# when the vocabulary is split (S > 1 only for short T on a real GPU).
+def _fwd_fake(x, w, b, tgt):
+    acc = accumulation_dtype(x)
+    return x.new_empty((x.shape[0],), dtype=acc), x.new_empty((x.shape[0],), dtype=acc)
+
+
+def _bwd_fake(x, w, b, tgt, lse, dloss, ignore_index, need_dx, need_dw):
+    return (x.new_empty(x.shape) if need_dx else absent(x), w.new_empty(w.shape) if need_dw else absent(x),
+            b.new_empty(b.shape) if need_dw and b is not None else absent(x))
+
+
+_x = lambda *a: a[0]  # noqa: E731 - the placeholders take x's dtype
+_fwd_op = define_op(
+    "linear_ce_fwd", "(Tensor x, Tensor w, Tensor? b, Tensor tgt) -> (Tensor, Tensor)",
+    lambda x, w, b, tgt: ce_forward(x, w, contiguous(b), tgt.contiguous()), _fwd_fake,
+)
+_bwd_op = define_op(
+    "linear_ce_bwd",
+    "(Tensor x, Tensor w, Tensor? b, Tensor tgt, Tensor lse, Tensor dloss, int ignore_index, bool need_dx,"
+    " bool need_dw) -> (Tensor, Tensor, Tensor)",
+    lambda x, w, b, tgt, lse, *rest: ce_backward(x, w, contiguous(b), tgt.contiguous(), lse.contiguous(), *rest),
+    _bwd_fake, placeholders=(_x, _x, _x),
+)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, tgt, ignore_index: int):
-        lse, tz = _forward(x, w, b, tgt)
+        lse, tz = (_fwd_op if use_op(x) else ce_forward)(x, w, b, tgt)  # (T,) each
         total = torch.where(tgt != ignore_index, lse - tz, 0.0).sum()
         ctx.save_for_backward(x, w, b, tgt, lse)
         ctx.ignore_index = ignore_index
@@ -277,28 +326,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dloss):
         x, w, b, tgt, lse = ctx.saved_tensors
-        T, K = x.shape
-        V = w.shape[0]
         dloss = dloss.to(lse.dtype).reshape(1).contiguous()
-        common = dict(BK=_bk(K, x.dtype), HAS_BIAS=b is not None, PREC=_precision(x.dtype))
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            if not _abstract(x):
-                grid = lambda meta: (triton.cdiv(T, meta["BM"]), triton.cdiv(K, meta["KG"]))  # noqa: E731
-                _dx_kernel[grid](
-                    x, w, b, tgt, lse, dloss, dx, T, V, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
-                    dx.stride(0), dx.stride(1), ctx.ignore_index, **common,
-                )
-        if ctx.needs_input_grad[1] or (b is not None and ctx.needs_input_grad[2]):
-            dw = torch.empty_like(w)  # w's strides: the gradient of a transposed view is contiguous
-            db = torch.empty_like(b) if b is not None else None
-            if not _abstract(x):
-                grid = lambda meta: (triton.cdiv(V, meta["BV"]), triton.cdiv(K, meta["KG"]))  # noqa: E731
-                _dw_kernel[grid](
-                    x, w, b, tgt, lse, dloss, dw, db, T, V, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
-                    dw.stride(0), dw.stride(1), ctx.ignore_index, **common,
-                )
+        need_dx = ctx.needs_input_grad[0]
+        need_dw = ctx.needs_input_grad[1] or (b is not None and ctx.needs_input_grad[2])
+        args = (x, w, b, tgt, lse, dloss, ctx.ignore_index, need_dx, need_dw)
+        if use_op(x):
+            dx, dw, db = present(_bwd_op(*args), (need_dx, need_dw, need_dw and b is not None))
+        else:
+            dx, dw, db = ce_backward(*args)
         return dx, dw if ctx.needs_input_grad[1] else None, db, None, None
 
 
@@ -314,7 +349,7 @@ def triton_linear_cross_entropy(
     and bias; fake / meta tensors (memory estimates) allocate what the kernels would.
     """
     check_inputs(x, weight, targets, bias)
-    if not (_abstract(x) or triton_supports(x, weight, bias)):
+    if not (use_op(x) or triton_supports(x, weight, bias)):
         if not HAS_TRITON:
             raise RuntimeError("impl='triton' needs the triton package (pip install triton); use impl='chunked'")
         raise ValueError(
