@@ -95,6 +95,8 @@ def test_tiny_model_compiles_to_one_graph():
         counter.graphs[0]
     )
     _assert_close([l0, *g0], [l1, *g1], "loss, grads")
+    if DEVICE == "cuda":
+        return  # the check is a device-side assert there: it would poison the CUDA context of every later test
     bad = idx.clone()
     bad[1, 3] = 64
     with pytest.raises(RuntimeError, match=r"token ids must lie in the vocabulary \[0, 64\)"):

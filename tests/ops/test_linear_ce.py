@@ -435,3 +435,26 @@ def test_compiles_to_one_graph_with_the_kernels_as_ops(bias):
     assert "muse.linear_ce_fwd.default" in targets
     for a, c in zip(eager, compiled):
         torch.testing.assert_close(c, a, rtol=1e-6, atol=1e-6)
+
+
+@needs_triton
+def test_fake_outputs_have_the_real_strides():
+    """A compiler checks an op's real outputs against its fake's sizes and strides: with a
+    transposed weight (the low-rank head's B^T) dw has the weight's strides in both."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, w, b, t = make(13, 21, 9)
+    x, wt, b = (u.to(DEVICE, torch.float32) for u in (x, w.T.contiguous(), b))  # wt: (K, V)
+    t = t.to(DEVICE)
+    lse, dloss = torch.zeros(13, device=DEVICE), torch.ones(1, device=DEVICE)
+    real = (x, wt.T, b, t, lse, dloss)  # weight (V, K) of strides (1, V)
+    mode = FakeTensorMode()
+    fake = tuple(mode.from_tensor(u) for u in real)
+    for op, extra in ((torch.ops.muse.linear_ce_fwd, 4), (torch.ops.muse.linear_ce_bwd, 6)):
+        rest = () if extra == 4 else (-100, True, True)
+        out = op(*real[:extra], *rest)
+        with mode:
+            out_fake = op(*fake[:extra], *rest)
+        for r, f in zip(out, out_fake):
+            assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype), op
+    assert out[1].stride() == (1, 21)  # dw in the weight's layout

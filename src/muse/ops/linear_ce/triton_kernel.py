@@ -296,8 +296,10 @@ def _fwd_fake(x, w, b, tgt):
 
 
 def _bwd_fake(x, w, b, tgt, lse, dloss, ignore_index, need_dx, need_dw):
-    return (x.new_empty(x.shape) if need_dx else absent(x), w.new_empty(w.shape) if need_dw else absent(x),
-            b.new_empty(b.shape) if need_dw and b is not None else absent(x))
+    # empty_like as the launcher: a transposed weight (the low-rank head's B^T) gets a gradient
+    # of its strides, and a compiler checks the real outputs' strides against these
+    return (torch.empty_like(x) if need_dx else absent(x), torch.empty_like(w) if need_dw else absent(x),
+            torch.empty_like(b) if need_dw and b is not None else absent(x))
 
 
 _x = lambda *a: a[0]  # noqa: E731 - the placeholders take x's dtype
