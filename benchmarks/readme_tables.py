@@ -98,39 +98,67 @@ def train_eval_table() -> str:
     return "\n".join(lines)
 
 
+# The memory table's sources, newest first: each section comes from the first run holding it.
+# A partial run (`run_verify(sections=...)`) re-measures some sections without the hour-long rest.
+VERIFY_RUNS = ("verify-cublas-16-8.json", "verify.json")
+
+
+def _verify_sources() -> dict[str, tuple[str, dict]]:
+    found = {}
+    for name in VERIFY_RUNS:
+        for res in _load(name):
+            for section in ("full_model", "tt_runtime", "budget_8gib"):
+                if section in res and section not in found:
+                    found[section] = (name, res)
+    return found
+
+
 def memory_table() -> str:
-    runs = _load("verify.json")
-    if not runs:
+    src = _verify_sources()
+    if not src:
         return "_No verify run recorded yet._"
-    (res,) = runs
     from_bytes = lambda n: f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"  # noqa: E731
-    lines = [
-        "| model (V=10 000, d=512, L=6, B=2, N=512) | precision | optimizer | checkpointing | fwd+bwd peak "
-        "| full-step peak | of fp32 baseline |",
-        "|---|---|---|---|---:|---:|---:|",
-    ]
-    for r in res["full_model"]:
+    lines, notes = [], {}
+
+    def table(section: str, title: str, head: str, align: str, row) -> None:
+        if section not in src:
+            return
+        name, res = src[section]
+        mark = "¹²³"[list(dict.fromkeys([n for n, _ in src.values()])).index(name)]
+        notes[name] = (mark, res)
+        if lines:
+            lines.append("")
+        lines.extend([f"| {title}{mark} {head}", align])
+        lines.extend(row(r) for r in res[section])
+
+    def full(r):
         t, f = r["train"], r["fwdbwd"]
+        return (f"| {r['label']} | {t['precision']} | {t['optimizer']} | {'yes' if t['checkpointing'] else 'no'} "
+                f"| {from_bytes(f['peak'])} | {from_bytes(t['peak'])} | {100 * (1 - r['train_reduction']):.1f} % |")
+
+    table("full_model", "model (V=10 000, d=512, L=6, B=2, N=512)",
+          "| precision | optimizer | checkpointing | fwd+bwd peak | full-step peak | of fp32 baseline |",
+          "|---|---|---|---|---:|---:|---:|", full)
+    table("tt_runtime", "TT embedding (rank 16, B=8, N=512)", "| nn.Embedding fwd+bwd peak | TT fwd+bwd peak | reduction |",
+          "|---|---:|---:|---:|", lambda r: f"| V={r['vocab']:,}, d={r['dim']} | {from_bytes(r['nn_embedding_peak'])} "
+                    f"| {from_bytes(r['tt_peak'])} | {100 * r['reduction']:.1f} % |")
+    table("budget_8gib", "8 GiB check (B=1, N=512, pure bf16, checkpointing; 8-bit AdamW unless the variant names "
+          "another optimizer)", "| variant | params | full-step peak | status |", "|---|---|---:|---:|---|",
+          lambda r: f"| {r['shape']} | {r['variant']} | {r['actual_params'] / 1e6:,.1f} M | {from_bytes(r['peak'])} "
+                    f"| {r['status']} |")
+    lines.append("")
+    for name, (mark, res) in notes.items():
+        ws = next((r["train"].get("workspace") for r in res.get("full_model", [])), None)
+        ws = ws if ws is not None else next((r.get("workspace") for r in res.get("budget_8gib", [])), None)
+        cublas = res.get("cublas_workspace", "default")
         lines.append(
-            f"| {r['label']} | {t['precision']} | {t['optimizer']} | {'yes' if t['checkpointing'] else 'no'} "
-            f"| {from_bytes(f['peak'])} | {from_bytes(t['peak'])} | {100 * (1 - r['train_reduction']):.1f} % |"
+            f"{mark} {'Measured' if res['method'] == 'measured' else 'Estimated'} by `muse verify"
+            + (f" --cublas-workspace {cublas}" if cublas != "default" else "") + f"` on {res['device']}, "
+            f"torch {res['torch']}, commit `{_sha(res)}`, {res['date'][:10]}"
+            + (f"; every measured peak includes {from_bytes(ws)} of cuBLAS workspace" if ws else "")
+            + f" (`benchmarks/results/{name[:-5]}.md`)."
         )
-    ws = res["full_model"][0]["train"].get("workspace")
-    lines += ["", "| TT embedding (rank 16, B=8, N=512) | nn.Embedding fwd+bwd peak | TT fwd+bwd peak | reduction |",
-              "|---|---:|---:|---:|"]
-    for r in res["tt_runtime"]:
-        lines.append(f"| V={r['vocab']:,}, d={r['dim']} | {from_bytes(r['nn_embedding_peak'])} "
-                     f"| {from_bytes(r['tt_peak'])} | {100 * r['reduction']:.1f} % |")
-    lines += ["", "| 8 GiB check (B=1, N=512, pure bf16, checkpointing; 8-bit AdamW unless the variant names another optimizer) | variant | params "
-              "| full-step peak | status |", "|---|---|---:|---:|---|"]
-    for r in res["budget_8gib"]:
-        lines.append(f"| {r['shape']} | {r['variant']} | {r['actual_params'] / 1e6:,.1f} M | {from_bytes(r['peak'])} "
-                     f"| {r['status']} |")
-    lines += ["", f"{'Measured' if res['method'] == 'measured' else 'Estimated'} by `muse verify` on {res['device']}, "
-              f"torch {res['torch']}, commit `{_sha(res)}`, {res['date'][:10]}"
-              + (f"; every measured peak includes {from_bytes(ws)} of cuBLAS workspace." if ws else ".")
-              + " A FAIL row's peak is what was allocated when the allocation that did not fit was refused."
-              " Full tables: `benchmarks/results/verify.md`."]
+    lines.append("A FAIL row's peak is what was allocated when the allocation that did not fit was refused.")
     return "\n".join(lines)
 
 
@@ -230,7 +258,10 @@ def throughput_markdown(res: dict) -> str:
         f"{'torch.compile mode ' + repr(c['compile']) if c.get('compile') else 'eager'}, "
         f"B = max(1, {c['tokens']:,} // N) sequences of random token "
         f"ids; median of {c['steps']} timed steps after {c['warmup_steps']} warm-up steps; peak = "
-        f"`torch.cuda.max_memory_allocated` over the timed steps. Scan: `impl=\"{c['impl']}\"`. "
+        + ("not measured (CUDA-graph replays allocate in a private pool that `max_memory_allocated` does not "
+           "count)" if c.get("compile") == "reduce-overhead" else "`torch.cuda.max_memory_allocated` over the "
+           "timed steps")
+        + f". Scan: `impl=\"{c['impl']}\"`. "
         f"{res['device']}, torch {res['torch']}, commit `{_sha(res)}`, {res['date'][:10]} "
         f"(`benchmarks/train_throughput.py`)."
     )
@@ -249,8 +280,14 @@ def throughput_table() -> str:
     return throughput_markdown(runs[0]) if runs else "_No GPU run recorded yet._"
 
 
+def throughput_compiled_table() -> str:
+    runs = _load("train_throughput-compile-reduce-overhead-gpu.json")
+    return throughput_markdown(runs[0]) if runs else "_No compiled GPU run recorded yet._"
+
+
 TABLES = {"params-table": params_table, "train-eval-table": train_eval_table, "memory-table": memory_table,
-          "mixers-table": mixers_table, "throughput-table": throughput_table}
+          "mixers-table": mixers_table, "throughput-table": throughput_table,
+          "throughput-compiled-table": throughput_compiled_table}
 OPTIONAL: set[str] = set()  # tables rendered only where README.md has their markers
 
 

@@ -89,6 +89,8 @@ def run_one(preset: str, N: int, B: int, args, device: torch.device) -> dict:
         "timed_steps": r.get("timed_steps"), "mixer": cfg.model.mixer.kind,
         "parameter_bytes": r.get("parameters"), "config": to_dict(cfg.model),
     }
+    if r.get("peak_note"):
+        out["peak_note"] = r["peak_note"]
     if r.get("error"):
         out.update(error=r["error"], tokens_per_s=None, step_ms=None)
     return out

@@ -24,6 +24,7 @@ def test_tables_are_rendered_from_json_not_typed():
             "<!-- train-eval-table:start -->\n<!-- train-eval-table:end -->\n" \
             "<!-- memory-table:start -->\n<!-- memory-table:end -->\n" \
             "<!-- mixers-table:start -->\n<!-- mixers-table:end -->\n" \
-            "<!-- throughput-table:start -->\n<!-- throughput-table:end -->\n"
+            "<!-- throughput-table:start -->\n<!-- throughput-table:end -->\n" \
+            "<!-- throughput-compiled-table:start -->\n<!-- throughput-compiled-table:end -->\n"
     out = mod.render(blank)
     assert "stale" not in out and "`xxl-100b`" in out and "`baseline`" in out

@@ -43,6 +43,8 @@ from muse.memory.budget import fmt_bytes
 from muse.train.optim import OFFLOAD_MIN_NUMEL  # torchao's minimal_size: smaller tensors stay on the GPU
 
 MODES = ("train", "fwdbwd", "infer")
+CUDA_GRAPH_MODES = ("reduce-overhead",)  # train.compile_mode values that replay CUDA graphs
+CUDA_GRAPH_NOTE = "not measured: CUDA-graph replays allocate in a private pool that max_memory_allocated does not count"
 
 
 def cublas_workspace_bytes(config: str = "default", sm90: bool = True) -> int:
@@ -309,6 +311,10 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
     total = torch.cuda.get_device_properties(device).total_memory
     if budget is not None and budget > total:
         raise ConfigError(f"--budget {fmt_bytes(budget)} exceeds this GPU's {fmt_bytes(total)}")
+    if cfg.train.compile:
+        # an earlier compiled model's CUDA-graph pools would stay allocated in `base` and be
+        # freed mid-run (a peak below the start); drop every compiled artefact first
+        torch._dynamo.reset()
     gc.collect()
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
@@ -350,6 +356,8 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
     finally:
         peak = torch.cuda.max_memory_allocated(device) - base
         del model, opt, idx
+        if cfg.train.compile:
+            torch._dynamo.reset()
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.set_per_process_memory_fraction(1.0, device)
@@ -357,6 +365,10 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
                   workspace, cublas)
     out["tokens_per_s"] = plan.batch * plan.seq / statistics.median(times) if times else None
     out["compile"] = cfg.train.compile_mode if cfg.train.compile else None
+    if cfg.train.compile and cfg.train.compile_mode in CUDA_GRAPH_MODES:
+        # replaying a CUDA graph allocates nothing: its temporaries live in a private pool that
+        # max_memory_allocated stops counting once the capture is over, so no peak is reported
+        out.update(peak=None, activations=None, peak_note=CUDA_GRAPH_NOTE)
     out["timed_steps"] = len(times)
     props = torch.cuda.get_device_properties(device)
     sm90 = (props.major, props.minor) == (9, 0)
@@ -376,6 +388,10 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
 
 def run(cfg: Config, plan: StepPlan, budget: int | None = None, device: str = "auto") -> dict:
     """Measure where CUDA is available (or asked for), estimate otherwise."""
+    if cfg.train.compile and cfg.train.compile_mode in CUDA_GRAPH_MODES:
+        raise ConfigError(f"train.compile_mode {cfg.train.compile_mode!r} replays CUDA graphs, whose memory "
+                          "max_memory_allocated does not see; measure with compile_mode 'default' or "
+                          "'max-autotune-no-cudagraphs' (or without train.compile)")
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         return measure(cfg, plan, "cuda" if device == "auto" else device, budget=budget)
