@@ -127,9 +127,6 @@ def test_memory_cli_errors_are_one_line(args, msg, capsys):
 
 def test_memory_refuses_cuda_graph_compile_mode():
     """Peaks under CUDA-graph replay would be wrong (the graph pool is not counted): refused."""
-    from muse.config import ConfigError, load_config
-    from muse.memory.profile import StepPlan, run
-
-    cfg = load_config("tiny", {"train.compile": True, "train.compile_mode": "reduce-overhead"})
+    cfg = muse.load_config("tiny", {"train.compile": True, "train.compile_mode": "reduce-overhead"})
     with pytest.raises(ConfigError, match="replays CUDA graphs.*'default' or 'max-autotune-no-cudagraphs'"):
         run(cfg, StepPlan(batch=1, seq=16), device="cpu")

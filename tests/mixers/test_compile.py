@@ -46,6 +46,29 @@ def _assert_close(eager, compiled, what):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=lambda m: f"{what}[{i}]: {m}")
 
 
+def _compile_model(preset: str, over: dict):
+    """Eager and fullgraph-compiled loss + gradients of a small model; the model, the compiled
+    one, the compile counter, the inputs and the eager run's mixer stats."""
+    torch.manual_seed(0)
+    model = MuseLM(load_config(preset, over).model).to(DEVICE)
+    idx, tgt = (torch.randint(0, 64, (2, 21), device=DEVICE) for _ in range(2))
+    params = list(model.parameters())
+
+    def step(m):
+        out = m(idx, tgt)
+        return [out.loss.detach(), *_grads(out.loss + out.aux_loss, params)]
+
+    eager = step(model)
+    stats = model.mixer_stats()
+    for b in model.blocks:
+        b.mixer._last = {}  # what the compiled run records (nothing, see stats()) shows afterwards
+    cm, counter = _compiled(model)
+    compiled = step(cm)
+    assert counter.frame_count == 1
+    _assert_close(eager, compiled, "loss, grads")
+    return model, cm, counter, (idx, tgt), stats
+
+
 def test_mixer_compiles_to_one_graph():
     """SemiseparableMixer on the fused gating, scan and head-norm kernels (all six ops)."""
     over = {"model.d_model": 24, "model.n_heads": 3, "model.n_layers": 2, "model.max_seq_len": 64}
@@ -78,23 +101,10 @@ def test_tiny_model_compiles_to_one_graph():
         "model.embedding.rank": 4, "model.embedding.gather_impl": "triton",
         "model.mixer.semiseparable.impl": "triton", "model.mixer.semiseparable.chunk_size": 16,
     }
-    torch.manual_seed(0)
-    model = MuseLM(load_config("tiny", over).model).to(DEVICE)
-    idx, tgt = (torch.randint(0, 64, (2, 21), device=DEVICE) for _ in range(2))
-    params = list(model.parameters())
-
-    def step(m):
-        out = m(idx, tgt)
-        return out.loss.detach(), _grads(out.loss + out.aux_loss, params)
-
-    l0, g0 = step(model)
-    cm, counter = _compiled(model)
-    l1, g1 = step(cm)
-    assert counter.frame_count == 1
+    model, cm, counter, (idx, tgt), _ = _compile_model("tiny", over)
     assert {"muse.semiseparable_fwd.default", "muse.tt_gather_fwd.default", "muse.tt_gather_bwd.default"} <= _targets(
         counter.graphs[0]
     )
-    _assert_close([l0, *g0], [l1, *g1], "loss, grads")
     if DEVICE == "cuda":
         return  # the check is a device-side assert there: it would poison the CUDA context of every later test
     bad = idx.clone()
@@ -118,24 +128,9 @@ def test_checkpointed_standard_model_compiles_to_one_graph():
         "model.mixer.semiseparable.impl": "triton", "model.mixer.semiseparable.chunk_size": 16,
         "model.mixer.semiseparable.max_rank": 8, "model.mixer.semiseparable.min_rank": 2,
     }
-    torch.manual_seed(0)
-    model = MuseLM(load_config("standard", over).model).to(DEVICE)
-    idx, tgt = (torch.randint(0, 64, (2, 21), device=DEVICE) for _ in range(2))
-    params = list(model.parameters())
-
-    def step(m):
-        out = m(idx, tgt)
-        return out.loss.detach(), _grads(out.loss + out.aux_loss, params)
-
-    l0, g0 = step(model)
-    assert "gate_mean" in model.mixer_stats()
-    for b in model.blocks:
-        b.mixer._last = {}
-    cm, counter = _compiled(model)
-    l1, g1 = step(cm)
-    assert counter.frame_count == 1
+    model, _, counter, _, stats = _compile_model("standard", over)
+    assert "gate_mean" in stats
     assert {"muse.linear_ce_fwd.default", "muse.semiseparable_fwd.default", "muse.tt_gather_fwd.default"} <= _targets(
         counter.graphs[0]
     )
     assert model.mixer_stats() == {}
-    _assert_close([l0, *g0], [l1, *g1], "loss, grads")
