@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -133,6 +135,13 @@ def _load(preset: str, over: dict, cublas: str):
     return load_config(preset, {**over, "train.cublas_workspace": cublas})
 
 
+def _progress(section: int, what: str, r: dict, t0: float) -> None:
+    """One stderr line per measured row: a full run takes many minutes on a GPU."""
+    status = f" {r['status']}" if r.get("status") else ""
+    print(f"muse verify [{section}] {what}:{status} peak {fmt_bytes(r['peak'])} ({r['method']}, "
+          f"{time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
 def full_model(device: torch.device | None, B: int = 2, N: int = 512, cublas: str = "default") -> list[dict]:
     rows, ref = [], {}
     for label, preset, over, fields in FULL_MODEL:
@@ -140,7 +149,9 @@ def full_model(device: torch.device | None, B: int = 2, N: int = 512, cublas: st
         row = {"label": label, "preset": preset}
         for mode in ("fwdbwd", "train"):
             plan = _plan(cfg, fields, mode, B, N)
+            t0 = time.perf_counter()
             r = measure(cfg, plan, device) if device is not None else estimate(cfg, plan)
+            _progress(3, f"{label} {mode}", r, t0)
             row[mode] = r
             if device is not None:  # the CPU estimate of the same step, to check it against the measurement
                 e = estimate(cfg, plan)
@@ -158,12 +169,14 @@ def budget_check(device: torch.device | None, B: int = 1, N: int = 512, cublas: 
         fields = {"precision": "bf16-pure", "optimizer": "adamw8bit", "checkpointing": True, **(rest[0] if rest else {})}
         cfg = _load(preset, over, cublas)
         plan = StepPlan(batch=B, seq=N, **fields)
+        t0 = time.perf_counter()
         if device is not None:
             r = measure(cfg, plan, device, budget=BUDGET, warmup=2, steps=2)
         else:
             r = estimate(cfg, plan)
             r["budget"] = BUDGET
             r["status"] = "PASS (estimate)" if r["peak"] <= BUDGET else "FAIL (estimate)"
+        _progress(4, f"{shape} {variant}", r, t0)
         from muse.memory.params import param_report
 
         rows.append({"shape": shape, "variant": variant, "preset": preset,
