@@ -101,3 +101,24 @@ def test_make_linear_errors():
             make_linear(kind, 8, 4)
     with pytest.raises(ValueError, match="in_features"):
         make_linear("dense", 0, 4)
+
+
+@pytest.mark.parametrize("kind", ["dense", "lowrank", "tt"])
+def test_autocast_keeps_the_activation_in_the_autocast_dtype(kind):
+    """An fp32 bias must not promote a bf16 product to fp32 under autocast (as nn.Linear does
+    not): a promoted (T, 4d) FFN activation doubles its memory and every kernel's traffic."""
+    torch.manual_seed(0)
+    layer = make_linear(kind, 24, 40, rank=4)
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.dim() == 1:
+                p.normal_()  # a nonzero bias
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    W = layer.weight if kind == "dense" else layer.to_dense()  # (out, in)
+    ref = x.detach() @ W.detach().T + layer.bias.detach()  # fp32 reference
+    assert torch.allclose(y.float(), ref, rtol=3e-2, atol=3e-2)
+    y.float().sum().backward()
+    assert x.grad is not None and all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters())

@@ -8,6 +8,7 @@ against a dense one directly.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from muse.layers.tt import TTMatrix
@@ -52,8 +53,10 @@ class LowRankLinear(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
-        y = (x @ self.A) @ self.B  # (..., r) in between: never an in×out matrix
-        return y if self.bias is None else y + self.bias
+        # (..., r) in between: never an in×out matrix. F.linear rather than `@ B + bias`: under
+        # autocast it casts the bias with the weight, where `bf16 + fp32 bias` would promote the
+        # whole (..., out) activation to fp32 (and everything downstream, e.g. a 4d-wide GELU).
+        return F.linear(x @ self.A, self.B.T, self.bias)
 
     def to_dense(self) -> Tensor:
         """W as (out, in), like ``nn.Linear.weight``."""
@@ -111,7 +114,7 @@ class TTLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
         y = self.tt.matmul(x)
-        return y if self.bias is None else y + self.bias
+        return y if self.bias is None else y + self.bias.to(y.dtype)  # no fp32 promotion under autocast
 
     def to_dense(self) -> Tensor:
         """W as (out, in), like ``nn.Linear.weight``."""
