@@ -156,6 +156,9 @@ class MixerConfig:
         _check_choice("mixer.kind", self.kind, MIXER_KINDS)
 
 
+FFN_IMPLS = ("auto", "triton", "torch")  # muse.ops.lowrank_mlp.IMPLS (no torch import here)
+
+
 @dataclass
 class FFNConfig:
     kind: str = "dense"  # dense | lowrank | tt
@@ -167,9 +170,15 @@ class FFNConfig:
     # then exist for one chunk at a time, in the forward and (with gradients, through a per-chunk
     # activation checkpoint) in the backward, at the cost of one more FFN forward per step.
     token_chunk: int = 0
+    # Low-rank GELU FFN core (gelu(x·A1·B1 + b1)·A2): auto (the fused Triton kernel on CUDA, which
+    # never stores the (T, mult·d) activations and recomputes them in the backward) | triton
+    # (always the kernel; CUDA or the interpreter) | torch (plain ops). Other FFNs ignore it, and
+    # token_chunk is not applied where the kernel runs (it already stores no hidden activation).
+    impl: str = "auto"
 
     def __post_init__(self):
         _check_choice("ffn.kind", self.kind, LINEAR_KINDS)
+        _check_choice("ffn.impl", self.impl, FFN_IMPLS)
         _check_positive("ffn.token_chunk", self.token_chunk, allow_zero=True)
         _check_choice("ffn.activation", self.activation, ("gelu", "swiglu"))
         if not self.mult > 0:

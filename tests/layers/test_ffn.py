@@ -67,8 +67,15 @@ def test_token_chunk_lowers_the_estimated_peak():
     """Low-rank FFN with checkpointing: the (T, 4d) hidden activations set the backward peak;
     chunking them must lower the estimated activations by at least half of the 3 saved ones."""
     plan = StepPlan(batch=2, seq=512, precision="bf16-pure", optimizer="adamw8bit", mode="fwdbwd")
-    base = {"model.n_layers": 2}
+    base = {"model.n_layers": 2, "model.ffn.impl": "torch"}  # the unfused FFN, which stores them
     whole = estimate(load_config("ultra", {**base, "model.ffn.token_chunk": 0}), plan)
     chunked = estimate(load_config("ultra", {**base, "model.ffn.token_chunk": 128}), plan)
     hidden = 2 * 512 * 2048 * 2  # one (T, 4d) bf16 tensor
     assert chunked["activations"] <= whole["activations"] - 1.5 * hidden, (whole["activations"], chunked["activations"])
+    # the fused kernel (the GPU step the estimate models) stores none of them: below the chunked
+    # torch FFN, and token_chunk is not applied there (the same estimate with and without it)
+    fused = {**base, "model.ffn.impl": "auto"}
+    fused_whole = estimate(load_config("ultra", {**fused, "model.ffn.token_chunk": 0}), plan)
+    fused_chunked = estimate(load_config("ultra", {**fused, "model.ffn.token_chunk": 128}), plan)
+    assert fused_whole["activations"] < chunked["activations"], (fused_whole["activations"], chunked["activations"])
+    assert fused_chunked["activations"] == fused_whole["activations"]

@@ -1,0 +1,74 @@
+"""Low-rank GELU MLP core: c = gelu_tanh(a @ w_up + b_up) @ w_down without the (T, H) activations.
+
+The middle of a low-rank GELU FFN (DESIGN §1.3): with x·A1 = a (T, R) and c·B2 the thin outer
+projections, this is everything at the hidden width H = 4d. Implementations that agree to float64
+tolerance:
+
+- ``torch``   (``naive_lowrank_mlp``): plain ops; stores the (T, H) pre-activation and GELU
+  output for the backward. The reference, and the path off CUDA.
+- ``triton``  (``triton_lowrank_mlp``): three fused kernels (forward, input gradient, weight
+  gradients) that keep every (T, H) tile in registers and recompute it in the backward; CUDA,
+  or the CPU interpreter under TRITON_INTERPRET=1. Saves nothing but the inputs.
+- ``auto``    the Triton kernels for CUDA tensors of dtype fp32/bf16/fp16 with R, S <= ``MAX_RANK``
+  (Triton installed), the torch path otherwise (CPU included, interpreter or not).
+
+All take a (T, R), w_up (R, H), b_up (H,) or None, w_down (H, S) and return c (T, S).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
+
+from muse.ops._dispatch import assumes_cuda
+from muse.ops.linear_ce.naive import AUTOCAST_CASTABLE, autocast_operands
+
+from .naive import check_inputs, naive_lowrank_mlp
+from .triton_kernel import HAS_TRITON, MAX_RANK, triton_lowrank_mlp
+
+__all__ = ["IMPLS", "MAX_RANK", "lowrank_mlp", "naive_lowrank_mlp", "resolve_impl", "triton_lowrank_mlp"]
+
+IMPLS = ("auto", "triton", "torch")
+_warned_no_triton = False
+
+
+def resolve_impl(impl: str, a: Tensor, ranks: tuple[int, int]) -> str:
+    """What ``impl`` means for inputs a (T, R) with (R, S) = ranks: "auto" becomes "triton" for
+    CUDA tensors (fakes under ``assume_cuda()``) of dtype fp32/bf16/fp16 with R, S <= MAX_RANK,
+    else "torch" (with a one-time notice when Triton is missing on CUDA)."""
+    global _warned_no_triton
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got impl={impl!r}")
+    if impl != "auto":
+        return impl
+    if not (assumes_cuda(a) and a.dtype in AUTOCAST_CASTABLE and max(ranks) <= MAX_RANK):
+        return "torch"
+    if not HAS_TRITON and not is_fake(a):
+        if not _warned_no_triton:
+            warnings.warn("muse: Triton is not installed, so the low-rank FFN runs unfused torch ops on CUDA "
+                          "(pip install triton for the fused kernel)", stacklevel=2)
+            _warned_no_triton = True
+        return "torch"
+    return "triton"
+
+
+def lowrank_mlp(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor, impl: str = "auto") -> Tensor:
+    """c = gelu_tanh(a @ w_up + b_up) @ w_down.
+
+    Args:
+        a: (T, R). w_up: (R, H). b_up: (H,) or None. w_down: (H, S).
+        impl: one of ``IMPLS`` = ("auto", "triton", "torch").
+
+    Returns:
+        c (T, S): in a's dtype, or the autocast dtype under autocast (the Triton path casts its
+        operands as ``F.linear`` would; the casts are recorded, so gradients come back in the
+        callers' dtypes).
+    """
+    check_inputs(a, w_up, b_up, w_down)
+    if resolve_impl(impl, a, (w_up.shape[0], w_down.shape[1])) == "torch":
+        return naive_lowrank_mlp(a, w_up, b_up, w_down)
+    a, w_up, b_up = autocast_operands(a, w_up, b_up)
+    _, w_down, _ = autocast_operands(a, w_down, None)
+    return triton_lowrank_mlp(a, w_up, b_up, w_down)

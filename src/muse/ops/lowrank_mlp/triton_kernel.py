@@ -1,0 +1,261 @@
+"""Triton fused low-rank GELU MLP core: c = gelu_tanh(a @ w_up + b_up) @ w_down, no (T, H) tensor.
+
+Same function and shapes as ``naive_lowrank_mlp`` (the reference for this file):
+
+    a (T, R), w_up (R, H), b_up (H,) or None, w_down (H, S)  ->  c (T, S)
+
+In a low-rank FFN (R = S = r, H = 4d) the thin projections cost O(T·d·r) while the middle reads
+and writes (T, 4d) activations several times per step (up, GELU, down; their gradients): at
+d = 512, r = 32 that traffic is most of the FFN's time and its largest activation. Here every
+(T, H) tile lives only in registers. Three kernels, none with atomics (deterministic):
+
+    fwd  grid (T / BT,):          c[t]  = sum over hidden blocks of gelu(a[t] @ w_up[:, h] + b[h]) @ w_down[h]
+    da   grid (T / BT,):          da[t] = sum over hidden blocks of dh @ w_up[:, h]^T
+    dw   grid (H / BH, splits):   per token split, dw_up[:, h] = a^T @ dh, dw_down[h] = g^T @ dc,
+                                  db[h] = column sums of dh; the splits' fp32 partials summed in torch
+
+with h, g = gelu(h) and dh = (dc @ w_down[h]^T) · gelu'(h) recomputed tile by tile (only a, the
+weights and dc are read). Matmuls run on the tensor cores in the input dtype (3xTF32 for fp32,
+IEEE for fp64) with fp32 (fp64) accumulation; h, gelu and dh are fp32 (fp64), and g / dh are
+rounded to the input dtype before they enter a matmul, as the unfused layers round them. Any
+T, R, H, S: tiles past the edges are masked. Gradients come back in the inputs' dtypes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from muse.ops._dispatch import absent, contiguous, define_op, present, use_op
+from muse.ops.linear_ce.triton_kernel import _precision, _sm_count
+from muse.ops.semiseparable.triton_chunk import HAS_TRITON, _interpreting, triton_supports
+
+from .naive import check_inputs, naive_lowrank_mlp
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from muse.ops.linear_ce.triton_kernel import _configs
+
+__all__ = ["HAS_TRITON", "triton_lowrank_mlp"]
+
+MAX_RANK = 128  # R and S above this: a (BT, R) tile and its accumulators no longer fit registers
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _gelu(h):
+        """gelu_tanh(h) = h·σ(2u), u = √(2/π)(h + 0.044715 h³), and its derivative."""
+        u2 = 1.5957691216057308 * (h + 0.044715 * h * h * h)  # 2u
+        s = 1.0 / (1.0 + tl.exp(-u2))
+        g = h * s
+        return g, s + g * (1.0 - s) * 1.5957691216057308 * (1.0 + 0.134145 * h * h)
+
+    @triton.jit
+    def _load(ptr, rows, cols, n_rows, n_cols):
+        """(len(rows), len(cols)) tile of a contiguous (n_rows, n_cols) matrix, zeros outside."""
+        return tl.load(ptr + rows[:, None].to(tl.int64) * n_cols + cols[None, :],
+                       mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
+
+    @triton.jit
+    def _hidden(at, wu, bu, hcols, H, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr):
+        """h = a_tile @ w_up[:, hcols] (+ b_up[hcols]), (BT, BH) in ACC."""
+        h = tl.dot(at, wu, input_precision=PREC, out_dtype=ACC)
+        if HAS_B:
+            h += tl.load(bu + hcols, mask=hcols < H, other=0.0).to(ACC)[None, :]
+        return h
+
+    _CFG = [{"BT": 128, "BH": 64}, {"BT": 64, "BH": 64}, {"BT": 128, "BH": 128}, {"BT": 64, "BH": 128}]
+    _INTERP = {"BT": 16, "BH": 16}  # several blocks of every loop in the interpreter tests
+
+    @triton.autotune(configs=_configs(_CFG, _INTERP), key=["R", "H", "S", "HAS_B"])
+    @triton.jit
+    def _fwd_kernel(a, wu, bu, wd, c, T, R, H, S, BR: tl.constexpr, BS: tl.constexpr, BT: tl.constexpr,
+                    BH: tl.constexpr, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr):
+        rows = tl.program_id(0) * BT + tl.arange(0, BT)
+        kr, ks = tl.arange(0, BR), tl.arange(0, BS)
+        at = _load(a, rows, kr, T, R)  # (BT, BR)
+        acc = tl.zeros((BT, BS), dtype=ACC)
+        for h0 in range(0, H, BH):
+            hc = h0 + tl.arange(0, BH)
+            h = _hidden(at, _load(wu, kr, hc, R, H), bu, hc, H, ACC, HAS_B, PREC)  # (BT, BH)
+            g, _ = _gelu(h)
+            acc = tl.dot(g.to(at.dtype), _load(wd, hc, ks, H, S), acc, input_precision=PREC, out_dtype=ACC)
+        tl.store(c + rows[:, None].to(tl.int64) * S + ks[None, :], acc.to(c.dtype.element_ty),
+                 mask=(rows[:, None] < T) & (ks[None, :] < S))
+
+    @triton.jit
+    def _dh(at, dct, wu, bu, wd, hc, R, H, S, kr, ks, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr):
+        """For one hidden block: g (BT, BH), dh (BT, BH) in ACC, and the w_up block (BR, BH)."""
+        wut = _load(wu, kr, hc, R, H)
+        g, dgelu = _gelu(_hidden(at, wut, bu, hc, H, ACC, HAS_B, PREC))
+        dg = tl.dot(dct, tl.trans(_load(wd, hc, ks, H, S)), input_precision=PREC, out_dtype=ACC)  # (BT, BH)
+        return g, dg * dgelu, wut
+
+    @triton.autotune(configs=_configs(_CFG, _INTERP), key=["R", "H", "S", "HAS_B"])
+    @triton.jit
+    def _da_kernel(a, wu, bu, wd, dc, da, T, R, H, S, BR: tl.constexpr, BS: tl.constexpr, BT: tl.constexpr,
+                   BH: tl.constexpr, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr):
+        rows = tl.program_id(0) * BT + tl.arange(0, BT)
+        kr, ks = tl.arange(0, BR), tl.arange(0, BS)
+        at, dct = _load(a, rows, kr, T, R), _load(dc, rows, ks, T, S)  # (BT, BR), (BT, BS)
+        acc = tl.zeros((BT, BR), dtype=ACC)
+        for h0 in range(0, H, BH):
+            hc = h0 + tl.arange(0, BH)
+            _, dh, wut = _dh(at, dct, wu, bu, wd, hc, R, H, S, kr, ks, ACC, HAS_B, PREC)
+            acc = tl.dot(dh.to(at.dtype), tl.trans(wut), acc, input_precision=PREC, out_dtype=ACC)  # (BT, BR)
+        tl.store(da + rows[:, None].to(tl.int64) * R + kr[None, :], acc.to(da.dtype.element_ty),
+                 mask=(rows[:, None] < T) & (kr[None, :] < R))
+
+    @triton.autotune(configs=_configs(_CFG, _INTERP), key=["R", "H", "S", "HAS_B", "NSPLIT"])
+    @triton.jit
+    def _dw_kernel(a, wu, bu, wd, dc, dwu_p, dwd_p, db_p, T, R, H, S, NSPLIT, BR: tl.constexpr, BS: tl.constexpr,
+                   BT: tl.constexpr, BH: tl.constexpr, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr):
+        """Split i_s sums over the token tiles i_s, i_s + NSPLIT, ...: partials dwu_p[i_s] (R, H),
+        dwd_p[i_s] (H, S), db_p[i_s] (H,)."""
+        i_h, i_s = tl.program_id(0), tl.program_id(1)
+        hc = i_h * BH + tl.arange(0, BH)
+        kr, ks = tl.arange(0, BR), tl.arange(0, BS)
+        acc_u = tl.zeros((BR, BH), dtype=ACC)
+        acc_d = tl.zeros((BH, BS), dtype=ACC)
+        acc_b = tl.zeros((BH,), dtype=ACC)
+        for t0 in range(i_s * BT, T, NSPLIT * BT):
+            rows = t0 + tl.arange(0, BT)
+            at, dct = _load(a, rows, kr, T, R), _load(dc, rows, ks, T, S)
+            g, dh, _ = _dh(at, dct, wu, bu, wd, hc, R, H, S, kr, ks, ACC, HAS_B, PREC)
+            # padded rows have dc = 0, so dh = 0 there and g (nonzero: gelu of the bias) meets a 0 dc
+            acc_u = tl.dot(tl.trans(at), dh.to(at.dtype), acc_u, input_precision=PREC, out_dtype=ACC)  # (BR, BH)
+            acc_d = tl.dot(tl.trans(g.to(at.dtype)), dct, acc_d, input_precision=PREC, out_dtype=ACC)  # (BH, BS)
+            acc_b += tl.sum(dh, 0)
+        base = i_s.to(tl.int64)
+        tl.store(dwu_p + base * R * H + kr[:, None] * H + hc[None, :], acc_u, mask=(kr[:, None] < R) & (hc[None, :] < H))
+        tl.store(dwd_p + base * H * S + hc[:, None] * S + ks[None, :], acc_d, mask=(hc[:, None] < H) & (ks[None, :] < S))
+        if HAS_B:
+            tl.store(db_p + base * H + hc, acc_b, mask=hc < H)
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _meta(a: Tensor, w_up: Tensor, w_down: Tensor, b_up: Tensor | None) -> dict:
+    R, S = w_up.shape[0], w_down.shape[1]
+    return dict(BR=max(16, triton.next_power_of_2(R)), BS=max(16, triton.next_power_of_2(S)),
+                ACC=tl.float64 if a.dtype == torch.float64 else tl.float32, HAS_B=b_up is not None,
+                PREC=_precision(a.dtype))
+
+
+def _splits(T: int, H: int, a: Tensor) -> int:
+    """Token splits of the weight-gradient kernel: ~2 programs per SM at BH = 64, each split at
+    least 128 tokens. Two under the interpreter (the tests cover the sum of partials)."""
+    if not a.is_cuda:
+        return 2 if _interpreting() and T > 16 else 1
+    index = a.device.index if a.device.index is not None else torch.cuda.current_device()
+    return max(1, min(-(-2 * _sm_count(index) // -(-H // 64)), -(-T // 128)))
+
+
+def mlp_forward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor) -> Tensor:
+    """Forward launcher (``muse::lowrank_mlp_fwd``): c (T, S) in a's dtype; contiguous inputs."""
+    T, R = a.shape
+    H, S = w_down.shape
+    c = torch.empty(T, S, device=a.device, dtype=a.dtype)
+    _fwd_kernel[lambda m: (triton.cdiv(T, m["BT"]),)](a, w_up, b_up, w_down, c, T, R, H, S,
+                                                      **_meta(a, w_up, w_down, b_up))
+    return c
+
+
+def mlp_backward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor, dc: Tensor, need_da: bool,
+                 need_dw: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """Backward launcher (``muse::lowrank_mlp_bwd``): (da, dw_up, db_up, dw_down), None where not
+    needed (need_da / need_dw; db_up also when there is no bias); contiguous inputs."""
+    T, R = a.shape
+    H, S = w_down.shape
+    meta = _meta(a, w_up, w_down, b_up)
+    da = dwu = db = dwd = None
+    if need_da:
+        da = torch.empty_like(a)
+        _da_kernel[lambda m: (triton.cdiv(T, m["BT"]),)](a, w_up, b_up, w_down, dc, da, T, R, H, S, **meta)
+    if need_dw:
+        ns = _splits(T, H, a)
+        acc = _acc(a.dtype)
+        dwu_p = torch.empty(ns, R, H, device=a.device, dtype=acc)
+        dwd_p = torch.empty(ns, H, S, device=a.device, dtype=acc)
+        db_p = torch.empty(ns, H, device=a.device, dtype=acc) if b_up is not None else None
+        _dw_kernel[lambda m: (triton.cdiv(H, m["BH"]), ns)](a, w_up, b_up, w_down, dc, dwu_p, dwd_p, db_p,
+                                                            T, R, H, S, ns, **meta)
+        dwu, dwd = dwu_p.sum(0).to(w_up.dtype), dwd_p.sum(0).to(w_down.dtype)
+        db = db_p.sum(0).to(b_up.dtype) if b_up is not None else None
+    return da, dwu, db, dwd
+
+
+# The launchers as ops (muse.ops._dispatch): one graph node each under torch.compile, outputs of
+# the real shapes for fake tensors (the split partials of the backward are not modelled).
+def _fwd_fake(a, w_up, b_up, w_down):
+    return a.new_empty((a.shape[0], w_down.shape[1]))
+
+
+def _bwd_fake(a, w_up, b_up, w_down, dc, need_da, need_dw):
+    return (torch.empty_like(a) if need_da else absent(a), torch.empty_like(w_up) if need_dw else absent(a),
+            torch.empty_like(b_up) if need_dw and b_up is not None else absent(a),
+            torch.empty_like(w_down) if need_dw else absent(a))
+
+
+_a = lambda *args: args[0]  # noqa: E731 - the placeholders take a's dtype
+_fwd_op = define_op(
+    "lowrank_mlp_fwd", "(Tensor a, Tensor w_up, Tensor? b_up, Tensor w_down) -> Tensor",
+    lambda a, wu, b, wd: mlp_forward(a.contiguous(), wu.contiguous(), contiguous(b), wd.contiguous()), _fwd_fake,
+)
+_bwd_op = define_op(
+    "lowrank_mlp_bwd",
+    "(Tensor a, Tensor w_up, Tensor? b_up, Tensor w_down, Tensor dc, bool need_da, bool need_dw)"
+    " -> (Tensor, Tensor, Tensor, Tensor)",
+    lambda a, wu, b, wd, dc, *flags: mlp_backward(a.contiguous(), wu.contiguous(), contiguous(b), wd.contiguous(),
+                                                  dc.contiguous(), *flags),
+    _bwd_fake, placeholders=(_a, _a, _a, _a),
+)
+
+
+class _LowRankMLP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, w_up, b_up, w_down):
+        c = (_fwd_op if use_op(a) else mlp_forward)(a, w_up, b_up, w_down)
+        ctx.save_for_backward(a, w_up, b_up, w_down)  # the (T, H) activations are recomputed
+        return c
+
+    @staticmethod
+    def backward(ctx, dc):
+        a, w_up, b_up, w_down = ctx.saved_tensors
+        need_da = ctx.needs_input_grad[0]
+        need_dw = any(ctx.needs_input_grad[1:])
+        args = (a, w_up, b_up, w_down, dc.contiguous(), need_da, need_dw)
+        if use_op(a):
+            out = present(_bwd_op(*args), (need_da, need_dw, need_dw and b_up is not None, need_dw))
+        else:
+            out = mlp_backward(*args)
+        return tuple(g if need else None for g, need in zip(out, ctx.needs_input_grad))
+
+
+def triton_lowrank_mlp(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor) -> Tensor:
+    """The fused low-rank GELU MLP core on the Triton kernels (CUDA, or the CPU interpreter).
+
+    Args and result as ``naive_lowrank_mlp``: a (T, R), w_up (R, H), b_up (H,) or None,
+    w_down (H, S) with R, S <= ``MAX_RANK``, all of one dtype (cast them first, or go through
+    ``lowrank_mlp``, which applies autocast); returns c (T, S) in that dtype. Gradients reach
+    every input; fake / meta tensors (memory estimates) allocate what the kernels would.
+    """
+    check_inputs(a, w_up, b_up, w_down)
+    if not (use_op(a) or triton_supports(a, w_up, b_up, w_down)):
+        if not HAS_TRITON:
+            raise RuntimeError("impl='triton' needs the triton package (pip install triton); use impl='torch'")
+        raise ValueError("impl='triton' runs CUDA tensors (or CPU ones under TRITON_INTERPRET=1) of dtype "
+                         f"float32/bfloat16/float16/float64; got {a.device.type} {a.dtype}")
+    dtypes = {t.dtype for t in (a, w_up, b_up, w_down) if t is not None}
+    if len(dtypes) > 1:
+        raise ValueError(f"a, w_up, b_up and w_down must share a dtype; got {sorted(map(str, dtypes))}")
+    if max(a.shape[1], w_down.shape[1]) > MAX_RANK:
+        raise ValueError(f"impl='triton' takes ranks R, S <= {MAX_RANK}; got R={a.shape[1]}, S={w_down.shape[1]}")
+    if a.shape[0] == 0:
+        return naive_lowrank_mlp(a, w_up, b_up, w_down)
+    return _LowRankMLP.apply(a.contiguous(), w_up.contiguous(), contiguous(b_up), w_down.contiguous())
