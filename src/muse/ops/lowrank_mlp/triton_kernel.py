@@ -28,7 +28,7 @@ from torch import Tensor
 
 from muse.ops._dispatch import absent, contiguous, define_op, present, use_op
 from muse.ops.linear_ce.triton_kernel import _precision, _sm_count
-from muse.ops.semiseparable.triton_chunk import HAS_TRITON, _interpreting, triton_supports
+from muse.ops.semiseparable.triton_chunk import HAS_TRITON, _interpreting, _launch, triton_supports
 
 from .naive import check_inputs, naive_lowrank_mlp
 
@@ -70,20 +70,22 @@ if HAS_TRITON:
     _CFG = [{"BT": 128, "BH": 64}, {"BT": 64, "BH": 64}, {"BT": 128, "BH": 128}, {"BT": 64, "BH": 128}]
     _INTERP = {"BT": 16, "BH": 16}  # several blocks of every loop in the interpreter tests
 
-    @triton.autotune(configs=_configs(_CFG, _INTERP), key=["R", "H", "S", "HAS_B"])
+    @triton.autotune(configs=_configs(_CFG, _INTERP), key=["R", "H", "S", "HAS_B", "NSPLIT"])
     @triton.jit
-    def _fwd_kernel(a, wu, bu, wd, c, T, R, H, S, BR: tl.constexpr, BS: tl.constexpr, BT: tl.constexpr,
+    def _fwd_kernel(a, wu, bu, wd, c_p, T, R, H, S, NSPLIT, BR: tl.constexpr, BS: tl.constexpr, BT: tl.constexpr,
                     BH: tl.constexpr, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr):
-        rows = tl.program_id(0) * BT + tl.arange(0, BT)
+        """Split i_s sums over the hidden blocks i_s, i_s + NSPLIT, ...: partial c_p[i_s] (T, S)."""
+        i_t, i_s = tl.program_id(0), tl.program_id(1)
+        rows = i_t * BT + tl.arange(0, BT)
         kr, ks = tl.arange(0, BR), tl.arange(0, BS)
         at = _load(a, rows, kr, T, R)  # (BT, BR)
         acc = tl.zeros((BT, BS), dtype=ACC)
-        for h0 in range(0, H, BH):
+        for h0 in range(i_s * BH, H, NSPLIT * BH):
             hc = h0 + tl.arange(0, BH)
             h = _hidden(at, _load(wu, kr, hc, R, H), bu, hc, H, ACC, HAS_B, PREC)  # (BT, BH)
             g, _ = _gelu(h)
             acc = tl.dot(g.to(at.dtype), _load(wd, hc, ks, H, S), acc, input_precision=PREC, out_dtype=ACC)
-        tl.store(c + rows[:, None].to(tl.int64) * S + ks[None, :], acc.to(c.dtype.element_ty),
+        tl.store(c_p + i_s.to(tl.int64) * T * S + rows[:, None].to(tl.int64) * S + ks[None, :], acc,
                  mask=(rows[:, None] < T) & (ks[None, :] < S))
 
     @triton.jit
@@ -94,19 +96,21 @@ if HAS_TRITON:
         dg = tl.dot(dct, tl.trans(_load(wd, hc, ks, H, S)), input_precision=PREC, out_dtype=ACC)  # (BT, BH)
         return g, dg * dgelu, wut
 
-    @triton.autotune(configs=_configs(_CFG, _INTERP), key=["R", "H", "S", "HAS_B"])
+    @triton.autotune(configs=_configs(_CFG, _INTERP), key=["R", "H", "S", "HAS_B", "NSPLIT"])
     @triton.jit
-    def _da_kernel(a, wu, bu, wd, dc, da, T, R, H, S, BR: tl.constexpr, BS: tl.constexpr, BT: tl.constexpr,
+    def _da_kernel(a, wu, bu, wd, dc, da_p, T, R, H, S, NSPLIT, BR: tl.constexpr, BS: tl.constexpr, BT: tl.constexpr,
                    BH: tl.constexpr, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr):
-        rows = tl.program_id(0) * BT + tl.arange(0, BT)
+        """Split i_s sums over the hidden blocks i_s, i_s + NSPLIT, ...: partial da_p[i_s] (T, R)."""
+        i_t, i_s = tl.program_id(0), tl.program_id(1)
+        rows = i_t * BT + tl.arange(0, BT)
         kr, ks = tl.arange(0, BR), tl.arange(0, BS)
         at, dct = _load(a, rows, kr, T, R), _load(dc, rows, ks, T, S)  # (BT, BR), (BT, BS)
         acc = tl.zeros((BT, BR), dtype=ACC)
-        for h0 in range(0, H, BH):
+        for h0 in range(i_s * BH, H, NSPLIT * BH):
             hc = h0 + tl.arange(0, BH)
             _, dh, wut = _dh(at, dct, wu, bu, wd, hc, R, H, S, kr, ks, ACC, HAS_B, PREC)
             acc = tl.dot(dh.to(at.dtype), tl.trans(wut), acc, input_precision=PREC, out_dtype=ACC)  # (BT, BR)
-        tl.store(da + rows[:, None].to(tl.int64) * R + kr[None, :], acc.to(da.dtype.element_ty),
+        tl.store(da_p + i_s.to(tl.int64) * T * R + rows[:, None].to(tl.int64) * R + kr[None, :], acc,
                  mask=(rows[:, None] < T) & (kr[None, :] < R))
 
     @triton.autotune(configs=_configs(_CFG, _INTERP), key=["R", "H", "S", "HAS_B", "NSPLIT"])
@@ -147,23 +151,37 @@ def _meta(a: Tensor, w_up: Tensor, w_down: Tensor, b_up: Tensor | None) -> dict:
                 PREC=_precision(a.dtype))
 
 
-def _splits(T: int, H: int, a: Tensor) -> int:
-    """Token splits of the weight-gradient kernel: ~2 programs per SM at BH = 64, each split at
-    least 128 tokens. Two under the interpreter (the tests cover the sum of partials)."""
+def _splits(n_programs: int, most: int, a: Tensor) -> int:
+    """How many ways to split a kernel's reduction loop (over hidden blocks for fwd and da, over
+    token tiles for dw) so that its n_programs (at 128-wide blocks) become ~4 per SM, at most
+    ``most``. Without the split, T = 16K gives the fwd and da kernels 128 programs, each looping
+    over all of H: one per SM, latency-bound. Two under the interpreter (the tests cover the
+    sum of partials)."""
     if not a.is_cuda:
-        return 2 if _interpreting() and T > 16 else 1
+        return min(2, most) if _interpreting() else 1
     index = a.device.index if a.device.index is not None else torch.cuda.current_device()
-    return max(1, min(-(-2 * _sm_count(index) // -(-H // 64)), -(-T // 128)))
+    return max(1, min(-(-4 * _sm_count(index) // n_programs), most))
+
+
+def _run(kernel, grid, a: Tensor, *args, **meta) -> None:
+    """Launch with the autotuned blocks (remembered by ``_launch``), or fixed small ones where the
+    operand tiles of the large blocks would overflow shared memory: fp64, ranks above 64."""
+    if (a.element_size() >= 8 or max(meta["BR"], meta["BS"]) > 64) and not _interpreting():
+        blk = 32 if a.element_size() >= 8 else 64
+        kernel.fn[grid](a, *args, **meta, BT=blk, BH=blk, num_warps=4, num_stages=1)
+    else:
+        _launch(kernel, grid, a, *args, **meta)
 
 
 def mlp_forward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor) -> Tensor:
     """Forward launcher (``muse::lowrank_mlp_fwd``): c (T, S) in a's dtype; contiguous inputs."""
     T, R = a.shape
     H, S = w_down.shape
-    c = torch.empty(T, S, device=a.device, dtype=a.dtype)
-    _fwd_kernel[lambda m: (triton.cdiv(T, m["BT"]),)](a, w_up, b_up, w_down, c, T, R, H, S,
-                                                      **_meta(a, w_up, w_down, b_up))
-    return c
+    ns = _splits(-(-T // 128), -(-H // 64), a)
+    c_p = torch.empty(ns, T, S, device=a.device, dtype=_acc(a.dtype))  # fp32 partials, one per split
+    _run(_fwd_kernel, lambda m: (triton.cdiv(T, m["BT"]), ns), a, w_up, b_up, w_down, c_p, T, R, H, S, ns,
+         **_meta(a, w_up, w_down, b_up))
+    return (c_p[0] if ns == 1 else c_p.sum(0)).to(a.dtype)
 
 
 def mlp_backward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor, dc: Tensor, need_da: bool,
@@ -175,16 +193,19 @@ def mlp_backward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor, d
     meta = _meta(a, w_up, w_down, b_up)
     da = dwu = db = dwd = None
     if need_da:
-        da = torch.empty_like(a)
-        _da_kernel[lambda m: (triton.cdiv(T, m["BT"]),)](a, w_up, b_up, w_down, dc, da, T, R, H, S, **meta)
+        ns = _splits(-(-T // 128), -(-H // 64), a)
+        da_p = torch.empty(ns, T, R, device=a.device, dtype=_acc(a.dtype))
+        _run(_da_kernel, lambda m: (triton.cdiv(T, m["BT"]), ns), a, w_up, b_up, w_down, dc, da_p, T, R, H, S, ns,
+             **meta)
+        da = (da_p[0] if ns == 1 else da_p.sum(0)).to(a.dtype)
     if need_dw:
-        ns = _splits(T, H, a)
+        ns = _splits(-(-H // 64), -(-T // 128), a)
         acc = _acc(a.dtype)
         dwu_p = torch.empty(ns, R, H, device=a.device, dtype=acc)
         dwd_p = torch.empty(ns, H, S, device=a.device, dtype=acc)
         db_p = torch.empty(ns, H, device=a.device, dtype=acc) if b_up is not None else None
-        _dw_kernel[lambda m: (triton.cdiv(H, m["BH"]), ns)](a, w_up, b_up, w_down, dc, dwu_p, dwd_p, db_p,
-                                                            T, R, H, S, ns, **meta)
+        _run(_dw_kernel, lambda m: (triton.cdiv(H, m["BH"]), ns), a, w_up, b_up, w_down, dc, dwu_p, dwd_p, db_p,
+             T, R, H, S, ns, **meta)
         dwu, dwd = dwu_p.sum(0).to(w_up.dtype), dwd_p.sum(0).to(w_down.dtype)
         db = db_p.sum(0).to(b_up.dtype) if b_up is not None else None
     return da, dwu, db, dwd
