@@ -132,3 +132,14 @@ def test_readme_tables_from_results(mixers_result, throughput_result, tmp_path, 
     out = tables.render(text)
     assert "stale" not in out and "`benchmarks/mixers.py`" in out and "`benchmarks/train_throughput.py`" in out
     assert "| 32 | 2 |" in out
+
+
+def test_lowrank_ffn_benchmark_on_cpu(tmp_path):
+    """CPU run: the torch row only (the compiled and Triton rows are GPU figures), JSON + table."""
+    rc = _script("lowrank_ffn").main(["--shapes", "40,16,4", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "lowrank_ffn-cpu.json").read_text())
+    assert ENV_KEYS <= res.keys() and res["config"]["impls"] == ["torch"]
+    (row,) = res["figures"]
+    assert row["torch"]["ms"] > 0 and row["torch"]["peak_mib"] is None
+    assert "| 40 | 16 | 4 |" in (tmp_path / "lowrank_ffn-cpu.md").read_text()

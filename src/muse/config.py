@@ -170,10 +170,11 @@ class FFNConfig:
     # then exist for one chunk at a time, in the forward and (with gradients, through a per-chunk
     # activation checkpoint) in the backward, at the cost of one more FFN forward per step.
     token_chunk: int = 0
-    # Low-rank GELU FFN core (gelu(x·A1·B1 + b1)·A2): auto (the fused Triton kernel on CUDA, which
-    # never stores the (T, mult·d) activations and recomputes them in the backward) | triton
-    # (always the kernel; CUDA or the interpreter) | torch (plain ops). Other FFNs ignore it, and
-    # token_chunk is not applied where the kernel runs (it already stores no hidden activation).
+    # Low-rank GELU FFN core (gelu(x·A1·B1 + b1)·A2): triton (the fused kernel; CUDA or the
+    # interpreter), which never stores the (T, mult·d) activations and recomputes them in the
+    # backward: less memory, somewhat slower on an H100 | torch (plain ops) | auto (torch today;
+    # muse.ops.lowrank_mlp says why). Other FFNs ignore it, and token_chunk is not applied where
+    # the kernel runs (it already stores no hidden activation).
     impl: str = "auto"
 
     def __post_init__(self):

@@ -74,7 +74,7 @@ def test_token_chunk_lowers_the_estimated_peak():
     assert chunked["activations"] <= whole["activations"] - 1.5 * hidden, (whole["activations"], chunked["activations"])
     # the fused kernel (the GPU step the estimate models) stores none of them: below the chunked
     # torch FFN, and token_chunk is not applied there (the same estimate with and without it)
-    fused = {**base, "model.ffn.impl": "auto"}
+    fused = {**base, "model.ffn.impl": "triton"}
     fused_whole = estimate(load_config("ultra", {**fused, "model.ffn.token_chunk": 0}), plan)
     fused_chunked = estimate(load_config("ultra", {**fused, "model.ffn.token_chunk": 128}), plan)
     assert fused_whole["activations"] < chunked["activations"], (fused_whole["activations"], chunked["activations"])

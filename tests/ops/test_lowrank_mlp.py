@@ -11,8 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from torch._subclasses.fake_tensor import FakeTensorMode
+
 from muse.config import ConfigError, FFNConfig
 from muse.layers.ffn import FFN
+from muse.ops._dispatch import assume_cuda
 from muse.ops.lowrank_mlp import MAX_RANK, lowrank_mlp, naive_lowrank_mlp, resolve_impl, triton_lowrank_mlp
 from muse.ops.lowrank_mlp.triton_kernel import HAS_TRITON
 
@@ -98,9 +101,18 @@ def test_errors_name_the_tensor():
         FFNConfig(kind="lowrank", rank=4, impl="fused")
 
 
-def test_auto_resolves_to_torch_off_cuda_and_for_wide_ranks():
+def test_auto_resolves_to_torch_off_cuda_and_for_wide_ranks(monkeypatch):
     a = torch.randn(4, 3)
     assert resolve_impl("auto", a, (3, 3)) == "torch"  # CPU, interpreter or not
+    assert resolve_impl("triton", a, (3, 3)) == "triton"
+    import muse.ops.lowrank_mlp as op
+
+    monkeypatch.setattr(op, "AUTO_TRITON", True)
+    assert resolve_impl("auto", a, (3, 3)) == "torch"
+    with assume_cuda():  # the memory estimate's fake GPU step
+        fake = FakeTensorMode().from_tensor(a)
+        assert resolve_impl("auto", fake, (3, 3)) == ("triton" if HAS_TRITON else "torch")
+        assert resolve_impl("auto", fake, (3, MAX_RANK + 1)) == "torch"
     if torch.cuda.is_available():
         assert resolve_impl("auto", a.cuda(), (3, 3)) == ("triton" if HAS_TRITON else "torch")
         assert resolve_impl("auto", a.cuda(), (3, MAX_RANK + 1)) == "torch"

@@ -9,8 +9,11 @@ tolerance:
 - ``triton``  (``triton_lowrank_mlp``): three fused kernels (forward, input gradient, weight
   gradients) that keep every (T, H) tile in registers and recompute it in the backward; CUDA,
   or the CPU interpreter under TRITON_INTERPRET=1. Saves nothing but the inputs.
-- ``auto``    the Triton kernels for CUDA tensors of dtype fp32/bf16/fp16 with R, S <= ``MAX_RANK``
-  (Triton installed), the torch path otherwise (CPU included, interpreter or not).
+- ``auto``    the torch path. The kernels trade time for memory: on an H100 at T = 16K, d = 512,
+  r = 32 they cut one FFN's step memory from 163 MiB (torch, compiled) to 99 MiB but take
+  1.68 ms against 1.46 ms (``benchmarks/results/lowrank_ffn-gpu.md``), so they are opt-in
+  (``ffn.impl: triton``) until they win on both. ``AUTO_TRITON`` = True makes "auto" take them
+  for CUDA tensors of dtype fp32/bf16/fp16 with R, S <= ``MAX_RANK``.
 
 All take a (T, R), w_up (R, H), b_up (H,) or None, w_down (H, S) and return c (T, S).
 """
@@ -31,19 +34,21 @@ from .triton_kernel import HAS_TRITON, MAX_RANK, triton_lowrank_mlp
 __all__ = ["IMPLS", "MAX_RANK", "lowrank_mlp", "naive_lowrank_mlp", "resolve_impl", "triton_lowrank_mlp"]
 
 IMPLS = ("auto", "triton", "torch")
+AUTO_TRITON = False  # see the module docstring: "auto" stays on torch, which is faster today
 _warned_no_triton = False
 
 
 def resolve_impl(impl: str, a: Tensor, ranks: tuple[int, int]) -> str:
-    """What ``impl`` means for inputs a (T, R) with (R, S) = ranks: "auto" becomes "triton" for
-    CUDA tensors (fakes under ``assume_cuda()``) of dtype fp32/bf16/fp16 with R, S <= MAX_RANK,
-    else "torch" (with a one-time notice when Triton is missing on CUDA)."""
+    """What ``impl`` means for inputs a (T, R) with (R, S) = ranks: "auto" is "torch" unless
+    ``AUTO_TRITON``; then "triton" for CUDA tensors (fakes under ``assume_cuda()``) of dtype
+    fp32/bf16/fp16 with R, S <= MAX_RANK, else "torch" (with a one-time notice when Triton is
+    missing on CUDA)."""
     global _warned_no_triton
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got impl={impl!r}")
     if impl != "auto":
         return impl
-    if not (assumes_cuda(a) and a.dtype in AUTOCAST_CASTABLE and max(ranks) <= MAX_RANK):
+    if not (AUTO_TRITON and assumes_cuda(a) and a.dtype in AUTOCAST_CASTABLE and max(ranks) <= MAX_RANK):
         return "torch"
     if not HAS_TRITON and not is_fake(a):
         if not _warned_no_triton:
