@@ -28,6 +28,7 @@ from common import _err, environment, median_ms, pick_device, publish  # noqa: E
 from muse.config import FFNConfig  # noqa: E402
 from muse.layers.ffn import FFN  # noqa: E402
 from muse.runtime import autocast_context  # noqa: E402
+from readme_tables import lowrank_ffn_markdown  # noqa: E402
 
 IMPLS = ("torch", "torch-compiled", "triton")
 
@@ -85,21 +86,6 @@ def run_shape(T: int, d: int, r: int, device: torch.device, impls: tuple[str, ..
     return row
 
 
-def markdown(res: dict) -> str:
-    lines = [f"Low-rank GELU FFN forward+backward, bf16 autocast ({res['device']}, torch {res['torch']}, "
-             f"{res['git_sha'][:7]}, {res['date'][:10]}). Peak: one step's memory above its start.", "",
-             "| T | d | r | " + " | ".join(f"{i} ms | {i} peak MiB" for i in res["config"]["impls"]) + " |",
-             "|---|---|---|" + "---|---|" * len(res["config"]["impls"])]
-    for row in res["figures"]:
-        cells = []
-        for i in res["config"]["impls"]:
-            f = row.get(i, {})
-            cells += [f"{f['ms']:.3f}" if f.get("ms") else "failed",
-                      f"{f['peak_mib']:.1f}" if f.get("peak_mib") is not None else "–"]
-        lines.append(f"| {row['T']} | {row['d']} | {row['r']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", default=["16384,512,32"], metavar="T,d,r")
@@ -114,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {"benchmark": "lowrank_ffn", **environment(device),
            "config": {"shapes": shapes, "impls": list(impls), "precision": "bf16 autocast, fp32 parameters"},
            "figures": [run_shape(T, d, r, device, impls) for T, d, r in shapes]}
-    publish("lowrank_ffn", res, device, args.out, markdown)
+    publish("lowrank_ffn", res, device, args.out, lowrank_ffn_markdown)
     return 0
 
 

@@ -262,12 +262,44 @@ def throughput_markdown(res: dict) -> str:
            "count)" if c.get("compile") == "reduce-overhead" else "`torch.cuda.max_memory_allocated` over the "
            "timed steps")
         + f". Scan: `impl=\"{c['impl']}\"`. "
-        f"{res['device']}, torch {res['torch']}, commit `{_sha(res)}`, {res['date'][:10]} "
+        + "".join(f"`{k}: {v}`. " for k, v in (c.get("overrides") or {}).items())
+        + f"{res['device']}, torch {res['torch']}, commit `{_sha(res)}`, {res['date'][:10]} "
         f"(`benchmarks/train_throughput.py`)."
     )
     if errors:
         lines += [""] + [f"- {e}" for e in errors]
     return "\n".join(lines)
+
+
+def lowrank_ffn_markdown(res: dict) -> str:
+    """The `benchmarks/lowrank_ffn.py` table (also written beside its JSON as .md)."""
+    impls = res["config"]["impls"]
+    lines = ["| T | d | r | " + " | ".join(f"`{i}` ms | `{i}` peak" for i in impls) + " |",
+             "|---:|---:|---:|" + "---:|---:|" * len(impls)]
+    errs = []
+    for row in res["figures"]:
+        cells = []
+        for i in impls:
+            f = row.get(i, {})
+            cells += [f"{f['ms']:.3f}" if f.get("ms") else "failed",
+                      f"{f['peak_mib']:,.1f} MiB" if f.get("peak_mib") is not None else "–"]
+        lines.append(f"| {row['T']:,} | {row['d']} | {row['r']} | " + " | ".join(cells) + " |")
+        if row.get("triton_rel_err_vs_torch"):
+            errs.append(f"{max(row['triton_rel_err_vs_torch'].values()):.1e} at T={row['T']:,}, d={row['d']}")
+    lines += ["", "One low-rank GELU FFN (hidden 4d, bias), forward + backward of the input and every parameter, "
+              "bf16 autocast over fp32 parameters; median ms (`triton.testing.do_bench`); peak = one step's "
+              "`torch.cuda.max_memory_allocated` above the memory held before it. `torch-compiled`: the same "
+              "module under `torch.compile`. `triton`: `ffn.impl: triton`, the fused `muse.ops.lowrank_mlp` "
+              "kernels (autotuned)"
+              + (f"; largest relative error of its output and gradients against `torch`: {'; '.join(errs)}" if errs else "")
+              + f". {res['device']}, torch {res['torch']}, commit `{_sha(res)}`, {res['date'][:10]} "
+              "(`benchmarks/lowrank_ffn.py`)."]
+    return "\n".join(lines)
+
+
+def lowrank_ffn_table() -> str:
+    runs = _load("lowrank_ffn-gpu.json")
+    return lowrank_ffn_markdown(runs[0]) if runs else "_No GPU run recorded yet._"
 
 
 def mixers_table() -> str:
@@ -287,7 +319,7 @@ def throughput_compiled_table() -> str:
 
 TABLES = {"params-table": params_table, "train-eval-table": train_eval_table, "memory-table": memory_table,
           "mixers-table": mixers_table, "throughput-table": throughput_table,
-          "throughput-compiled-table": throughput_compiled_table}
+          "throughput-compiled-table": throughput_compiled_table, "lowrank-ffn-table": lowrank_ffn_table}
 OPTIONAL: set[str] = set()  # tables rendered only where README.md has their markers
 
 

@@ -153,3 +153,32 @@ def test_ffn_uses_the_op_only_for_lowrank_gelu():
     assert not FFN(16, FFNConfig(kind="lowrank", rank=4, activation="swiglu")).fused
     assert not FFN(16, FFNConfig(kind="dense")).fused
     assert not FFN(16, FFNConfig(kind="tt", rank=2)).fused
+
+
+@needs_triton
+def test_ffn_triton_compiles_to_one_graph():
+    """Under torch.compile the kernels are one opaque torch.ops.muse node each (fullgraph: no
+    break on the autotuner's Python); AOTAutograd traces the fakes, then runs the real kernels,
+    which must give eager mode's output and gradients. A fake whose strides differ from the real
+    output's would fail here."""
+    import torch._dynamo.testing
+
+    torch.manual_seed(0)
+    ffn = FFN(24, FFNConfig(kind="lowrank", rank=5, impl="triton")).to(DEVICE)
+    x = torch.randn(2, 13, 24, device=DEVICE)
+
+    def grads(fn):
+        xi = x.clone().requires_grad_(True)
+        y = fn(xi)
+        return [y.detach(), *torch.autograd.grad(y.square().sum(), [xi, *ffn.parameters()])]
+
+    eager = grads(ffn)
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = grads(torch.compile(ffn, backend=counter, fullgraph=True))
+    assert counter.frame_count == 1
+    targets = {str(n.target) for g in counter.graphs for m in g.modules() if isinstance(m, torch.fx.GraphModule)
+               for n in m.graph.nodes}
+    assert "muse.lowrank_mlp_fwd.default" in targets
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

@@ -9,11 +9,13 @@ tolerance:
 - ``triton``  (``triton_lowrank_mlp``): three fused kernels (forward, input gradient, weight
   gradients) that keep every (T, H) tile in registers and recompute it in the backward; CUDA,
   or the CPU interpreter under TRITON_INTERPRET=1. Saves nothing but the inputs.
-- ``auto``    the torch path. The kernels trade time for memory: on an H100 at T = 16K, d = 512,
-  r = 32 they cut one FFN's step memory from 163 MiB (torch, compiled) to 99 MiB but take
-  1.68 ms against 1.46 ms (``benchmarks/results/lowrank_ffn-gpu.md``), so they are opt-in
-  (``ffn.impl: triton``) until they win on both. ``AUTO_TRITON`` = True makes "auto" take them
-  for CUDA tensors of dtype fp32/bf16/fp16 with R, S <= ``MAX_RANK``.
+- ``auto``    the torch path for now. On an H100 (T = 16K, d = 512, r = 32, bf16, autotuned;
+  ``benchmarks/results/lowrank_ffn-gpu.md``) the kernels run one FFN's forward+backward in
+  1.12 ms against 1.31 ms eager torch and 1.61 ms compiled, at 115 MiB of step memory against
+  247 and 179 MiB. They stay opt-in (``ffn.impl: triton``) until the model-level benchmarks
+  (``muse verify``, ``train_throughput``) and a compiled GPU run have been redone with them;
+  ``AUTO_TRITON`` = True makes "auto" take them for CUDA tensors of dtype fp32/bf16/fp16 with
+  R, S <= ``MAX_RANK``.
 
 All take a (T, R), w_up (R, H), b_up (H,) or None, w_down (H, S) and return c (T, S).
 """
@@ -34,7 +36,7 @@ from .triton_kernel import HAS_TRITON, MAX_RANK, triton_lowrank_mlp
 __all__ = ["IMPLS", "MAX_RANK", "lowrank_mlp", "naive_lowrank_mlp", "resolve_impl", "triton_lowrank_mlp"]
 
 IMPLS = ("auto", "triton", "torch")
-AUTO_TRITON = False  # see the module docstring: "auto" stays on torch, which is faster today
+AUTO_TRITON = False  # see the module docstring: every published model-level figure runs the torch path
 _warned_no_triton = False
 
 
