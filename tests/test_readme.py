@@ -25,6 +25,7 @@ def test_tables_are_rendered_from_json_not_typed():
             "<!-- memory-table:start -->\n<!-- memory-table:end -->\n" \
             "<!-- mixers-table:start -->\n<!-- mixers-table:end -->\n" \
             "<!-- throughput-table:start -->\n<!-- throughput-table:end -->\n" \
-            "<!-- throughput-compiled-table:start -->\n<!-- throughput-compiled-table:end -->\n"
+            "<!-- throughput-compiled-table:start -->\n<!-- throughput-compiled-table:end -->\n" \
+            "<!-- lowrank-ffn-table:start -->\n<!-- lowrank-ffn-table:end -->\n"
     out = mod.render(blank)
-    assert "stale" not in out and "`xxl-100b`" in out and "`baseline`" in out
+    assert "stale" not in out and "`xxl-100b`" in out and "`baseline`" in out and "`triton` ms" in out
