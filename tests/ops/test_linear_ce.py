@@ -22,6 +22,7 @@ from muse.ops.linear_ce import (
     triton_linear_cross_entropy,
 )
 from muse.ops.linear_ce.triton_kernel import HAS_TRITON
+from tests.compile_check import assert_one_graph_matching_eager
 
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
@@ -415,8 +416,6 @@ def test_auto_fuses_on_gpu_only_when_enabled(monkeypatch):
 def test_compiles_to_one_graph_with_the_kernels_as_ops(bias):
     """The launchers are torch.ops.muse.linear_ce_{fwd,bwd}: fullgraph compile (AOTAutograd,
     the ops' fakes while tracing, then the real kernels) gives eager's loss and gradients."""
-    import torch._dynamo.testing
-
     x, w, b, t = make(23, 37, 11, bias=bias)
     leaves = [u.to(DEVICE, torch.float32).requires_grad_(True) for u in (x, w, b) if u is not None]
     tgt = t.to(DEVICE)
@@ -425,16 +424,7 @@ def test_compiles_to_one_graph_with_the_kernels_as_ops(bias):
         loss = fn(leaves[0], leaves[1], tgt, leaves[2] if bias else None)
         return [loss.detach(), *torch.autograd.grad(loss, leaves)]
 
-    eager = step(triton_linear_cross_entropy)
-    torch._dynamo.reset()
-    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
-    compiled = step(torch.compile(triton_linear_cross_entropy, backend=counter, fullgraph=True))
-    assert counter.frame_count == 1
-    targets = {str(n.target) for gm in counter.graphs for m in gm.modules() if isinstance(m, torch.fx.GraphModule)
-               for n in m.graph.nodes}
-    assert "muse.linear_ce_fwd.default" in targets
-    for a, c in zip(eager, compiled):
-        torch.testing.assert_close(c, a, rtol=1e-6, atol=1e-6)
+    assert_one_graph_matching_eager(triton_linear_cross_entropy, step, "muse.linear_ce_fwd.default", 1e-6)
 
 
 @needs_triton

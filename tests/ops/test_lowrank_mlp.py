@@ -18,6 +18,7 @@ from muse.layers.ffn import FFN
 from muse.ops._dispatch import assume_cuda
 from muse.ops.lowrank_mlp import MAX_RANK, lowrank_mlp, naive_lowrank_mlp, resolve_impl, triton_lowrank_mlp
 from muse.ops.lowrank_mlp.triton_kernel import HAS_TRITON
+from tests.compile_check import assert_one_graph_matching_eager
 
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
@@ -161,8 +162,6 @@ def test_ffn_triton_compiles_to_one_graph():
     break on the autotuner's Python); AOTAutograd traces the fakes, then runs the real kernels,
     which must give eager mode's output and gradients. A fake whose strides differ from the real
     output's would fail here."""
-    import torch._dynamo.testing
-
     torch.manual_seed(0)
     ffn = FFN(24, FFNConfig(kind="lowrank", rank=5, impl="triton")).to(DEVICE)
     x = torch.randn(2, 13, 24, device=DEVICE)
@@ -172,13 +171,4 @@ def test_ffn_triton_compiles_to_one_graph():
         y = fn(xi)
         return [y.detach(), *torch.autograd.grad(y.square().sum(), [xi, *ffn.parameters()])]
 
-    eager = grads(ffn)
-    torch._dynamo.reset()
-    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
-    compiled = grads(torch.compile(ffn, backend=counter, fullgraph=True))
-    assert counter.frame_count == 1
-    targets = {str(n.target) for g in counter.graphs for m in g.modules() if isinstance(m, torch.fx.GraphModule)
-               for n in m.graph.nodes}
-    assert "muse.lowrank_mlp_fwd.default" in targets
-    for a, b in zip(eager, compiled):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert_one_graph_matching_eager(ffn, grads, "muse.lowrank_mlp_fwd.default", 1e-5)
