@@ -9,10 +9,13 @@ and writes (T, 4d) activations several times per step (up, GELU, down; their gra
 d = 512, r = 32 that traffic is most of the FFN's time and its largest activation. Here every
 (T, H) tile lives only in registers. Three kernels, none with atomics (deterministic):
 
-    fwd  grid (T / BT,):          c[t]  = sum over hidden blocks of gelu(a[t] @ w_up[:, h] + b[h]) @ w_down[h]
-    da   grid (T / BT,):          da[t] = sum over hidden blocks of dh @ w_up[:, h]^T
-    dw   grid (H / BH, splits):   per token split, dw_up[:, h] = a^T @ dh, dw_down[h] = g^T @ dc,
-                                  db[h] = column sums of dh; the splits' fp32 partials summed in torch
+    fwd  grid (T / BT, splits):   c[t]  = sum over hidden blocks of gelu(a[t] @ w_up[:, h] + b[h]) @ w_down[h]
+    da   grid (T / BT, splits):   da[t] = sum over hidden blocks of dh @ w_up[:, h]^T
+    dw   grid (H / BH, splits):   dw_up[:, h] = a^T @ dh, dw_down[h] = g^T @ dc, db[h] = column sums
+                                  of dh, summed over token tiles
+
+where each split owns every splits-th block of its loop (hidden blocks, or token tiles for dw),
+so short grids still fill the GPU; the splits' fp32 partials are summed in torch.
 
 with h, g = gelu(h) and dh = (dc @ w_down[h]^T) · gelu'(h) recomputed tile by tile (only a, the
 weights and dc are read). Matmuls run on the tensor cores in the input dtype (3xTF32 for fp32,
