@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from muse.ops._dispatch import absent, contiguous, define_op, present, use_op
+from muse.ops.linear_ce.naive import accumulation_dtype
 from muse.ops.linear_ce.triton_kernel import _precision, _sm_count
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON, _interpreting, _launch, triton_supports
 
@@ -143,10 +144,6 @@ if HAS_TRITON:
             tl.store(db_p + base * H + hc, acc_b, mask=hc < H)
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _meta(a: Tensor, w_up: Tensor, w_down: Tensor, b_up: Tensor | None) -> dict:
     R, S = w_up.shape[0], w_down.shape[1]
     return dict(BR=max(16, triton.next_power_of_2(R)), BS=max(16, triton.next_power_of_2(S)),
@@ -181,7 +178,7 @@ def mlp_forward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor) ->
     T, R = a.shape
     H, S = w_down.shape
     ns = _splits(-(-T // 128), -(-H // 64), a)
-    c_p = torch.empty(ns, T, S, device=a.device, dtype=_acc(a.dtype))  # fp32 partials, one per split
+    c_p = torch.empty(ns, T, S, device=a.device, dtype=accumulation_dtype(a))  # fp32 partials, one per split
     _run(_fwd_kernel, lambda m: (triton.cdiv(T, m["BT"]), ns), a, w_up, b_up, w_down, c_p, T, R, H, S, ns,
          **_meta(a, w_up, w_down, b_up))
     return (c_p[0] if ns == 1 else c_p.sum(0)).to(a.dtype)
@@ -197,13 +194,13 @@ def mlp_backward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor, d
     da = dwu = db = dwd = None
     if need_da:
         ns = _splits(-(-T // 128), -(-H // 64), a)
-        da_p = torch.empty(ns, T, R, device=a.device, dtype=_acc(a.dtype))
+        da_p = torch.empty(ns, T, R, device=a.device, dtype=accumulation_dtype(a))
         _run(_da_kernel, lambda m: (triton.cdiv(T, m["BT"]), ns), a, w_up, b_up, w_down, dc, da_p, T, R, H, S, ns,
              **meta)
         da = (da_p[0] if ns == 1 else da_p.sum(0)).to(a.dtype)
     if need_dw:
         ns = _splits(-(-H // 64), -(-T // 128), a)
-        acc = _acc(a.dtype)
+        acc = accumulation_dtype(a)
         dwu_p = torch.empty(ns, R, H, device=a.device, dtype=acc)
         dwd_p = torch.empty(ns, H, S, device=a.device, dtype=acc)
         db_p = torch.empty(ns, H, device=a.device, dtype=acc) if b_up is not None else None
