@@ -172,8 +172,9 @@ class FFNConfig:
     token_chunk: int = 0
     # Low-rank GELU FFN core (gelu(x·A1·B1 + b1)·A2): triton (the fused kernel; CUDA or the
     # interpreter), which never stores the (T, mult·d) activations and recomputes them in the
-    # backward | torch (plain ops) | auto (torch for now; muse.ops.lowrank_mlp says why). Other FFNs ignore it, and token_chunk is not applied where
-    # the kernel runs (it already stores no hidden activation).
+    # backward | torch (plain ops) | auto (triton on CUDA, torch elsewhere; muse.ops.lowrank_mlp).
+    # Other FFNs ignore it, and token_chunk is not applied where the kernel runs (it already
+    # stores no hidden activation).
     impl: str = "auto"
 
     def __post_init__(self):

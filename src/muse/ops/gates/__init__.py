@@ -12,9 +12,8 @@ See ``naive_gate_inputs`` for shapes and results.
 from __future__ import annotations
 
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 
-from muse.ops._dispatch import assumes_cuda
+from muse.ops._dispatch import assumes_cuda, fake
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON
 
 from .naive import naive_gate_inputs
@@ -30,6 +29,6 @@ def gate_inputs(u: Tensor, gate_logits: Tensor | None, decay_logits: Tensor | No
     """(u_eff, log_decay, gate_sum, gate_open): see ``naive_gate_inputs``."""
     if impl not in IMPLS:
         raise ValueError(f"gate_inputs: impl must be one of {IMPLS}; got {impl!r}")
-    if impl == "triton" or (impl == "auto" and assumes_cuda(u) and (HAS_TRITON or is_fake(u))):
+    if impl == "triton" or (impl == "auto" and assumes_cuda(u) and (HAS_TRITON or fake(u))):
         return triton_gate_inputs(u, gate_logits, decay_logits, scale)
     return naive_gate_inputs(u, gate_logits, decay_logits, scale)

@@ -25,9 +25,8 @@ from __future__ import annotations
 import warnings
 
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 
-from muse.ops._dispatch import assume_cuda, assumes_cuda
+from muse.ops._dispatch import assume_cuda, assumes_cuda, fake
 
 from .chunk import chunk_linear_cross_entropy, chunked_nll
 from .naive import AUTOCAST_CASTABLE, autocast_operands, check_inputs, naive_linear_cross_entropy
@@ -75,7 +74,7 @@ def resolve_impl(impl: str, x: Tensor, K: int | None = None) -> str:
     on_gpu = assumes_cuda(x)
     if not (AUTO_ON_GPU and on_gpu and x.dtype in _KERNEL_DTYPES and (K or x.shape[-1]) <= AUTO_MAX_K):
         return "chunked"
-    if not HAS_TRITON and not is_fake(x):
+    if not HAS_TRITON and not fake(x):
         if not _warned_no_triton:
             warnings.warn(
                 "muse: Triton is not installed, so the cross-entropy runs the slower torch chunked "

@@ -31,9 +31,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
+
+from muse.ops._dispatch import fake
 
 from .naive import accumulation_dtype, autocast_operands, check_inputs
 
@@ -50,7 +51,7 @@ def check_target_ids(targets: Tensor, V: int, ignore_index: int) -> None:
     step, and the gather in ``_forward`` trips a device-side assert on such an id instead, as
     ``F.cross_entropy``'s kernel does. Fake and meta tensors (memory estimates) have no ids.
     """
-    if targets.device.type != "cpu" or is_fake(targets):
+    if targets.device.type != "cpu" or fake(targets):
         return
     bad = (targets != ignore_index) & ((targets < 0) | (targets >= V))
     if bad.any():

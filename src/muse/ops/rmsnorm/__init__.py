@@ -12,9 +12,8 @@ x: (..., D) with weight (D,), or (..., G, D) with weight (G, D); returns x's sha
 from __future__ import annotations
 
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 
-from muse.ops._dispatch import assumes_cuda
+from muse.ops._dispatch import assumes_cuda, fake
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON
 
 from .naive import naive_rms_norm
@@ -29,6 +28,6 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, impl: str = "auto") -
     """x / sqrt(mean(x², -1) + eps) * weight (see the module docstring for shapes)."""
     if impl not in IMPLS:
         raise ValueError(f"rms_norm: impl must be one of {IMPLS}; got {impl!r}")
-    if impl == "triton" or (impl == "auto" and assumes_cuda(x) and (HAS_TRITON or is_fake(x))):
+    if impl == "triton" or (impl == "auto" and assumes_cuda(x) and (HAS_TRITON or fake(x))):
         return triton_rms_norm(x, weight, eps)
     return naive_rms_norm(x, weight, eps)

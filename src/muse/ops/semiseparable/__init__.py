@@ -27,9 +27,8 @@ from torch import Tensor
 import warnings
 
 import torch
-from torch._subclasses.fake_tensor import is_fake
 
-from muse.ops._dispatch import assumes_cuda
+from muse.ops._dispatch import assumes_cuda, fake
 
 from .chunk import chunk_semiseparable
 from .naive import check_inputs, causal_band, causal_band_matrix, naive_quadratic, naive_recurrent, recurrent_step
@@ -63,7 +62,7 @@ def resolve_impl(impl: str, x: Tensor, chunk_size: int = 64) -> str:
         return impl
     if not (assumes_cuda(x) and x.dtype in _KERNEL_DTYPES and valid_chunk(chunk_size)):
         return "chunked"
-    if not HAS_TRITON and not is_fake(x):  # fakes run no kernel: the estimate models a GPU install
+    if not HAS_TRITON and not fake(x):  # fakes run no kernel: the estimate models a GPU install
         if not _warned_no_triton:
             warnings.warn(
                 "muse: Triton is not installed, so the semiseparable scan runs the slower torch "

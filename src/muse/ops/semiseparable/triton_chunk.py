@@ -38,9 +38,8 @@ import os
 
 import torch
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 
-from muse.ops._dispatch import assumes_cuda
+from muse.ops._dispatch import assumes_cuda, fake
 
 try:  # Triton is a GPU extra; the torch chunked scan is the fallback everywhere.
     import triton
@@ -83,7 +82,7 @@ _HOST_DTYPES = (torch.float32, torch.float64)  # numpy has no bfloat16: the inte
 
 def _supported(t: Tensor) -> bool:
     if t.is_cuda or assumes_cuda(t):  # is_cuda first: the common case skips the call
-        return t.dtype in _DTYPES and (HAS_TRITON or is_fake(t))
+        return t.dtype in _DTYPES and (HAS_TRITON or fake(t))
     return HAS_TRITON and _interpreting() and t.dtype in _HOST_DTYPES
 
 

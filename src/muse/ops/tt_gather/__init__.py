@@ -17,9 +17,8 @@ import warnings
 
 import torch
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 
-from muse.ops._dispatch import assumes_cuda
+from muse.ops._dispatch import assumes_cuda, fake
 
 from .naive import check_inputs, tt_contract
 from .triton_kernel import (
@@ -55,7 +54,7 @@ def resolve_impl(impl: str, ids: Tensor, cores: list[Tensor], col_factors) -> st
         return impl
     ok = (
         AUTO_ON_GPU and all(assumes_cuda(t) for t in (ids, *cores))
-        and (is_fake(ids) or (HAS_TRITON and not _interpreting()))  # fakes launch nothing
+        and (fake(ids) or (HAS_TRITON and not _interpreting()))  # fakes launch nothing
         and all(c.dtype in _KERNEL_DTYPES for c in cores)
         and shape_unsupported(_ranks(cores), list(col_factors)) is None
     )

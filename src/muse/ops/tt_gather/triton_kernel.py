@@ -38,9 +38,8 @@ import warnings
 
 import torch
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 
-from muse.ops._dispatch import assumes_cuda, define_op, use_op
+from muse.ops._dispatch import assumes_cuda, define_op, fake, use_op
 
 from .naive import tt_contract
 
@@ -106,7 +105,7 @@ def _runs(t: Tensor, dtype: torch.dtype | None = None) -> bool:
     ``assume_cuda()`` count as CUDA ones, Triton or not: only the ops' fakes run on them."""
     dtype = dtype or t.dtype
     if assumes_cuda(t):
-        return dtype in _DTYPES and (HAS_TRITON or is_fake(t))
+        return dtype in _DTYPES and (HAS_TRITON or fake(t))
     # numpy has no bfloat16: the interpreter computes garbage for bf16/fp16 tiles
     return HAS_TRITON and _interpreting() and dtype in (torch.float32, torch.float64)
 
