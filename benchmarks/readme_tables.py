@@ -233,6 +233,20 @@ def mixers_markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _paths_note(figures: list[dict], presets) -> str:
+    """"Kernels run: ..." from the per-preset ``paths`` the benchmark recorded (absent in older
+    results): what each MUSE op resolved to, merged over the rows."""
+    parts = []
+    for name in presets:
+        found: dict[str, set] = {}
+        for r in figures:
+            for op, impls in (r[name].get("paths") or {}).items():
+                found.setdefault(op, set()).update(impls)
+        if found:
+            parts.append(f"`{name}` " + ", ".join(f"{op} {'/'.join(sorted(v))}" for op, v in sorted(found.items())))
+    return f"Kernels run: {'; '.join(parts)}. " if parts else ""
+
+
 def throughput_markdown(res: dict) -> str:
     """The `benchmarks/train_throughput.py` table (also written beside its JSON as .md)."""
     c = res["config"]
@@ -263,6 +277,7 @@ def throughput_markdown(res: dict) -> str:
            "timed steps")
         + f". Scan: `impl=\"{c['impl']}\"`. "
         + "".join(f"`{k}: {v}`. " for k, v in (c.get("overrides") or {}).items())
+        + _paths_note(res["figures"], (a, b))
         + f"{res['device']}, torch {res['torch']}, commit `{_sha(res)}`, {res['date'][:10]} "
         f"(`benchmarks/train_throughput.py`)."
     )

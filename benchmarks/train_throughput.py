@@ -31,7 +31,7 @@ import yaml  # noqa: E402
 
 from common import RESULTS, _err, environment, pick_device, publish  # noqa: E402
 from muse.config import COMPILE_MODES, PRECISIONS, load_config, to_dict  # noqa: E402
-from muse.memory.profile import StepPlan, _build, _step, measure, plan_config  # noqa: E402
+from muse.memory.profile import StepPlan, _build, _step, kernel_paths, measure, plan_config  # noqa: E402
 from muse.runtime import autocast_context  # noqa: E402
 from readme_tables import throughput_markdown  # noqa: E402
 
@@ -52,6 +52,7 @@ def host_measure(cfg, plan: StepPlan, warmup: int, steps: int) -> dict:
     model, opt = _build(plan_config(cfg, plan), plan, cpu)
     autocast = autocast_context(plan.precision, cpu)
     idx = torch.randint(0, cfg.model.vocab_size, (plan.batch, plan.seq + 1))
+    paths = kernel_paths(model, autocast, idx)
     for _ in range(warmup):
         _step(model, opt, autocast, idx, plan.mode)
     times = []
@@ -59,7 +60,8 @@ def host_measure(cfg, plan: StepPlan, warmup: int, steps: int) -> dict:
         t0 = time.perf_counter()
         _step(model, opt, autocast, idx, plan.mode)
         times.append(time.perf_counter() - t0)
-    return {"tokens_per_s": plan.batch * plan.seq / statistics.median(times), "timed_steps": steps, "peak": None}
+    return {"tokens_per_s": plan.batch * plan.seq / statistics.median(times), "timed_steps": steps, "peak": None,
+            "paths": paths}
 
 
 def run_one(preset: str, N: int, B: int, args, device: torch.device) -> dict:
@@ -88,6 +90,7 @@ def run_one(preset: str, N: int, B: int, args, device: torch.device) -> dict:
         "peak_mib": r["peak"] / 2**20 if r.get("peak") is not None else None,
         "timed_steps": r.get("timed_steps"), "mixer": cfg.model.mixer.kind,
         "parameter_bytes": r.get("parameters"), "config": to_dict(cfg.model),
+        "paths": r.get("paths"),  # the implementation each MUSE op ran ("auto" resolved)
     }
     if r.get("peak_note"):
         out["peak_note"] = r["peak_note"]

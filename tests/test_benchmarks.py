@@ -84,7 +84,14 @@ def test_throughput_json(throughput_result):
             assert "error" not in r[p] and r[p]["tokens_per_s"] > 0 and r[p]["step_ms"] > 0
             assert r[p]["config"]["max_seq_len"] == n and r[p]["config"]["d_model"] == 64
         assert r["ratio_tokens_per_s"] > 0 and "ratio_peak_memory" in r
-    assert (throughput_result / "train_throughput-cpu.md").read_text().startswith("| N | B |")
+        # which implementation each op ran, "auto" resolved (CPU: the torch paths)
+        assert r["baseline"]["paths"] == {"linear_cross_entropy": ["chunked"]}
+        assert r["standard"]["paths"] == {
+            "gate_inputs": ["naive"], "linear_cross_entropy": ["chunked"], "lowrank_mlp": ["torch"],
+            "rms_norm": ["naive"], "semiseparable": ["chunked"], "tt_gather": ["torch"]}
+    md = (throughput_result / "train_throughput-cpu.md").read_text()
+    assert md.startswith("| N | B |")
+    assert "Kernels run: `baseline` linear_cross_entropy chunked; `standard` gate_inputs naive, " in md
 
 
 def test_throughput_compile_needs_cuda(tmp_path, capsys):

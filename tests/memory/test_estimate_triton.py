@@ -54,6 +54,9 @@ def test_estimate_takes_the_triton_mixer_path(op_calls, precision):
     # the kernels keep their inputs only; the torch scan saves its chunked intermediates
     assert auto["activations"] < chunked["activations"]
     assert estimate(_cfg("triton"), plan)["activations"] == auto["activations"]
+    # the result names what ran: the ops' "auto" resolved as on a GPU, the CPU's paths when forced
+    assert auto["paths"]["semiseparable"] == auto["paths"]["gate_inputs"] == auto["paths"]["rms_norm"] == ["triton"]
+    assert chunked["paths"]["semiseparable"] == ["chunked"]
     assert {k: auto[k] for k in ("parameters", "gradients", "optimizer_state")} == {
         k: chunked[k] for k in ("parameters", "gradients", "optimizer_state")
     }

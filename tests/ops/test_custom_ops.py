@@ -231,3 +231,22 @@ def test_fake_is_traceable():
     assert not fake(torch.zeros(2))
     torch._dynamo.reset()
     assert torch.compile(lambda x: x + fake(x), fullgraph=True, backend="eager")(torch.zeros(2)).tolist() == [0, 0]
+
+
+def test_record_paths_names_what_ran():
+    """record_paths() collects each op's implementation from eager calls (none while compiling),
+    and nests: an inner recorder sees only its own calls and hands the outer one back."""
+    from muse.ops import record_paths
+
+    x, w = _r(5, 2, 8), _r(8)
+    with record_paths() as outer:
+        rms_norm(x, w, impl="naive")
+        with record_paths() as inner:
+            rms_norm(x, w, impl="naive")
+            ss.semiseparable(_r(1, 20, 2, 4), _r(1, 20, 2, 4), _r(1, 20, 2, 8), impl="chunked", chunk_size=16)
+        assert inner == {"rms_norm": ["naive"], "semiseparable": ["chunked"]}
+        torch._dynamo.reset()
+        torch.compile(lambda x: rms_norm(x, w, impl="auto") * 2, fullgraph=True, backend="eager")(x)
+    assert outer == {"rms_norm": ["naive"]}
+    rms_norm(x, w, impl="naive")  # not recording: nothing to note, nothing kept
+    assert outer == {"rms_norm": ["naive"]}

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from muse.config import HeadConfig
 from muse.layers.embedding import DenseEmbedding
 from muse.layers.linear import LowRankLinear, make_linear
-from muse.ops._dispatch import abstract
+from muse.ops._dispatch import abstract, note_path
 from muse.ops.linear_ce import (
     HAS_TRITON, chunk_linear_cross_entropy, chunked_nll, linear_cross_entropy, resolve_impl, triton_supports,
 )
@@ -105,7 +105,9 @@ def lm_loss(
         total = linear_cross_entropy(x, w, targets, b, ignore_index, impl="triton")
     elif fusable(head, embed):  # a plain last matrix: gradients in the forward, no recomputation
         x, w, b = last_matrix(head, embed, h)
+        note_path("linear_cross_entropy", "chunked")
         total = chunk_linear_cross_entropy(x, w, targets, b, ignore_index, chunk_size=cfg.loss_chunk)
     else:
+        note_path("linear_cross_entropy", "chunked_nll")
         total = chunked_nll(lambda z: head_logits(head, embed, z), h, targets, cfg.loss_chunk, ignore_index)
     return total / (targets != ignore_index).sum().clamp(min=1)

@@ -16,10 +16,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch._subclasses.fake_tensor import is_fake
 from torch import Tensor, nn
 
-from muse.ops._dispatch import assumes_cuda
+from muse.ops._dispatch import assumes_cuda, fake, note_path
 from muse.ops.tt_gather import resolve_impl, shape_unsupported, tt_contract, tt_gather
 
 PHASES = ("none", "cos", "complex")
@@ -357,13 +356,14 @@ class TTMatrix(nn.Module):
             raise ValueError(f"idx must be an integer tensor (int64 or int32); got {idx.dtype}")
         if self._fused_rows(idx):
             return self._gather_rows(idx)
-        if is_fake(idx) or idx.device.type == "meta":
+        note_path("tt_gather", "torch")
+        if fake(idx) or idx.device.type == "meta":
             # shape-only tensors (memory estimates): no values to deduplicate, so every id counts
             # as unique, an upper bound on U
             uniq, inv = idx.reshape(-1), torch.arange(idx.numel(), device=idx.device)
         else:
             uniq, inv = torch.unique(idx.reshape(-1), return_inverse=True)  # (U,), (L,)
-        if uniq.numel() and not is_fake(uniq) and uniq.device.type != "meta" and bool(
+        if uniq.numel() and not fake(uniq) and uniq.device.type != "meta" and bool(
             (uniq[0] < 0) | (uniq[-1] >= self.num_rows)
         ):
             raise ValueError(
@@ -376,7 +376,7 @@ class TTMatrix(nn.Module):
             return table.index_select(0, inv).reshape(*idx.shape, self.num_cols)
         inv = inv.reshape(-1)
         starts = range(0, uniq.numel() + chunk, chunk)
-        if is_fake(inv) or inv.device.type == "meta":  # inv = arange: already grouped
+        if fake(inv) or inv.device.type == "meta":  # inv = arange: already grouped
             order, bounds = inv, [min(b, inv.numel()) for b in starts]
         else:
             order = torch.argsort(inv)  # token positions grouped by unique id
@@ -389,9 +389,7 @@ class TTMatrix(nn.Module):
         """Whether ``rows(idx)`` runs the fused kernel (see ``gather_impl``)."""
         if self.gather_impl == "torch" or self.phase == "complex":
             return False
-        if not torch.compiler.is_compiling() and any(  # (dynamo cannot trace is_fake; no fakes there)
-            t.device.type == "meta" or (is_fake(t) and not assumes_cuda(t)) for t in (idx, self.cores[0])
-        ):
+        if any(t.device.type == "meta" or (fake(t) and not assumes_cuda(t)) for t in (idx, self.cores[0])):
             # shape-only tensors keep the torch path exactly, unless the memory estimate models a
             # GPU step (assume_cuda): then the kernel's fake implementation stands in for it
             return False
@@ -404,7 +402,7 @@ class TTMatrix(nn.Module):
         if flat.numel() and torch.compiler.is_compiling():  # traceable: no host sync, no graph break
             lo, hi = torch.aminmax(flat)
             torch._assert_async((lo >= 0) & (hi < self.num_rows), f"idx values must lie in [0, {self.num_rows})")
-        elif flat.numel() and not is_fake(flat):
+        elif flat.numel() and not fake(flat):
             lo, hi = torch.aminmax(flat)
             if bool((lo < 0) | (hi >= self.num_rows)):  # one host sync, as the torch path's unique
                 raise ValueError(f"idx values must lie in [0, {self.num_rows}); got min {int(lo)}, max {int(hi)}")

@@ -225,6 +225,18 @@ def _step(model, opt, autocast, idx: torch.Tensor, mode: str) -> int:
     return grads
 
 
+def kernel_paths(model, autocast, idx: torch.Tensor) -> dict[str, list[str]]:
+    """{op: implementations} that MUSE's ops run in ``model``'s forward on ``idx``'s device and
+    dtype (``muse.ops.record_paths``), from one eager no-grad forward of the first sequence: a
+    figure then says which kernels produced it, not the "auto" of its config. Call it on the
+    eager model (nothing is recorded while compiling)."""
+    from muse.ops import record_paths
+
+    with torch.no_grad(), autocast, record_paths() as paths:
+        model(idx[:1, :-1], idx[:1, 1:])
+    return paths
+
+
 def _result(cfg: Config, plan: StepPlan, method: str, device: str, params: int, grads: int, state: int,
             peak: int, workspace: int, cublas: str) -> dict:
     return {
@@ -255,7 +267,7 @@ def estimate(cfg: Config, plan: StepPlan) -> dict:
         from torch.distributed._tools.mem_tracker import MemTracker
     except ImportError as e:  # pragma: no cover - torch < 2.5
         raise ValueError(f"memory estimates need torch >= 2.5 (MemTracker): {e}") from None
-    from muse.ops import assume_cuda
+    from muse.ops import assume_cuda, record_paths
     from muse.runtime import autocast_context, effective_cublas_workspace
 
     cfg = plan_config(cfg, plan)
@@ -275,7 +287,7 @@ def estimate(cfg: Config, plan: StepPlan) -> dict:
         # assume_cuda: "auto" takes the paths it would on a GPU, not the CPU's: the Triton mixer ops
         # (scan, gates, head norm: their fake implementations) and the fused linear + cross-entropy
         # (holding a per-token lse) where head.loss_impl resolves to it.
-        with tracker, warnings.catch_warnings(), assume_cuda():
+        with tracker, warnings.catch_warnings(), assume_cuda(), record_paths() as paths:
             # MemTracker looks for the gradients the offload hook has just dropped: expected, not news
             warnings.filterwarnings("ignore", message="Expected a tensor or a traceable wrapper-subclass")
             grads = _step(model, None, autocast_context(plan.precision, cpu), idx, fb_plan.mode)
@@ -288,6 +300,7 @@ def estimate(cfg: Config, plan: StepPlan) -> dict:
                   peak + state + workspace, workspace, cublas)
     if host is not None:
         out["offload"] = host
+    out["paths"] = paths
     return out
 
 
@@ -325,16 +338,17 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
     torch.cuda.reset_peak_memory_stats(device)
     model = opt = idx = None
     params = grads = state = expected_state = workspace = 0
-    host = expected_host = None
+    host = expected_host = paths = None
     times: list[float] = []
     error = None
     try:
         model, opt = _build(cfg, plan, device)
         params = tensor_bytes(list(model.parameters()) + list(model.buffers()))
-        if cfg.train.compile:  # as the trainer runs it; the warm-up steps compile
-            model = torch.compile(model, mode=cfg.train.compile_mode)
         autocast = autocast_context(plan.precision, device)
         idx = torch.randint(0, cfg.model.vocab_size, (plan.batch, plan.seq + 1), device=device)
+        paths = kernel_paths(model, autocast, idx)
+        if cfg.train.compile:  # as the trainer runs it; the warm-up steps compile
+            model = torch.compile(model, mode=cfg.train.compile_mode)
         for _ in range(warmup):
             grads = _step(model, opt, autocast, idx, plan.mode)
         state = optimizer_state_bytes(opt) if opt is not None else 0
@@ -370,6 +384,7 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
         # max_memory_allocated stops counting once the capture is over, so no peak is reported
         out.update(peak=None, activations=None, peak_note=CUDA_GRAPH_NOTE)
     out["timed_steps"] = len(times)
+    out["paths"] = paths
     props = torch.cuda.get_device_properties(device)
     sm90 = (props.major, props.minor) == (9, 0)
     # the estimate's formulas, checked against what was allocated

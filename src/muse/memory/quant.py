@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from torch import Tensor, nn
 
 MISSING_TORCHAO = "--int8 needs torchao: pip install torchao (or pip install -e '.[ao]')"

@@ -1,5 +1,6 @@
-"""MUSE's kernels and their torch references; ``assume_cuda`` makes "auto" model a GPU on fake tensors."""
+"""MUSE's kernels and their torch references; ``assume_cuda`` makes "auto" model a GPU on fake tensors,
+``record_paths`` reports which implementation each op ran."""
 
-from ._dispatch import assume_cuda, assumes_cuda
+from ._dispatch import assume_cuda, assumes_cuda, record_paths
 
-__all__ = ["assume_cuda", "assumes_cuda"]
+__all__ = ["assume_cuda", "assumes_cuda", "record_paths"]

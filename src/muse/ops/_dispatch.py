@@ -30,7 +30,10 @@ import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
-__all__ = ["absent", "abstract", "assume_cuda", "assumes_cuda", "contiguous", "define_op", "fake", "present", "use_op"]
+__all__ = [
+    "absent", "abstract", "assume_cuda", "assumes_cuda", "contiguous", "define_op", "fake", "note_path", "present",
+    "record_paths", "use_op",
+]
 
 _assume_cuda = False
 _is_compiling = torch.compiler.is_compiling
@@ -46,6 +49,32 @@ def assume_cuda():
         yield
     finally:
         _assume_cuda = old
+
+
+_paths: dict[str, set[str]] | None = None
+
+
+@contextlib.contextmanager
+def record_paths():
+    """Inside, every MUSE op notes the implementation it runs (eager calls only; nothing is noted
+    while compiling). Yields a dict that is filled on exit with {op: sorted implementations},
+    e.g. {"lowrank_mlp": ["triton"], "semiseparable": ["triton"], ...}: benchmarks record it, so
+    a figure says which kernels produced it rather than the "auto" of the config."""
+    global _paths
+    old, _paths = _paths, {}
+    found: dict[str, list[str]] = {}
+    try:
+        yield found
+    finally:
+        found.update({op: sorted(v) for op, v in sorted(_paths.items())})
+        _paths = old
+
+
+def note_path(op: str, impl: str) -> str:
+    """Note that ``op`` runs ``impl`` (inside ``record_paths()``); returns ``impl``."""
+    if _paths is not None and not _is_compiling():
+        _paths.setdefault(op, set()).add(impl)
+    return impl
 
 
 def fake(x: Tensor) -> bool:

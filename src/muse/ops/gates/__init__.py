@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from muse.ops._dispatch import assumes_cuda, fake
+from muse.ops._dispatch import assumes_cuda, fake, note_path
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON
 
 from .naive import naive_gate_inputs
@@ -30,5 +30,7 @@ def gate_inputs(u: Tensor, gate_logits: Tensor | None, decay_logits: Tensor | No
     if impl not in IMPLS:
         raise ValueError(f"gate_inputs: impl must be one of {IMPLS}; got {impl!r}")
     if impl == "triton" or (impl == "auto" and assumes_cuda(u) and (HAS_TRITON or fake(u))):
+        note_path("gate_inputs", "triton")
         return triton_gate_inputs(u, gate_logits, decay_logits, scale)
+    note_path("gate_inputs", "naive")
     return naive_gate_inputs(u, gate_logits, decay_logits, scale)

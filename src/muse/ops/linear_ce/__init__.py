@@ -26,7 +26,7 @@ import warnings
 
 from torch import Tensor
 
-from muse.ops._dispatch import assume_cuda, assumes_cuda, fake
+from muse.ops._dispatch import assume_cuda, assumes_cuda, fake, note_path
 
 from .chunk import chunk_linear_cross_entropy, chunked_nll
 from .naive import AUTOCAST_CASTABLE, autocast_operands, check_inputs, naive_linear_cross_entropy
@@ -111,7 +111,7 @@ def linear_cross_entropy(
     as ``F.linear`` does on the naive path.
     """
     check_inputs(x, weight, targets, bias)
-    impl = resolve_impl(impl, x)
+    impl = note_path("linear_cross_entropy", resolve_impl(impl, x))
     if impl == "triton":
         x, weight, bias = autocast_operands(x, weight, bias)
         return triton_linear_cross_entropy(x, weight, targets, bias, ignore_index)

@@ -26,7 +26,7 @@ import warnings
 
 from torch import Tensor
 
-from muse.ops._dispatch import assumes_cuda, fake
+from muse.ops._dispatch import assumes_cuda, fake, note_path
 from muse.ops.linear_ce.naive import AUTOCAST_CASTABLE, autocast_operands
 
 from .naive import check_inputs, naive_lowrank_mlp
@@ -73,7 +73,7 @@ def lowrank_mlp(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor, im
         callers' dtypes).
     """
     check_inputs(a, w_up, b_up, w_down)
-    if resolve_impl(impl, a, (w_up.shape[0], w_down.shape[1])) == "torch":
+    if note_path("lowrank_mlp", resolve_impl(impl, a, (w_up.shape[0], w_down.shape[1]))) == "torch":
         return naive_lowrank_mlp(a, w_up, b_up, w_down)
     a, w_up, b_up = autocast_operands(a, w_up, b_up)
     _, w_down, _ = autocast_operands(a, w_down, None)

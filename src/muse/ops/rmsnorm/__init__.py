@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from muse.ops._dispatch import assumes_cuda, fake
+from muse.ops._dispatch import assumes_cuda, fake, note_path
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON
 
 from .naive import naive_rms_norm
@@ -29,5 +29,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, impl: str = "auto") -
     if impl not in IMPLS:
         raise ValueError(f"rms_norm: impl must be one of {IMPLS}; got {impl!r}")
     if impl == "triton" or (impl == "auto" and assumes_cuda(x) and (HAS_TRITON or fake(x))):
+        note_path("rms_norm", "triton")
         return triton_rms_norm(x, weight, eps)
+    note_path("rms_norm", "naive")
     return naive_rms_norm(x, weight, eps)

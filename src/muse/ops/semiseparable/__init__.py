@@ -28,7 +28,7 @@ import warnings
 
 import torch
 
-from muse.ops._dispatch import assumes_cuda, fake
+from muse.ops._dispatch import assumes_cuda, fake, note_path
 
 from .chunk import chunk_semiseparable
 from .naive import check_inputs, causal_band, causal_band_matrix, naive_quadratic, naive_recurrent, recurrent_step
@@ -102,7 +102,7 @@ def semiseparable(
         ValueError: unknown ``impl``, or inputs of inconsistent shapes (the message names the
         tensor).
     """
-    impl = resolve_impl(impl, z, chunk_size)
+    impl = note_path("semiseparable", resolve_impl(impl, z, chunk_size))
     args = (u, v, z, log_decay, initial_state, output_final_state)
     if impl == "triton":
         return triton_chunk_semiseparable(*args, chunk_size=chunk_size, band=band)

@@ -18,7 +18,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from muse.ops._dispatch import assumes_cuda, fake
+from muse.ops._dispatch import assumes_cuda, fake, note_path
 
 from .naive import check_inputs, tt_contract
 from .triton_kernel import (
@@ -76,7 +76,7 @@ def tt_gather(ids: Tensor, cores: list[Tensor], row_factors, col_factors, num_co
             (e.g. bf16 under autocast), with fp32 accumulation.
     """
     check_inputs(ids, cores, row_factors, col_factors, num_cols)
-    resolved = resolve_impl(impl, ids, cores, col_factors)
+    resolved = note_path("tt_gather", resolve_impl(impl, ids, cores, col_factors))
     if resolved == "triton":
         if any(c.is_complex() for c in cores):
             raise ValueError("impl='triton' takes real cores; complex ones run on impl='torch'")
