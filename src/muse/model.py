@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import is_fake
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -21,6 +20,7 @@ from muse.layers.ffn import FFN
 from muse.layers.head import head_logits, lm_loss, make_head
 from muse.layers.norm import make_norm
 from muse.mixers import build_mixer
+from muse.ops._dispatch import fake
 
 
 def make_embedding(cfg: ModelConfig) -> nn.Module:
@@ -93,7 +93,7 @@ class MuseLM(nn.Module):
             lo, hi = torch.aminmax(idx)
             torch._assert_async((lo >= 0) & (hi < self.cfg.vocab_size),
                                 f"token ids must lie in the vocabulary [0, {self.cfg.vocab_size}) (model.vocab_size)")
-        elif idx.numel() and idx.device.type != "meta" and not is_fake(idx):
+        elif idx.numel() and idx.device.type != "meta" and not fake(idx):
             lo, hi = torch.aminmax(idx)
             lo, hi = int(lo), int(hi)  # one host sync per forward
             if lo < 0 or hi >= self.cfg.vocab_size:
