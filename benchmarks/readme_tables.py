@@ -269,11 +269,12 @@ def throughput_markdown(res: dict) -> str:
     lines.append(
         f"Full training steps (forward, backward, {c['optimizer']} step), {c['precision']}, checkpointing "
         f"{'on' if c['checkpointing'] else 'off'}, "
-        f"{'torch.compile mode ' + repr(c['compile']) if c.get('compile') else 'eager'}, "
+        f"{'torch.compile mode ' + repr(c['compile']) if c.get('compile') else 'eager'}"
+        f"{' + the whole step captured as one CUDA graph (`train.cuda_graph`)' if c.get('cuda_graph') else ''}, "
         f"B = max(1, {c['tokens']:,} // N) sequences of random token "
         f"ids; median of {c['steps']} timed steps after {c['warmup_steps']} warm-up steps; peak = "
         + ("not measured (CUDA-graph replays allocate in a private pool that `max_memory_allocated` does not "
-           "count)" if c.get("compile") == "reduce-overhead" else "`torch.cuda.max_memory_allocated` over the "
+           "count)" if c.get("compile") == "reduce-overhead" or c.get("cuda_graph") else "`torch.cuda.max_memory_allocated` over the "
            "timed steps")
         + f". Scan: `impl=\"{c['impl']}\"`. "
         + "".join(f"`{k}: {v}`. " for k, v in (c.get("overrides") or {}).items())

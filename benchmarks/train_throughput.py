@@ -70,6 +70,8 @@ def run_one(preset: str, N: int, B: int, args, device: torch.device) -> dict:
             "model.checkpointing": args.checkpointing, "model.mixer.semiseparable.impl": args.impl}
     if args.compile:
         over.update({"train.compile": True, "train.compile_mode": args.compile})
+    if args.cuda_graph:
+        over["train.cuda_graph"] = True
     try:
         cfg = load_config(preset, over)
         plan = StepPlan(batch=B, seq=N, precision=args.precision, optimizer=args.optimizer,
@@ -111,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", default=None, choices=COMPILE_MODES, metavar="MODE",
                    help="torch.compile both models in this mode (CUDA only; results go to "
                         "train_throughput-compile-MODE-gpu.json)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="capture each whole step as one CUDA graph, as train.cuda_graph does (CUDA only; results go "
+                        "to train_throughput[-compile-MODE]-cudagraph-gpu.json)")
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -121,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device, args.out, "train_throughput")
     if device is None:
         return 2
-    if args.compile and device.type != "cuda":
-        print("--compile measures compiled GPU steps; it needs a CUDA device", file=sys.stderr)
-        return 2
+    for flag, value in (("--compile", args.compile), ("--cuda-graph", args.cuda_graph)):
+        if value and device.type != "cuda":
+            print(f"{flag} measures GPU steps; it needs a CUDA device", file=sys.stderr)
+            return 2
     env = environment(device)
     a, b = args.presets
     rows = []
@@ -147,12 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "train_throughput", **env,
         "config": {"presets": args.presets, "seqs": args.seqs, "tokens": args.tokens, "impl": args.impl,
                    "precision": args.precision, "optimizer": args.optimizer, "checkpointing": args.checkpointing,
-                   "compile": args.compile,
+                   "compile": args.compile, "cuda_graph": args.cuda_graph,
                    "warmup_steps": args.warmup_steps, "steps": args.steps, "overrides": _parse_set(args.set),
                    "timer": "host clock around each step, torch.cuda.synchronize() after it (median)"},
         "figures": rows,
     }
-    name = "train_throughput" + (f"-compile-{args.compile}" if args.compile else "")
+    name = "train_throughput" + (f"-compile-{args.compile}" if args.compile else "") + \
+        ("-cudagraph" if args.cuda_graph else "")
     publish(name, res, device, args.out, throughput_markdown)
     return 0
 

@@ -335,6 +335,11 @@ class TrainConfig:
     # torch.compile mode when compile is on: "default" | "reduce-overhead" (CUDA graphs: the host
     # launches nothing per kernel, for launch-bound small models) | "max-autotune-no-cudagraphs"
     compile_mode: str = "default"
+    # capture the whole training step (forward, backward, clipping, AdamW) as one CUDA graph after
+    # a few eager warm-up steps and replay it: the host then launches one graph per step instead
+    # of hundreds of kernels (muse.train.graph). CUDA only; single process; adamw; not fp16;
+    # with train.compile, a compile_mode without CUDA graphs of its own
+    cuda_graph: bool = False
     eval_every: int = 100
     eval_tokens: int = 65536  # validation tokens per periodic evaluation (0 = whole split)
     log_every: int = 10
@@ -370,6 +375,8 @@ class TrainConfig:
                     "train.precision fp16 (loss scaling) does not combine with train.optimizer adamw-offload; "
                     "use bf16 or bf16-pure"
                 )
+        if self.cuda_graph:
+            self._check_cuda_graph()
         check_cublas_workspace("train.cublas_workspace", self.cublas_workspace)
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0; got {self.lr!r}")
@@ -383,6 +390,26 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be in [0, 1); got {getattr(self, name)!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+
+
+    def _check_cuda_graph(self) -> None:
+        if self.device == "cpu":
+            raise ConfigError("train.cuda_graph captures CUDA graphs; it needs train.device auto, cuda or cuda:N")
+        if self.optimizer != "adamw":
+            raise ConfigError(
+                f"train.cuda_graph needs train.optimizer adamw (its fused step runs inside the graph); got "
+                f"{self.optimizer!r}"
+            )
+        if self.precision == "fp16":
+            raise ConfigError(
+                "train.cuda_graph does not combine with train.precision fp16 (loss scaling reads a flag on the "
+                "host every step); use bf16, bf16-pure or fp32"
+            )
+        if self.compile and self.compile_mode == "reduce-overhead":
+            raise ConfigError(
+                "train.cuda_graph captures the whole step itself; with train.compile use compile_mode 'default' "
+                "or 'max-autotune-no-cudagraphs', not 'reduce-overhead' (CUDA graphs of its own)"
+            )
 
 
 @dataclass

@@ -20,7 +20,7 @@ from muse.layers.ffn import FFN
 from muse.layers.head import head_logits, lm_loss, make_head
 from muse.layers.norm import make_norm
 from muse.mixers import build_mixer
-from muse.ops._dispatch import fake
+from muse.ops._dispatch import check_range
 
 
 def make_embedding(cfg: ModelConfig) -> nn.Module:
@@ -88,19 +88,10 @@ class MuseLM(nn.Module):
     def _check_ids(self, idx: Tensor, offset: int = 0) -> None:
         if idx.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"token ids must be an integer tensor; got {idx.dtype}")
-        if idx.numel() and torch.compiler.is_compiling():
-            # traceable: no host sync, no graph break (int() would be both); raises when it runs
-            lo, hi = torch.aminmax(idx)
-            torch._assert_async((lo >= 0) & (hi < self.cfg.vocab_size),
-                                f"token ids must lie in the vocabulary [0, {self.cfg.vocab_size}) (model.vocab_size)")
-        elif idx.numel() and idx.device.type != "meta" and not fake(idx):
-            lo, hi = torch.aminmax(idx)
-            lo, hi = int(lo), int(hi)  # one host sync per forward
-            if lo < 0 or hi >= self.cfg.vocab_size:
-                raise ValueError(
-                    f"token id {hi if hi >= self.cfg.vocab_size else lo} "
-                    f"is outside the vocabulary [0, {self.cfg.vocab_size}) (model.vocab_size)"
-                )
+        V = self.cfg.vocab_size
+        check_range(idx, V, lambda lo, hi: f"token ids must lie in the vocabulary [0, {V}) (model.vocab_size)"
+                    if lo is None else f"token id {hi if hi >= V else lo} is outside the vocabulary [0, {V}) "
+                    "(model.vocab_size)")
         if self.max_context is not None and idx.size(-1) + offset > self.max_context:
             raise ValueError(f"sequence length {idx.size(-1) + offset} exceeds model.max_seq_len={self.max_context}")
 
@@ -114,7 +105,9 @@ class MuseLM(nn.Module):
         aux = None
         for block in self.blocks:
             if self.cfg.checkpointing and self.training and torch.is_grad_enabled():
-                x, a = checkpoint(block, x, use_reentrant=False)
+                # nothing random to replay without dropout; saving the CUDA RNG state would
+                # also be a host read that a captured step (train.cuda_graph) cannot make
+                x, a = checkpoint(block, x, use_reentrant=False, preserve_rng_state=self.cfg.dropout > 0)
             else:
                 x, a = block(x)
             if a is not None:

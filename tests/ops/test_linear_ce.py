@@ -77,6 +77,21 @@ def test_triton_matches_reference(shape, dtype, bias):
 
 
 @needs_triton
+def test_weight_gradient_splits_the_tokens():
+    """The weight-gradient kernel sums per-split partials once T is long enough (32-token splits
+    on the interpreter, >= 1024 on a GPU): the shapes above with T > 32 take that path."""
+    from muse.ops.linear_ce.triton_kernel import _token_split
+
+    x = torch.zeros(37, 19, device=DEVICE)
+    ts = _token_split(37, 101, x)
+    assert -(-37 // ts) > 1 if DEVICE == "cpu" else ts % 128 == 0
+    if DEVICE == "cuda":  # 2 splits of 1,152 tokens there
+        assert -(-2100 // _token_split(2100, 301, x)) == 2
+        for bias in (True, False):
+            check(2100, 301, 19, torch.float32, bias=bias)
+
+
+@needs_triton
 def test_strided_inputs_and_int32_targets():
     """A column slice as x and a transposed weight (the low-rank head's B^T), int32 targets."""
     x, w, b, t = make(29, 45, 20)

@@ -51,7 +51,7 @@ class FFN(nn.Module):
             return self._mlp(x)
         chunks = x.reshape(-1, x.size(-1)).split(c)  # views of (T, d), c rows each
         if torch.is_grad_enabled():
-            out = [checkpoint(self._mlp, xc, use_reentrant=False) for xc in chunks]
+            out = [checkpoint(self._mlp, xc, use_reentrant=False, preserve_rng_state=False) for xc in chunks]  # no RNG
         else:
             out = [self._mlp(xc) for xc in chunks]
         return torch.cat(out).view(*x.shape[:-1], -1)

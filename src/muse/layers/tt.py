@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from muse.ops._dispatch import assumes_cuda, fake, note_path
+from muse.ops._dispatch import assumes_cuda, check_range, fake, note_path
 from muse.ops.tt_gather import resolve_impl, shape_unsupported, tt_contract, tt_gather
 
 PHASES = ("none", "cos", "complex")
@@ -399,13 +399,8 @@ class TTMatrix(nn.Module):
 
     def _gather_rows(self, idx: Tensor) -> Tensor:
         flat = idx.reshape(-1).long()
-        if flat.numel() and torch.compiler.is_compiling():  # traceable: no host sync, no graph break
-            lo, hi = torch.aminmax(flat)
-            torch._assert_async((lo >= 0) & (hi < self.num_rows), f"idx values must lie in [0, {self.num_rows})")
-        elif flat.numel() and not fake(flat):
-            lo, hi = torch.aminmax(flat)
-            if bool((lo < 0) | (hi >= self.num_rows)):  # one host sync, as the torch path's unique
-                raise ValueError(f"idx values must lie in [0, {self.num_rows}); got min {int(lo)}, max {int(hi)}")
+        R = self.num_rows
+        check_range(flat, R, lambda lo, hi: f"idx values must lie in [0, {R})" + ("" if lo is None else f"; got min {lo}, max {hi}"))
         dtype, dev = self.cores[0].dtype, flat.device.type
         if assumes_cuda(flat) and torch.is_autocast_enabled(dev) and dtype == torch.float32:
             dtype = torch.get_autocast_dtype(dev)  # as the torch path's bmm under autocast

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import gc
 import math
 import os
@@ -40,6 +41,7 @@ import torch
 
 from muse.config import OPTIMIZERS, PRECISIONS, Config, ConfigError
 from muse.memory.budget import fmt_bytes
+from muse.train.graph import WARMUP_STEPS
 from muse.train.optim import OFFLOAD_MIN_NUMEL  # torchao's minimal_size: smaller tensors stay on the GPU
 
 MODES = ("train", "fwdbwd", "infer")
@@ -107,6 +109,7 @@ def plan_config(cfg: Config, plan: StepPlan) -> Config:
         cfg.train.grad_accum = 1  # a memory step has no accumulation; the trainer enforces it
     if plan.checkpointing is not None:
         cfg.model.checkpointing = plan.checkpointing
+    cfg.train.__post_init__()  # the plan's optimizer and precision must suit the rest (train.cuda_graph)
     return cfg
 
 
@@ -223,6 +226,31 @@ def _step(model, opt, autocast, idx: torch.Tensor, mode: str) -> int:
     else:
         model.zero_grad(set_to_none=True)
     return grads
+
+
+def _captured(model, opt, autocast, idx: torch.Tensor, device: torch.device):
+    """The training step as the trainer runs it under ``train.cuda_graph``: eager warm-up steps,
+    then one CUDA-graph replay per call; returns a callable giving the gradient bytes."""
+    from muse.train.graph import CapturedStep, make_capturable
+
+    def update(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            out = model(x, y)
+            loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    make_capturable(opt, device)
+    run = CapturedStep(update, lambda: opt.zero_grad(set_to_none=True))
+    x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
+
+    def step() -> int:
+        run(x, y)
+        # eager warm-up steps zero their gradients; once captured, they live in the graph's pool
+        return tensor_bytes(p.grad for p in model.parameters() if p.grad is not None) if run.captured else 0
+
+    return step
 
 
 def kernel_paths(model, autocast, idx: torch.Tensor) -> dict[str, list[str]]:
@@ -349,8 +377,11 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
         paths = kernel_paths(model, autocast, idx)
         if cfg.train.compile:  # as the trainer runs it; the warm-up steps compile
             model = torch.compile(model, mode=cfg.train.compile_mode)
-        for _ in range(warmup):
-            grads = _step(model, opt, autocast, idx, plan.mode)
+        step = functools.partial(_step, model, opt, autocast, idx, plan.mode)
+        if cfg.train.cuda_graph and plan.mode == "train":
+            step, warmup = _captured(model, opt, autocast, idx, device), max(warmup, WARMUP_STEPS + 1)
+        for _ in range(warmup):  # a captured step: its eager warm-up steps, then the capture
+            grads = step()
         state = optimizer_state_bytes(opt) if opt is not None else 0
         torch.cuda.synchronize(device)
         # between steps nothing but parameters, optimizer state and library workspaces is alive
@@ -362,7 +393,7 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
         torch.cuda.reset_peak_memory_stats(device)
         for _ in range(steps):
             t0 = time.perf_counter()
-            _step(model, opt, autocast, idx, plan.mode)
+            step()
             torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)
     except torch.OutOfMemoryError as e:
@@ -379,7 +410,8 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
                   workspace, cublas)
     out["tokens_per_s"] = plan.batch * plan.seq / statistics.median(times) if times else None
     out["compile"] = cfg.train.compile_mode if cfg.train.compile else None
-    if cfg.train.compile and cfg.train.compile_mode in CUDA_GRAPH_MODES:
+    out["cuda_graph"] = cfg.train.cuda_graph and plan.mode == "train"
+    if out["cuda_graph"] or (cfg.train.compile and cfg.train.compile_mode in CUDA_GRAPH_MODES):
         # replaying a CUDA graph allocates nothing: its temporaries live in a private pool that
         # max_memory_allocated stops counting once the capture is over, so no peak is reported
         out.update(peak=None, activations=None, peak_note=CUDA_GRAPH_NOTE)
@@ -403,6 +435,9 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
 
 def run(cfg: Config, plan: StepPlan, budget: int | None = None, device: str = "auto") -> dict:
     """Measure where CUDA is available (or asked for), estimate otherwise."""
+    if cfg.train.cuda_graph:
+        raise ConfigError("train.cuda_graph replays a captured step, whose memory max_memory_allocated does not "
+                          "see; measure with train.cuda_graph false (the step allocates the same tensors)")
     if cfg.train.compile and cfg.train.compile_mode in CUDA_GRAPH_MODES:
         raise ConfigError(f"train.compile_mode {cfg.train.compile_mode!r} replays CUDA graphs, whose memory "
                           "max_memory_allocated does not see; measure with compile_mode 'default' or "

@@ -31,8 +31,8 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
 __all__ = [
-    "absent", "abstract", "assume_cuda", "assumes_cuda", "contiguous", "define_op", "fake", "note_path", "present",
-    "record_paths", "use_op",
+    "absent", "abstract", "assume_cuda", "assumes_cuda", "check_range", "contiguous", "define_op", "fake",
+    "no_host_sync", "note_path", "present", "record_paths", "use_op",
 ]
 
 _assume_cuda = False
@@ -85,6 +85,32 @@ def fake(x: Tensor) -> bool:
     return not _is_compiling() and is_fake(x)
 
 
+def no_host_sync() -> bool:
+    """True while compiling or capturing a CUDA graph (``train.cuda_graph``): code then must not
+    read a device value on the host (a graph break, or an error that aborts the capture)."""
+    return _is_compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
+def check_range(ids: Tensor, size: int, error: Callable[[int | None, int | None], str]) -> None:
+    """Raise ``ValueError(error(lo, hi))`` unless every value of ``ids`` lies in [0, size).
+
+    Eagerly that is one host sync. Where no sync is allowed (``no_host_sync``) the check runs
+    on the device with the message ``error(None, None)`` (``torch._assert_async``: the step
+    fails when it runs, as an out-of-range gather would make it fail anyway, but never
+    silently). Fake and meta tensors have no values to check."""
+    if not ids.numel():
+        return
+    if no_host_sync():
+        lo, hi = torch.aminmax(ids)
+        torch._assert_async((lo >= 0) & (hi < size), error(None, None))
+        return
+    if ids.is_meta or fake(ids):
+        return
+    lo, hi = (int(v) for v in torch.aminmax(ids))  # one host sync
+    if lo < 0 or hi >= size:
+        raise ValueError(error(lo, hi))
+
+
 def assumes_cuda(x: Tensor) -> bool:
     """x is a CUDA tensor, or a fake tensor while ``assume_cuda()`` is active."""
     return x.is_cuda or (_assume_cuda and fake(x))
@@ -124,6 +150,11 @@ def present(out: tuple, flags: Sequence[bool]) -> tuple:
     return tuple(t if keep else None for t, keep in zip(out, flags))
 
 
+# flexible_layout: Inductor hands the launchers its tensors as they are. Its default for custom
+# ops (needs_exact_strides) copied the column slices of the mixer's fused projection into fresh
+# buffers before every scan, forward and backward; the launchers take such slices as they are
+# and copy only what their kernels cannot read (see define_op).
+_TAGS = (torch.Tag.pt2_compliant_tag,) + ((torch.Tag.flexible_layout,) if hasattr(torch.Tag, "flexible_layout") else ())
 _LIB = torch.library.Library("muse", "FRAGMENT")  # a fragment: other modules may define muse:: ops too
 
 
@@ -141,7 +172,7 @@ def define_op(name: str, schema: str, launcher: Callable, fake: Callable, placeh
     dtype/device the (0,) placeholder takes (``absent``); the launcher returns None there and
     the registered kernel fills in the placeholder (the fake must return the same ``absent``).
     """
-    _LIB.define(name + schema, tags=(torch.Tag.pt2_compliant_tag,))
+    _LIB.define(name + schema, tags=_TAGS)
 
     def filled(*args):
         out = launcher(*args)

@@ -27,6 +27,7 @@ from muse.runtime import apply_cublas_workspace, autocast_context, init_distribu
 from muse.train.checkpoint import (
     load_checkpoint, read_file, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
+from muse.train.graph import CapturedStep, make_capturable
 from muse.train.optim import (
     build_optimizer, build_scheduler, check_offload_device, clip_grad_norm, is_offloaded, load_optimizer_state,
     sync_offloaded_params,
@@ -36,7 +37,7 @@ from muse.train.optim import (
 RESUMABLE_TRAIN_KEYS = {
     "max_steps", "max_tokens", "max_minutes", "eval_every", "eval_tokens", "log_every", "progress",
     "tensorboard", "wandb", "out_dir", "device", "compile", "compile_mode",
-    "cublas_workspace",
+    "cuda_graph", "cublas_workspace",
 }
 
 
@@ -75,6 +76,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         apply_cublas_workspace(tc.cublas_workspace)  # before anything touches CUDA
         self.dist, self.device = init_distributed(tc.device)
+        if tc.cuda_graph and (self.device.type != "cuda" or self.dist.world_size > 1):
+            where = f"{self.dist.world_size} processes" if self.device.type == "cuda" else f"device {self.device}"
+            raise ConfigError(f"train.cuda_graph needs a single CUDA device; this run has {where}")
         if tc.optimizer == "adamw-offload":  # fail before the data is prepared
             check_offload_device(self.device.type)
             if self.dist.world_size > 1:
@@ -138,6 +142,10 @@ class Trainer:
             self.train_model = DDP(self.model, device_ids=ids)
         if tc.compile:
             self.train_model = torch.compile(self.train_model, mode=tc.compile_mode)
+        self._captured = None
+        if tc.cuda_graph:
+            make_capturable(self.optimizer, self.device)  # after loading state: that restores float LRs
+            self._captured = CapturedStep(self._update, lambda: self.optimizer.zero_grad(set_to_none=True))
         self.sampler = BatchSampler(
             self.data.tokens["train"], tc.batch_size, cfg.seq_len, tc.seed, self.dist.rank, self.dist.world_size
         )
@@ -227,16 +235,32 @@ class Trainer:
     def train_step(self) -> torch.Tensor:
         """One optimizer step; returns the mean loss as a device tensor (read later, in batches,
         so the GPU is not synchronised every step)."""
+        accum = self.cfg.train.grad_accum
+        micro = [self.sampler.get(self.step * accum + i) for i in range(accum)]
+        x = torch.stack([m[0] for m in micro]).to(self.device, non_blocking=True)  # (accum, B, N)
+        y = torch.stack([m[1] for m in micro]).to(self.device, non_blocking=True)
+        if self._captured is not None:
+            loss = self._captured(x, y)  # eager warm-up steps, then one CUDA-graph replay per step
+        else:
+            loss = self._update(x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        self.tokens += self.tokens_per_step
+        return loss
+
+    def _update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward and backward over the micro-batches x[i], y[i] (accum, B, N), clipping and the
+        optimizer step; leaves the gradients in place. No host syncs (``train.cuda_graph``
+        captures it) except fp16 loss scaling's, which that config refuses."""
         tc, accum = self.cfg.train, self.cfg.train.grad_accum
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(accum):
-            x, y = self.sampler.get(self.step * accum + micro)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             sync = contextlib.nullcontext()
             if self.dist.world_size > 1 and micro < accum - 1:
                 sync = self.train_model.no_sync()  # all-reduce gradients once per step
             with sync, self.autocast:
-                out = self.train_model(x, y)
+                out = self.train_model(x[micro], y[micro])
                 loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
             self.scaler.scale(loss / accum).backward()
             loss_sum += out.loss.detach().float()
@@ -245,10 +269,6 @@ class Trainer:
             clip_grad_norm(self.model, self.optimizer, tc.grad_clip)  # host-side gradients too (adamw-offload)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.step += 1
-        self.tokens += self.tokens_per_step
         return loss_sum / accum
 
     def _read_losses(self, pending: list[torch.Tensor]) -> list[float]:

@@ -178,18 +178,20 @@ if HAS_TRITON:
     )
     @triton.jit
     def _dw_kernel(
-        x, w, b, tgt, lse, dloss, dw, db, T, V, K, sxt, sxk, swv, swk, sdv, sdk, IGNORE,
+        x, w, b, tgt, lse, dloss, dw, db, T, V, K, TS, sxt, sxk, swv, swk, sdv, sdk, sds, IGNORE,
         BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr, KG: tl.constexpr,
         HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
     ):
-        """dw[cols, group] = sum over the tokens of dz^T (BV, BM) @ x[rows, group] (BM, KG);
-        db[cols] = the column sums of dz (written by the programs of group 0)."""
-        i_v, i_g = tl.program_id(0), tl.program_id(1)
+        """dw[s, cols, group] = sum over split s's tokens [s*TS, (s+1)*TS) of dz^T (BV, BM) @
+        x[rows, group] (BM, KG); db[s, cols] = the column sums of dz (written by the programs of
+        group 0). sds: the split stride of dw (and V of db); 0 with one split."""
+        i_v, i_g, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         cols = (i_v * BV + tl.arange(0, BV)).to(tl.int64)
         kg = (i_g * KG + tl.arange(0, KG)).to(tl.int64)
         acc = tl.zeros((BV, KG), dtype=lse.dtype.element_ty)
         acc_b = tl.zeros((BV,), dtype=lse.dtype.element_ty)
-        for t0 in range(0, T, BM):
+        dw += i_s.to(tl.int64) * sds
+        for t0 in range(i_s * TS, tl.minimum(i_s * TS + TS, T), BM):
             rows = (t0 + tl.arange(0, BM)).to(tl.int64)
             t, lse_r, g = _row_stats(tgt, lse, dloss, rows, T, IGNORE)
             z = _logits_tile(x, w, b, lse, rows, cols, T, V, K, sxt, sxk, swv, swk, BM, BV, BK, HAS_BIAS, PREC)
@@ -203,7 +205,7 @@ if HAS_TRITON:
                  mask=(cols[:, None] < V) & (kg[None, :] < K))
         if HAS_BIAS:
             if i_g == 0:
-                tl.store(db + cols, acc_b.to(db.dtype.element_ty), mask=cols < V)
+                tl.store(db + (sds > 0) * i_s.to(tl.int64) * V + cols, acc_b.to(db.dtype.element_ty), mask=cols < V)
 
 
 def _precision(dtype: torch.dtype) -> str | None:
@@ -238,6 +240,19 @@ def _vocab_splits(T: int, V: int, x: Tensor) -> int:
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     want = _cdiv(2 * _sm_count(index), _cdiv(T, 128))
     return max(1, min(want, _cdiv(V, 1024)))
+
+
+def _token_split(T: int, V: int, x: Tensor) -> int:
+    """Tokens per split of the weight-gradient kernel (a multiple of 128, so of every BM): its
+    programs tile the vocabulary only (V / BV of them: ~160 at V = 10K, one wave on an H100,
+    each looping over all T tokens), so long inputs are split until there are ~4 per SM, each
+    split keeping >= 1024 tokens. Splits of 32 tokens under the interpreter (the tests cover
+    the sum of partials)."""
+    if not x.is_cuda:
+        return 32 if _interpreting() else max(T, 1)
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    ns = max(1, min(_cdiv(4 * _sm_count(index), _cdiv(V, 128)), T // 1024))
+    return _cdiv(_cdiv(T, ns), 128) * 128
 
 
 def ce_forward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor) -> tuple[Tensor, Tensor]:
@@ -279,11 +294,21 @@ def ce_backward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor, lse: Tensor
     if need_dw:
         dw = torch.empty_like(w)  # w's strides: the gradient of a transposed view is contiguous
         db = torch.empty_like(b) if b is not None else None
-        grid = lambda meta: (triton.cdiv(V, meta["BV"]), triton.cdiv(K, meta["KG"]))  # noqa: E731
+        TS = _token_split(T, V, x)
+        ns = _cdiv(T, TS)
+        # one split writes dw (and db) directly; more write fp32 partials (ns, V, K), summed below
+        dw_p = dw if ns == 1 else torch.empty(ns, V, K, device=x.device, dtype=lse.dtype)
+        db_p = db if ns == 1 or b is None else torch.empty(ns, V, device=x.device, dtype=lse.dtype)
+        sdv, sdk = (dw.stride(0), dw.stride(1)) if ns == 1 else (K, 1)
+        grid = lambda meta: (triton.cdiv(V, meta["BV"]), triton.cdiv(K, meta["KG"]), ns)  # noqa: E731
         _dw_kernel[grid](
-            x, w, b, tgt, lse, dloss, dw, db, T, V, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
-            dw.stride(0), dw.stride(1), ignore_index, **common,
+            x, w, b, tgt, lse, dloss, dw_p, db_p, T, V, K, TS, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+            sdv, sdk, V * K if ns > 1 else 0, ignore_index, **common,
         )
+        if ns > 1:
+            dw.copy_(dw_p.sum(0))
+            if b is not None:
+                db.copy_(db_p.sum(0))
     return dx, dw, db
 
 
