@@ -323,19 +323,20 @@ def mixers_table() -> str:
     return mixers_markdown(runs[0]) if runs else "_No GPU run recorded yet._"
 
 
-def throughput_table() -> str:
-    runs = _load("train_throughput-gpu.json")
-    return throughput_markdown(runs[0]) if runs else "_No GPU run recorded yet._"
-
-
-def throughput_compiled_table() -> str:
-    runs = _load("train_throughput-compile-reduce-overhead-gpu.json")
-    return throughput_markdown(runs[0]) if runs else "_No compiled GPU run recorded yet._"
+def _throughput(results: str):
+    """The table of one train_throughput variant's results file."""
+    def table() -> str:
+        runs = _load(results)
+        return throughput_markdown(runs[0]) if runs else "_No GPU run recorded yet._"
+    return table
 
 
 TABLES = {"params-table": params_table, "train-eval-table": train_eval_table, "memory-table": memory_table,
-          "mixers-table": mixers_table, "throughput-table": throughput_table,
-          "throughput-compiled-table": throughput_compiled_table, "lowrank-ffn-table": lowrank_ffn_table}
+          "mixers-table": mixers_table, "throughput-table": _throughput("train_throughput-gpu.json"),
+          "throughput-compiled-table": _throughput("train_throughput-compile-reduce-overhead-gpu.json"),
+          "throughput-graph-table": _throughput("train_throughput-compile-default-cudagraph-gpu.json"),
+          "throughput-eager-graph-table": _throughput("train_throughput-cudagraph-gpu.json"),
+          "lowrank-ffn-table": lowrank_ffn_table}
 OPTIONAL: set[str] = set()  # tables rendered only where README.md has their markers
 
 

@@ -126,10 +126,17 @@ def test_no_default_output_off_cuda(capsys):
     assert "not on CUDA" in capsys.readouterr().err
 
 
+def test_cuda_graph_needs_cuda(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("the refusal applies off CUDA")
+    assert _script("train_throughput").main(["--cuda-graph", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert "--cuda-graph measures GPU steps" in capsys.readouterr().err
+
+
 def test_readme_tables_from_results(mixers_result, throughput_result, tmp_path, monkeypatch):
     tables = _script("readme_tables")
     monkeypatch.setattr(tables, "RESULTS", tmp_path)
-    assert tables.mixers_table() == tables.throughput_table() == "_No GPU run recorded yet._"
+    assert tables.mixers_table() == tables.TABLES["throughput-table"]() == "_No GPU run recorded yet._"
     # the tables read the -gpu names; feed them this run's files
     (tmp_path / "mixers-gpu.json").write_text((mixers_result / "mixers-cpu.json").read_text())
     (tmp_path / "train_throughput-gpu.json").write_text((throughput_result / "train_throughput-cpu.json").read_text())

@@ -63,6 +63,13 @@ def test_capturable_lr_is_a_tensor_the_schedule_fills_in_place():
     assert all(isinstance(g["lr"], torch.Tensor) and float(g["lr"]) == pytest.approx(1e-4) for g in opt.param_groups)
 
 
+def test_make_capturable_refuses_other_optimizers():
+    # torchao's AdamW8bit under a capture trained wrongly and silently (H100, d3fb7a2): refused
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="needs torch.optim.AdamW"):
+        make_capturable(opt, torch.device("cpu"))
+
+
 def test_captured_step_checks_its_arguments():
     with pytest.raises(ValueError, match="warmup must be >= 1"):
         CapturedStep(lambda: None, lambda: None, warmup=0)
@@ -93,7 +100,7 @@ def _model_and_opt(preset: str, over: dict, capturable: bool):
 
 SMALL = {"model.d_model": 64, "model.n_layers": 2, "model.n_heads": 4, "model.vocab_size": 512,
          "model.max_seq_len": 96, "train.seq_len": 96, "train.grad_clip": 1.0, "train.warmup_steps": 0,
-         "train.lr": 1e-2}
+         "train.lr": 1e-2, "train.optimizer": "adamw", "train.precision": "fp32"}
 
 
 @gpu
@@ -138,10 +145,18 @@ def test_captured_training_equals_eager_training(preset, extra):
     eager_losses, eager_params = train(False)
     graph_losses, graph_params = train(True)
     assert all(math.isfinite(v) for v in graph_losses)
-    assert graph_losses == pytest.approx(eager_losses, rel=1e-4)  # same kernels, same order
-    for a, b in zip(eager_params, graph_params):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     assert graph_losses[-1] < graph_losses[0]  # it learns
+    # The same kernels run in the same order, so the two agree as closely as two eager runs do.
+    # Kernels that add with atomics (the TT gather's backward) reorder sums from run to run, and
+    # AdamW's first steps turn any difference in a near-zero gradient into a ±lr update, so for
+    # them that spread is not zero: it is measured, not assumed.
+    again, _ = train(False)
+    spread = max(abs(a - b) / abs(b) for a, b in zip(again, eager_losses))
+    assert graph_losses[:WARMUP_STEPS + 1] == pytest.approx(eager_losses[:WARMUP_STEPS + 1], rel=1e-4 + 3 * spread)
+    assert graph_losses == pytest.approx(eager_losses, rel=1e-4 + 3 * spread)
+    if spread == 0:
+        for a, b in zip(eager_params, graph_params):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
 @gpu

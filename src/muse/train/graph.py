@@ -41,6 +41,10 @@ WARMUP_STEPS = 3
 def make_capturable(opt: torch.optim.Optimizer, device: torch.device) -> None:
     """Make a ``torch.optim.AdamW`` safe to capture: ``capturable`` set and each group's ``lr`` a
     0-d tensor on ``device`` (call after loading a checkpoint's state: that restores float LRs)."""
+    if type(opt) is not torch.optim.AdamW:
+        # others (torchao's 8-bit AdamW compiles its own per-parameter steps) would be captured
+        # with whatever they keep on the host frozen in, and train wrongly without an error
+        raise ValueError(f"train.cuda_graph needs torch.optim.AdamW (train.optimizer adamw); got {type(opt).__name__}")
     for group in opt.param_groups:
         group["capturable"] = True
         lr = group["lr"]
