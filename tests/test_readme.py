@@ -20,12 +20,7 @@ def test_readme_tables_match_results():
 
 def test_tables_are_rendered_from_json_not_typed():
     mod = _tables()
-    blank = "<!-- params-table:start -->\nstale\n<!-- params-table:end -->\n" \
-            "<!-- train-eval-table:start -->\n<!-- train-eval-table:end -->\n" \
-            "<!-- memory-table:start -->\n<!-- memory-table:end -->\n" \
-            "<!-- mixers-table:start -->\n<!-- mixers-table:end -->\n" \
-            "<!-- throughput-table:start -->\n<!-- throughput-table:end -->\n" \
-            "<!-- throughput-compiled-table:start -->\n<!-- throughput-compiled-table:end -->\n" \
-            "<!-- lowrank-ffn-table:start -->\n<!-- lowrank-ffn-table:end -->\n"
+    blank = "".join(f"<!-- {name}:start -->\n{'stale' if name == 'params-table' else ''}\n<!-- {name}:end -->\n"
+                    for name in mod.TABLES)
     out = mod.render(blank)
     assert "stale" not in out and "`xxl-100b`" in out and "`baseline`" in out and "`triton` ms" in out
