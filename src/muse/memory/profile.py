@@ -208,6 +208,13 @@ def _build(cfg: Config, plan: StepPlan, device: torch.device):
     return model, opt
 
 
+def _loss(model, autocast, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training objective of one forward: the loss plus the auxiliary loss, if any."""
+    with autocast:
+        out = model(x, y)
+        return out.loss if out.aux_loss is None else out.loss + out.aux_loss
+
+
 def _step(model, opt, autocast, idx: torch.Tensor, mode: str) -> int:
     """One step; returns the gradient bytes it produced (0 for inference)."""
     x, y = idx[:, :-1], idx[:, 1:]
@@ -215,10 +222,7 @@ def _step(model, opt, autocast, idx: torch.Tensor, mode: str) -> int:
         with torch.no_grad(), autocast:
             model(x, y)
         return 0
-    with autocast:
-        out = model(x, y)
-        loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
-    loss.backward()
+    _loss(model, autocast, x, y).backward()
     grads = tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
     if opt is not None:
         opt.step()
@@ -234,9 +238,7 @@ def _captured(model, opt, autocast, idx: torch.Tensor, device: torch.device):
     from muse.train.graph import CapturedStep, make_capturable
 
     def update(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with autocast:
-            out = model(x, y)
-            loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
+        loss = _loss(model, autocast, x, y)
         loss.backward()
         opt.step()
         return loss.detach()

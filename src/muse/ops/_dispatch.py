@@ -85,10 +85,11 @@ def fake(x: Tensor) -> bool:
     return not _is_compiling() and is_fake(x)
 
 
-def no_host_sync() -> bool:
-    """True while compiling or capturing a CUDA graph (``train.cuda_graph``): code then must not
-    read a device value on the host (a graph break, or an error that aborts the capture)."""
-    return _is_compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+def no_host_sync(x: Tensor) -> bool:
+    """True while compiling, or while a CUDA graph is being captured (``train.cuda_graph``) for
+    a CUDA tensor ``x``: code then must not read a device value on the host (a graph break, or
+    an error that aborts the capture). Per forward on the eager path: no device-count query."""
+    return _is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def check_range(ids: Tensor, size: int, error: Callable[[int | None, int | None], str]) -> None:
@@ -98,13 +99,11 @@ def check_range(ids: Tensor, size: int, error: Callable[[int | None, int | None]
     on the device with the message ``error(None, None)`` (``torch._assert_async``: the step
     fails when it runs, as an out-of-range gather would make it fail anyway, but never
     silently). Fake and meta tensors have no values to check."""
-    if not ids.numel():
+    if not ids.numel() or ids.is_meta or fake(ids):  # fake() is False while compiling
         return
-    if no_host_sync():
+    if no_host_sync(ids):  # a real CUDA tensor here, so CUDA is there to ask
         lo, hi = torch.aminmax(ids)
         torch._assert_async((lo >= 0) & (hi < size), error(None, None))
-        return
-    if ids.is_meta or fake(ids):
         return
     lo, hi = (int(v) for v in torch.aminmax(ids))  # one host sync
     if lo < 0 or hi >= size:
