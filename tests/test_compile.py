@@ -52,3 +52,19 @@ def test_preset_compiles_to_one_graph(gpu_dispatch, preset):
     breaks = [f"{b.reason.splitlines()[0]} at {b.user_stack[-1].filename}:{b.user_stack[-1].lineno}"
               for b in ex.break_reasons if b.user_stack]
     assert ex.graph_break_count == 0 and ex.graph_count == 1, breaks
+
+
+def test_compile_model_keeps_the_mode_and_turns_padding_off(monkeypatch):
+    """``muse.runtime.compile_model``: the mode's own Inductor options plus MUSE's (padding off:
+    a padded fused-projection output costs cuBLASLt its bias epilogue), as one options dict."""
+    import torch._inductor as inductor
+
+    from muse import runtime
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: seen.append(kw) or model)
+    for mode in (None, "default", "reduce-overhead", "max-autotune"):
+        runtime.compile_model(torch.nn.Linear(2, 2), mode)
+        assert set(seen[-1]) == {"options"}
+        assert seen[-1]["options"] == {**inductor.list_mode_options(mode), "comprehensive_padding": False}
+    assert seen[2]["options"]["triton.cudagraphs"] is True

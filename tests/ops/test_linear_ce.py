@@ -92,6 +92,24 @@ def test_weight_gradient_splits_the_tokens():
 
 
 @needs_triton
+def test_input_gradient_splits_the_vocabulary():
+    """The input-gradient kernel sums per-split fp32 partials once V is wide enough and K narrow
+    (128-column splits on the interpreter; on a GPU up to ~4 programs per SM, none from K = 256)."""
+    from muse.ops.linear_ce.triton_kernel import _dx_vocab_split
+
+    x = torch.zeros(37, 19, device=DEVICE)
+    if DEVICE == "cpu":
+        assert -(-300 // _dx_vocab_split(37, 300, 19, x)) == 3
+        for bias in (True, False):
+            check(37, 300, 19, torch.float32, bias=bias)
+    else:
+        assert _dx_vocab_split(2100, 4096, 512, x) >= 4096  # wide K: one split
+        assert -(-4096 // _dx_vocab_split(2100, 4096, 19, x)) == 4
+        for bias in (True, False):
+            check(2100, 4096, 19, torch.float32, bias=bias)
+
+
+@needs_triton
 def test_strided_inputs_and_int32_targets():
     """A column slice as x and a transposed weight (the low-rank head's B^T), int32 targets."""
     x, w, b, t = make(29, 45, 20)

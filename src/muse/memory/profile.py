@@ -342,7 +342,7 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
     run (warm-up included): ``status`` is PASS only if every step completed, FAIL (with the peak
     reached) on out-of-memory.
     """
-    from muse.runtime import apply_cublas_workspace, autocast_context
+    from muse.runtime import apply_cublas_workspace, autocast_context, compile_model
 
     device = torch.device(device)
     if device.type != "cuda":
@@ -378,7 +378,7 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
         idx = torch.randint(0, cfg.model.vocab_size, (plan.batch, plan.seq + 1), device=device)
         paths = kernel_paths(model, autocast, idx)
         if cfg.train.compile:  # as the trainer runs it; the warm-up steps compile
-            model = torch.compile(model, mode=cfg.train.compile_mode)
+            model = compile_model(model, cfg.train.compile_mode)
         step = functools.partial(_step, model, opt, autocast, idx, plan.mode)
         if cfg.train.cuda_graph and plan.mode == "train":
             step, warmup = _captured(model, opt, autocast, idx, device), max(warmup, WARMUP_STEPS + 1)

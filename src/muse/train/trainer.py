@@ -23,7 +23,7 @@ from muse.config import Config, ConfigError, from_dict, to_dict
 from muse.data import BatchSampler, Tokenizer, prepare_data
 from muse.evaluate import total_nll
 from muse.model import build_model
-from muse.runtime import apply_cublas_workspace, autocast_context, init_distributed
+from muse.runtime import apply_cublas_workspace, autocast_context, compile_model, init_distributed
 from muse.train.checkpoint import (
     load_checkpoint, read_file, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
@@ -141,7 +141,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DDP(self.model, device_ids=ids)
         if tc.compile:
-            self.train_model = torch.compile(self.train_model, mode=tc.compile_mode)
+            self.train_model = compile_model(self.train_model, tc.compile_mode)
         self._captured = None
         if tc.cuda_graph:
             make_capturable(self.optimizer, self.device)  # after loading state: that restores float LRs

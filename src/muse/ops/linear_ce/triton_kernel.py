@@ -152,17 +152,19 @@ if HAS_TRITON:
     )
     @triton.jit
     def _dx_kernel(
-        x, w, b, tgt, lse, dloss, dx, T, V, K, sxt, sxk, swv, swk, sdt, sdk, IGNORE,
+        x, w, b, tgt, lse, dloss, dx, T, V, K, VS, sxt, sxk, swv, swk, sdt, sdk, sds, IGNORE,
         BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr, KG: tl.constexpr,
         HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
     ):
-        """dx[rows, group] = sum over the vocabulary of dz (BM, BV) @ w[cols, group] (BV, KG)."""
-        i_m, i_g = tl.program_id(0), tl.program_id(1)
+        """dx[s, rows, group] = sum over split s's vocabulary [s*VS, (s+1)*VS) of dz (BM, BV) @
+        w[cols, group] (BV, KG). sds: the split stride of dx; 0 with one split."""
+        i_m, i_g, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         rows = (i_m * BM + tl.arange(0, BM)).to(tl.int64)
         kg = (i_g * KG + tl.arange(0, KG)).to(tl.int64)
         t, lse_r, g = _row_stats(tgt, lse, dloss, rows, T, IGNORE)
         acc = tl.zeros((BM, KG), dtype=lse.dtype.element_ty)
-        for v0 in range(0, V, BV):
+        dx += i_s.to(tl.int64) * sds
+        for v0 in range(i_s * VS, tl.minimum(i_s * VS + VS, V), BV):
             cols = (v0 + tl.arange(0, BV)).to(tl.int64)
             z = _logits_tile(x, w, b, lse, rows, cols, T, V, K, sxt, sxk, swv, swk, BM, BV, BK, HAS_BIAS, PREC)
             dz = _dlogits(z, cols, t, lse_r, g)  # (BM, BV)
@@ -255,6 +257,21 @@ def _token_split(T: int, V: int, x: Tensor) -> int:
     return _cdiv(_cdiv(T, ns), 128) * 128
 
 
+def _dx_vocab_split(T: int, V: int, K: int, x: Tensor) -> int:
+    """Vocabulary columns per split of the input-gradient kernel (a multiple of 128, so of every
+    BV). Its programs tile the tokens only (T / BM: 128 at T = 16K, one per SM), each looping over
+    all V columns; with a narrow K (a low-rank head's r) each step is light and those programs are
+    latency-bound, so the vocabulary is split until there are ~4 per SM. A split's fp32 partial
+    costs T·K·4 bytes, so wider K splits less (none from K = 256 up: there the work per program
+    already hides the latency). Splits of 128 columns under the interpreter (the tests cover the
+    sum of partials)."""
+    if not x.is_cuda:
+        return 128 if _interpreting() else max(V, 1)
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    ns = max(1, min(_cdiv(4 * _sm_count(index), _cdiv(T, 128)), V // 1024, 256 // max(K, 1)))
+    return _cdiv(_cdiv(V, ns), 128) * 128
+
+
 def ce_forward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor) -> tuple[Tensor, Tensor]:
     """Forward launcher (``muse::linear_ce_fwd``): per-token lse (T,) and target logit (T,) in
     the accumulation dtype, from contiguous targets."""
@@ -286,11 +303,18 @@ def ce_backward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor, lse: Tensor
     dx = dw = db = None
     if need_dx:
         dx = torch.empty_like(x)
-        grid = lambda meta: (triton.cdiv(T, meta["BM"]), triton.cdiv(K, meta["KG"]))  # noqa: E731
+        VS = _dx_vocab_split(T, V, K, x)
+        ns = _cdiv(V, VS)
+        # one split writes dx directly; more write fp32 partials (ns, T, K), summed below
+        dx_p = dx if ns == 1 else torch.empty(ns, T, K, device=x.device, dtype=lse.dtype)
+        sdt, sdk = (dx.stride(0), dx.stride(1)) if ns == 1 else (K, 1)
+        grid = lambda meta: (triton.cdiv(T, meta["BM"]), triton.cdiv(K, meta["KG"]), ns)  # noqa: E731
         _dx_kernel[grid](
-            x, w, b, tgt, lse, dloss, dx, T, V, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
-            dx.stride(0), dx.stride(1), ignore_index, **common,
+            x, w, b, tgt, lse, dloss, dx_p, T, V, K, VS, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+            sdt, sdk, T * K if ns > 1 else 0, ignore_index, **common,
         )
+        if ns > 1:
+            dx.copy_(dx_p.sum(0))
     if need_dw:
         dw = torch.empty_like(w)  # w's strides: the gradient of a transposed view is contiguous
         db = torch.empty_like(b) if b is not None else None

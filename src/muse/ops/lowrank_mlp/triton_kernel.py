@@ -50,8 +50,17 @@ MAX_RANK = 128  # R and S above this: a (BT, R) tile and its accumulators no lon
 if HAS_TRITON:
 
     @triton.jit
-    def _gelu(h):
-        """gelu_tanh(h) = h·σ(2u), u = √(2/π)(h + 0.044715 h³), and its derivative."""
+    def _gelu(h, FAST: tl.constexpr):
+        """gelu_tanh(h) = h·σ(2u), u = √(2/π)(h + 0.044715 h³), and its derivative. FAST (16-bit
+        inputs): through the MUFU tanh (relative error 2^-11, below bf16/fp16 rounding), half the
+        ALU work of the exact form, which bounds these kernels at d = 512, r = 32."""
+        if FAST:
+            h2 = h * h
+            t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f",
+                                          [h * (0.7978845608028654 + 0.035677408136300125 * h2)],
+                                          dtype=tl.float32, is_pure=True, pack=1)
+            hh = 0.5 * h
+            return hh + hh * t, 0.5 + 0.5 * t + hh * (1.0 - t * t) * (0.7978845608028654 + 0.10703222440890037 * h2)
         u2 = 1.5957691216057308 * (h + 0.044715 * h * h * h)  # 2u
         s = 1.0 / (1.0 + tl.exp(-u2))
         g = h * s
@@ -77,7 +86,8 @@ if HAS_TRITON:
     @triton.autotune(configs=_configs(_CFG, _INTERP), key=["R", "H", "S", "HAS_B", "NSPLIT"])
     @triton.jit
     def _fwd_kernel(a, wu, bu, wd, c_p, T, R, H, S, NSPLIT, BR: tl.constexpr, BS: tl.constexpr, BT: tl.constexpr,
-                    BH: tl.constexpr, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr):
+                    BH: tl.constexpr, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr,
+                    FAST: tl.constexpr):
         """Split i_s sums over the hidden blocks i_s, i_s + NSPLIT, ...: partial c_p[i_s] (T, S)."""
         i_t, i_s = tl.program_id(0), tl.program_id(1)
         rows = i_t * BT + tl.arange(0, BT)
@@ -87,23 +97,25 @@ if HAS_TRITON:
         for h0 in range(i_s * BH, H, NSPLIT * BH):
             hc = h0 + tl.arange(0, BH)
             h = _hidden(at, _load(wu, kr, hc, R, H), bu, hc, H, ACC, HAS_B, PREC)  # (BT, BH)
-            g, _ = _gelu(h)
+            g, _ = _gelu(h, FAST)
             acc = tl.dot(g.to(at.dtype), _load(wd, hc, ks, H, S), acc, input_precision=PREC, out_dtype=ACC)
         tl.store(c_p + i_s.to(tl.int64) * T * S + rows[:, None].to(tl.int64) * S + ks[None, :], acc,
                  mask=(rows[:, None] < T) & (ks[None, :] < S))
 
     @triton.jit
-    def _dh(at, dct, wu, bu, wd, hc, R, H, S, kr, ks, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr):
-        """For one hidden block: g (BT, BH), dh (BT, BH) in ACC, and the w_up block (BR, BH)."""
-        wut = _load(wu, kr, hc, R, H)
-        g, dgelu = _gelu(_hidden(at, wut, bu, hc, H, ACC, HAS_B, PREC))
-        dg = tl.dot(dct, tl.trans(_load(wd, hc, ks, H, S)), input_precision=PREC, out_dtype=ACC)  # (BT, BH)
-        return g, dg * dgelu, wut
+    def _dh(at, dct, wut, wdt, bu, hc, H, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr,
+            FAST: tl.constexpr):
+        """For one hidden block hc, from its w_up block wut (BR, BH) and w_down block wdt (BH, BS):
+        g (BT, BH) and dh (BT, BH) in ACC."""
+        g, dgelu = _gelu(_hidden(at, wut, bu, hc, H, ACC, HAS_B, PREC), FAST)
+        dg = tl.dot(dct, tl.trans(wdt), input_precision=PREC, out_dtype=ACC)  # (BT, BH)
+        return g, dg * dgelu
 
     @triton.autotune(configs=_configs(_CFG, _INTERP), key=["R", "H", "S", "HAS_B", "NSPLIT"])
     @triton.jit
     def _da_kernel(a, wu, bu, wd, dc, da_p, T, R, H, S, NSPLIT, BR: tl.constexpr, BS: tl.constexpr, BT: tl.constexpr,
-                   BH: tl.constexpr, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr):
+                   BH: tl.constexpr, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr,
+                   FAST: tl.constexpr):
         """Split i_s sums over the hidden blocks i_s, i_s + NSPLIT, ...: partial da_p[i_s] (T, R)."""
         i_t, i_s = tl.program_id(0), tl.program_id(1)
         rows = i_t * BT + tl.arange(0, BT)
@@ -112,7 +124,8 @@ if HAS_TRITON:
         acc = tl.zeros((BT, BR), dtype=ACC)
         for h0 in range(i_s * BH, H, NSPLIT * BH):
             hc = h0 + tl.arange(0, BH)
-            _, dh, wut = _dh(at, dct, wu, bu, wd, hc, R, H, S, kr, ks, ACC, HAS_B, PREC)
+            wut = _load(wu, kr, hc, R, H)
+            _, dh = _dh(at, dct, wut, _load(wd, hc, ks, H, S), bu, hc, H, ACC, HAS_B, PREC, FAST)
             acc = tl.dot(dh.to(at.dtype), tl.trans(wut), acc, input_precision=PREC, out_dtype=ACC)  # (BT, BR)
         tl.store(da_p + i_s.to(tl.int64) * T * R + rows[:, None].to(tl.int64) * R + kr[None, :], acc,
                  mask=(rows[:, None] < T) & (kr[None, :] < R))
@@ -120,7 +133,8 @@ if HAS_TRITON:
     @triton.autotune(configs=_configs(_CFG, _INTERP), key=["R", "H", "S", "HAS_B", "NSPLIT"])
     @triton.jit
     def _dw_kernel(a, wu, bu, wd, dc, dwu_p, dwd_p, db_p, T, R, H, S, NSPLIT, BR: tl.constexpr, BS: tl.constexpr,
-                   BT: tl.constexpr, BH: tl.constexpr, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr):
+                   BT: tl.constexpr, BH: tl.constexpr, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr,
+                   FAST: tl.constexpr):
         """Split i_s sums over the token tiles i_s, i_s + NSPLIT, ...: partials dwu_p[i_s] (R, H),
         dwd_p[i_s] (H, S), db_p[i_s] (H,)."""
         i_h, i_s = tl.program_id(0), tl.program_id(1)
@@ -129,10 +143,11 @@ if HAS_TRITON:
         acc_u = tl.zeros((BR, BH), dtype=ACC)
         acc_d = tl.zeros((BH, BS), dtype=ACC)
         acc_b = tl.zeros((BH,), dtype=ACC)
+        wut, wdt = _load(wu, kr, hc, R, H), _load(wd, hc, ks, H, S)  # this program's hidden block, all loop long
         for t0 in range(i_s * BT, T, NSPLIT * BT):
             rows = t0 + tl.arange(0, BT)
             at, dct = _load(a, rows, kr, T, R), _load(dc, rows, ks, T, S)
-            g, dh, _ = _dh(at, dct, wu, bu, wd, hc, R, H, S, kr, ks, ACC, HAS_B, PREC)
+            g, dh = _dh(at, dct, wut, wdt, bu, hc, H, ACC, HAS_B, PREC, FAST)
             # padded rows have dc = 0, so dh = 0 there and g (nonzero: gelu of the bias) meets a 0 dc
             acc_u = tl.dot(tl.trans(at), dh.to(at.dtype), acc_u, input_precision=PREC, out_dtype=ACC)  # (BR, BH)
             acc_d = tl.dot(tl.trans(g.to(at.dtype)), dct, acc_d, input_precision=PREC, out_dtype=ACC)  # (BH, BS)
@@ -148,7 +163,8 @@ def _meta(a: Tensor, w_up: Tensor, w_down: Tensor, b_up: Tensor | None) -> dict:
     R, S = w_up.shape[0], w_down.shape[1]
     return dict(BR=max(16, triton.next_power_of_2(R)), BS=max(16, triton.next_power_of_2(S)),
                 ACC=tl.float64 if a.dtype == torch.float64 else tl.float32, HAS_B=b_up is not None,
-                PREC=_precision(a.dtype))
+                PREC=_precision(a.dtype),
+                FAST=a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and not _interpreting())
 
 
 def _splits(n_programs: int, most: int, a: Tensor) -> int:
