@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from muse.ops._dispatch import absent, contiguous, define_op, present, use_op
+from muse.ops._reduce import sum_partials
 
 from .naive import accumulation_dtype, check_inputs, naive_linear_cross_entropy
 
@@ -314,7 +315,7 @@ def ce_backward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor, lse: Tensor
             sdt, sdk, T * K if ns > 1 else 0, ignore_index, **common,
         )
         if ns > 1:
-            dx.copy_(dx_p.sum(0))
+            sum_partials(dx_p, dx.dtype, out=dx)
     if need_dw:
         dw = torch.empty_like(w)  # w's strides: the gradient of a transposed view is contiguous
         db = torch.empty_like(b) if b is not None else None
@@ -330,9 +331,9 @@ def ce_backward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor, lse: Tensor
             sdv, sdk, V * K if ns > 1 else 0, ignore_index, **common,
         )
         if ns > 1:
-            dw.copy_(dw_p.sum(0))
+            sum_partials(dw_p, dw.dtype, out=dw)
             if b is not None:
-                db.copy_(db_p.sum(0))
+                sum_partials(db_p, db.dtype, out=db)
     return dx, dw, db
 
 

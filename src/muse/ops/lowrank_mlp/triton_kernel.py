@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from muse.ops._dispatch import absent, contiguous, define_op, present, use_op
+from muse.ops._reduce import sum_partials
 from muse.ops.linear_ce.naive import accumulation_dtype
 from muse.ops.linear_ce.triton_kernel import _precision, _sm_count
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON, _interpreting, _launch, triton_supports
@@ -197,7 +198,7 @@ def mlp_forward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor) ->
     c_p = torch.empty(ns, T, S, device=a.device, dtype=accumulation_dtype(a))  # fp32 partials, one per split
     _run(_fwd_kernel, lambda m: (triton.cdiv(T, m["BT"]), ns), a, w_up, b_up, w_down, c_p, T, R, H, S, ns,
          **_meta(a, w_up, w_down, b_up))
-    return (c_p[0] if ns == 1 else c_p.sum(0)).to(a.dtype)
+    return c_p[0].to(a.dtype) if ns == 1 else sum_partials(c_p, a.dtype)
 
 
 def mlp_backward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor, dc: Tensor, need_da: bool,
@@ -213,7 +214,7 @@ def mlp_backward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor, d
         da_p = torch.empty(ns, T, R, device=a.device, dtype=accumulation_dtype(a))
         _run(_da_kernel, lambda m: (triton.cdiv(T, m["BT"]), ns), a, w_up, b_up, w_down, dc, da_p, T, R, H, S, ns,
              **meta)
-        da = (da_p[0] if ns == 1 else da_p.sum(0)).to(a.dtype)
+        da = da_p[0].to(a.dtype) if ns == 1 else sum_partials(da_p, a.dtype)
     if need_dw:
         ns = _splits(-(-H // 64), -(-T // 128), a)
         acc = accumulation_dtype(a)
@@ -222,8 +223,8 @@ def mlp_backward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor, d
         db_p = torch.empty(ns, H, device=a.device, dtype=acc) if b_up is not None else None
         _run(_dw_kernel, lambda m: (triton.cdiv(H, m["BH"]), ns), a, w_up, b_up, w_down, dc, dwu_p, dwd_p, db_p,
              T, R, H, S, ns, **meta)
-        dwu, dwd = dwu_p.sum(0).to(w_up.dtype), dwd_p.sum(0).to(w_down.dtype)
-        db = db_p.sum(0).to(b_up.dtype) if b_up is not None else None
+        dwu, dwd = sum_partials(dwu_p, w_up.dtype), sum_partials(dwd_p, w_down.dtype)
+        db = sum_partials(db_p, b_up.dtype) if b_up is not None else None
     return da, dwu, db, dwd
 
 

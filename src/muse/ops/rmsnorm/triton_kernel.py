@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from muse.ops._dispatch import define_op, use_op
+from muse.ops._reduce import sum_partials
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON, triton_supports
 
 from .naive import check_inputs
@@ -87,7 +88,7 @@ def norm_backward(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor):
     nm = triton.cdiv(M, BM)
     dw = torch.empty(nm, G, D, device=x.device, dtype=rstd.dtype)  # per-program partial sums
     _rms_bwd_kernel[(nm, G)](x, weight, dy, rstd, dx, dw, M, G, D, BM=BM, BD=BD)
-    return dx, dw.sum(0).reshape(weight.shape).to(weight.dtype)
+    return dx, sum_partials(dw, weight.dtype).reshape(weight.shape)
 
 
 # The launchers as ops (muse.ops._dispatch): one graph node each under torch.compile, outputs of

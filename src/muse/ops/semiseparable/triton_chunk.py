@@ -450,5 +450,7 @@ def scan_backward(dy, dht, u, v, z, g, h0, band, C: int):
             dgl, dg_tot, dg_final, dg, N, H, NT, C=C, BNT=min(1024, max(16, triton.next_power_of_2(NT))),
             HAS_FINAL=has_dht,
         )
-    dband_sum = dband.sum((0, 1)).reshape(H * V, W).to(band.dtype) if band is not None else None
+    from muse.ops._reduce import sum_partials  # that module takes HAS_TRITON from this one
+
+    dband_sum = sum_partials(dband.flatten(0, 1), band.dtype).reshape(H * V, W) if band is not None else None
     return du, dv, dz, dg, dh0, dband_sum
