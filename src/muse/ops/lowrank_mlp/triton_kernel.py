@@ -53,8 +53,10 @@ if HAS_TRITON:
     @triton.jit
     def _gelu(h, FAST: tl.constexpr):
         """gelu_tanh(h) = h·σ(2u), u = √(2/π)(h + 0.044715 h³), and its derivative. FAST (16-bit
-        inputs): through the MUFU tanh (relative error 2^-11, below bf16/fp16 rounding), half the
-        ALU work of the exact form, which bounds these kernels at d = 512, r = 32."""
+        inputs): through the hardware tanh (relative error 2^-11, below bf16/fp16 rounding) instead
+        of an exp and a full-precision division: about half the instructions per (T, H) element,
+        and these kernels do little else per element (H100, d = 512, r = 32: fwd / da / dw went
+        from 71 / 50 / 122 us to 62 / 33 / ~100 us per layer at 16K tokens)."""
         if FAST:
             h2 = h * h
             t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f",
