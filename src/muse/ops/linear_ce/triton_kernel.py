@@ -234,14 +234,18 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def _sms(x: Tensor) -> int:
+    """Streaming multiprocessors of the GPU that holds x."""
+    return _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device())
+
+
 def _vocab_splits(T: int, V: int, x: Tensor) -> int:
     """Vocabulary splits of the forward: enough programs for ~2 per SM at BM = 128, each split
     keeping >= 1024 columns. Two under the interpreter (the tests cover the combine). Fake
     tensors never get here: the op's fake gives the combined (T,) outputs, whatever the GPU."""
     if not x.is_cuda:
         return 2 if _interpreting() and V >= 64 else 1
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    want = _cdiv(2 * _sm_count(index), _cdiv(T, 128))
+    want = _cdiv(2 * _sms(x), _cdiv(T, 128))
     return max(1, min(want, _cdiv(V, 1024)))
 
 
@@ -253,8 +257,7 @@ def _token_split(T: int, V: int, x: Tensor) -> int:
     the sum of partials)."""
     if not x.is_cuda:
         return 32 if _interpreting() else max(T, 1)
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    ns = max(1, min(_cdiv(4 * _sm_count(index), _cdiv(V, 128)), T // 1024))
+    ns = max(1, min(_cdiv(4 * _sms(x), _cdiv(V, 128)), T // 1024))
     return _cdiv(_cdiv(T, ns), 128) * 128
 
 
@@ -268,8 +271,7 @@ def _dx_vocab_split(T: int, V: int, K: int, x: Tensor) -> int:
     sum of partials)."""
     if not x.is_cuda:
         return 128 if _interpreting() else max(V, 1)
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    ns = max(1, min(_cdiv(4 * _sm_count(index), _cdiv(T, 128)), V // 1024, 256 // max(K, 1)))
+    ns = max(1, min(_cdiv(4 * _sms(x), _cdiv(T, 128)), V // 1024, 256 // max(K, 1)))
     return _cdiv(_cdiv(V, ns), 128) * 128
 
 

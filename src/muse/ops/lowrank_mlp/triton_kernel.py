@@ -32,7 +32,7 @@ from torch import Tensor
 from muse.ops._dispatch import absent, contiguous, define_op, present, use_op
 from muse.ops._reduce import sum_partials
 from muse.ops.linear_ce.naive import accumulation_dtype
-from muse.ops.linear_ce.triton_kernel import _precision, _sm_count
+from muse.ops.linear_ce.triton_kernel import _precision, _sms
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON, _interpreting, _launch, triton_supports
 
 from .naive import check_inputs, naive_lowrank_mlp
@@ -178,8 +178,7 @@ def _splits(n_programs: int, most: int, a: Tensor) -> int:
     sum of partials)."""
     if not a.is_cuda:
         return min(2, most) if _interpreting() else 1
-    index = a.device.index if a.device.index is not None else torch.cuda.current_device()
-    return max(1, min(-(-4 * _sm_count(index) // n_programs), most))
+    return max(1, min(-(-4 * _sms(a) // n_programs), most))
 
 
 def _run(kernel, grid, a: Tensor, *args, **meta) -> None:
@@ -200,7 +199,7 @@ def mlp_forward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor) ->
     c_p = torch.empty(ns, T, S, device=a.device, dtype=accumulation_dtype(a))  # fp32 partials, one per split
     _run(_fwd_kernel, lambda m: (triton.cdiv(T, m["BT"]), ns), a, w_up, b_up, w_down, c_p, T, R, H, S, ns,
          **_meta(a, w_up, w_down, b_up))
-    return c_p[0].to(a.dtype) if ns == 1 else sum_partials(c_p, a.dtype)
+    return sum_partials(c_p, a.dtype)
 
 
 def mlp_backward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor, dc: Tensor, need_da: bool,
@@ -216,7 +215,7 @@ def mlp_backward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor, d
         da_p = torch.empty(ns, T, R, device=a.device, dtype=accumulation_dtype(a))
         _run(_da_kernel, lambda m: (triton.cdiv(T, m["BT"]), ns), a, w_up, b_up, w_down, dc, da_p, T, R, H, S, ns,
              **meta)
-        da = da_p[0].to(a.dtype) if ns == 1 else sum_partials(da_p, a.dtype)
+        da = sum_partials(da_p, a.dtype)
     if need_dw:
         ns = _splits(-(-H // 64), -(-T // 128), a)
         acc = accumulation_dtype(a)
