@@ -262,7 +262,9 @@ def throughput_markdown(res: dict) -> str:
         tps = lambda e: f"{e['tokens_per_s']:,.0f}" if e.get("tokens_per_s") else "failed"  # noqa: E731
         ms = lambda e: f"{e['step_ms']:,.1f}" if e.get("step_ms") else "–"  # noqa: E731
         mib = lambda e: f"{e['peak_mib']:,.0f} MiB" if e.get("peak_mib") is not None else "–"  # noqa: E731
-        lines.append(f"| {r['N']:,} | {r['B']} | {tps(x)} | {tps(y)} | {_ratio(r['ratio_tokens_per_s'])} "
+        spread = r.get("ratio_range")
+        ratio = _ratio(r["ratio_tokens_per_s"]) + (f" ({spread[0]:.2f}–{spread[1]:.2f})" if spread else "")
+        lines.append(f"| {r['N']:,} | {r['B']} | {tps(x)} | {tps(y)} | {ratio} "
                      f"| {ms(x)} | {ms(y)} | {mib(x)} | {mib(y)} | {_ratio(r['ratio_peak_memory'])} |")
         errors += [f"N={r['N']:,} `{n}`: {r[n]['error']}" for n in (a, b) if r[n].get("error")]
     lines.append("")
@@ -272,7 +274,10 @@ def throughput_markdown(res: dict) -> str:
         f"{'torch.compile mode ' + repr(c['compile']) if c.get('compile') else 'eager'}"
         f"{' + the whole step captured as one CUDA graph (`train.cuda_graph`)' if c.get('cuda_graph') else ''}, "
         f"B = max(1, {c['tokens']:,} // N) sequences of random token "
-        f"ids; median of {c['steps']} timed steps after {c['warmup_steps']} warm-up steps; peak = "
+        f"ids; median of {c['steps']} timed steps after {c['warmup_steps']} warm-up steps"
+        + (f"; each row the run of median tokens/s among {c['repeats']} independent runs (each built and compiled "
+           "afresh), the ratio's range over the paired runs in brackets" if c.get("repeats", 1) > 1 else "")
+        + "; peak = "
         + ("not measured (CUDA-graph replays allocate in a private pool that `max_memory_allocated` does not "
            "count)" if c.get("compile") == "reduce-overhead" or c.get("cuda_graph") else "`torch.cuda.max_memory_allocated` over the "
            "timed steps")
@@ -336,6 +341,7 @@ TABLES = {"params-table": params_table, "train-eval-table": train_eval_table, "m
           "throughput-compiled-table": _throughput("train_throughput-compile-reduce-overhead-gpu.json"),
           "throughput-graph-table": _throughput("train_throughput-compile-default-cudagraph-gpu.json"),
           "throughput-eager-graph-table": _throughput("train_throughput-cudagraph-gpu.json"),
+          "throughput-graph-repeats-table": _throughput("train_throughput-compile-default-cudagraph-x3-gpu.json"),
           "lowrank-ffn-table": lowrank_ffn_table}
 OPTIONAL: set[str] = set()  # tables rendered only where README.md has their markers
 

@@ -64,6 +64,18 @@ def host_measure(cfg, plan: StepPlan, warmup: int, steps: int) -> dict:
             "paths": paths}
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median tokens/s (the lower middle one of an even count), with every run's
+    tokens/s in ``repeats_tokens_per_s`` when there are several; the first run if all failed."""
+    ok = sorted((r for r in runs if r["tokens_per_s"]), key=lambda r: r["tokens_per_s"])
+    if not ok:
+        return runs[0]
+    out = dict(ok[(len(ok) - 1) // 2])
+    if len(runs) > 1:
+        out["repeats_tokens_per_s"] = [r["tokens_per_s"] for r in runs]
+    return out
+
+
 def run_one(preset: str, N: int, B: int, args, device: torch.device) -> dict:
     over = {**_parse_set(args.set), "model.max_seq_len": N, "train.seq_len": N, "train.batch_size": B,
             "train.precision": args.precision, "train.optimizer": args.optimizer,
@@ -118,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                         "to train_throughput[-compile-MODE]-cudagraph-gpu.json)")
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="independent runs per row (each builds, compiles and measures afresh); the row reports "
+                        "the median run and the range of the paired runs' ratios (results go to ...-xR-gpu.json)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for both presets, e.g. model.n_layers=2 (tests)")
     p.add_argument("--device", default="auto")
@@ -136,9 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     for N in args.seqs:
         B = max(1, args.tokens // N)
         row = {"N": N, "B": B}
+        runs = {}
         for preset in args.presets:
             t0 = time.perf_counter()
-            row[preset] = r = run_one(preset, N, B, args, device)
+            runs[preset] = [run_one(preset, N, B, args, device) for _ in range(max(1, args.repeats))]
+            row[preset] = r = _median_run(runs[preset])
             print(f"N={N:>6} B={B:>2} {preset:>10}: "
                   + (f"{r['tokens_per_s']:,.0f} tokens/s, step {r['step_ms']:.1f} ms" if r["tokens_per_s"]
                      else f"FAILED {r.get('error')}")
@@ -148,18 +165,23 @@ def main(argv: list[str] | None = None) -> int:
         row["ratio_tokens_per_s"] = y["tokens_per_s"] / x["tokens_per_s"] if x["tokens_per_s"] and y["tokens_per_s"] \
             else None
         row["ratio_peak_memory"] = y["peak_mib"] / x["peak_mib"] if x["peak_mib"] and y["peak_mib"] else None
+        if args.repeats > 1:  # run i of one preset against run i of the other
+            pairs = [q["tokens_per_s"] / p["tokens_per_s"] for p, q in zip(runs[a], runs[b])
+                     if p["tokens_per_s"] and q["tokens_per_s"]]
+            row["ratio_range"] = [min(pairs), max(pairs)] if pairs else None
         rows.append(row)
     res = {
         "benchmark": "train_throughput", **env,
         "config": {"presets": args.presets, "seqs": args.seqs, "tokens": args.tokens, "impl": args.impl,
                    "precision": args.precision, "optimizer": args.optimizer, "checkpointing": args.checkpointing,
                    "compile": args.compile, "cuda_graph": args.cuda_graph,
-                   "warmup_steps": args.warmup_steps, "steps": args.steps, "overrides": _parse_set(args.set),
+                   "warmup_steps": args.warmup_steps, "steps": args.steps, "repeats": args.repeats,
+                   "overrides": _parse_set(args.set),
                    "timer": "host clock around each step, torch.cuda.synchronize() after it (median)"},
         "figures": rows,
     }
     name = "train_throughput" + (f"-compile-{args.compile}" if args.compile else "") + \
-        ("-cudagraph" if args.cuda_graph else "")
+        ("-cudagraph" if args.cuda_graph else "") + (f"-x{args.repeats}" if args.repeats > 1 else "")
     publish(name, res, device, args.out, throughput_markdown)
     return 0
 

@@ -94,6 +94,36 @@ def test_throughput_json(throughput_result):
     assert "Kernels run: `baseline` linear_cross_entropy chunked; `standard` gate_inputs naive, " in md
 
 
+def test_throughput_repeats(tmp_path):
+    rc = _script("train_throughput").main([
+        "--seqs", "32", "--tokens", "32", "--impl", "chunked", "--precision", "fp32", "--warmup-steps", "1",
+        "--steps", "1", "--repeats", "3", "--set", "model.d_model=32", "--set", "model.n_layers=1",
+        "--set", "model.n_heads=2", "--set", "model.vocab_size=128", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "train_throughput-x3-cpu.json").read_text())
+    r = res["figures"][0]
+    assert res["config"]["repeats"] == 3
+    for p in ("baseline", "standard"):
+        runs = r[p]["repeats_tokens_per_s"]
+        assert len(runs) == 3 and all(t > 0 for t in runs)
+        assert r[p]["tokens_per_s"] == sorted(runs)[1]  # the median run
+    lo, hi = r["ratio_range"]
+    assert 0 < lo <= hi
+    pairs = [q / p for p, q in zip(r["baseline"]["repeats_tokens_per_s"], r["standard"]["repeats_tokens_per_s"])]
+    assert (lo, hi) == (min(pairs), max(pairs))
+    md = (tmp_path / "train_throughput-x3-cpu.md").read_text()
+    assert f"({lo:.2f}–{hi:.2f})" in md and "among 3 independent runs" in md
+
+
+def test_median_run_skips_failures():
+    median_run = _script("train_throughput")._median_run
+    runs = [{"tokens_per_s": 3.0}, {"tokens_per_s": None, "error": "OOM"}, {"tokens_per_s": 1.0},
+            {"tokens_per_s": 2.0}]
+    out = median_run(runs)
+    assert out["tokens_per_s"] == 2.0 and out["repeats_tokens_per_s"] == [3.0, None, 1.0, 2.0]
+    assert median_run([{"tokens_per_s": None, "error": "x"}])["error"] == "x"
+
+
 def test_throughput_compile_needs_cuda(tmp_path, capsys):
     rc = _script("train_throughput").main(["--compile", "reduce-overhead", "--out", str(tmp_path)])
     assert rc == 2 and "needs a CUDA device" in capsys.readouterr().err

@@ -49,6 +49,7 @@ __all__ = ["HAS_TRITON", "triton_linear_cross_entropy", "triton_supports"]
 
 
 if HAS_TRITON:
+    LOG2E = tl.constexpr(1.4426950408889634)
 
     def _configs(extra: list[dict], interp: dict, warps=(4, 8), stages=(2, 3)) -> list:
         """The autotuning space; its first entry alone without autotuning, and ``interp`` (small
@@ -87,26 +88,37 @@ if HAS_TRITON:
             wt = tl.load(w + cols[:, None] * swv + ks[None, :] * swk,
                          mask=(cols[:, None] < VL) & (ks[None, :] < K), other=0.0)  # (BV, BK)
             acc = tl.dot(xt, tl.trans(wt), acc, input_precision=PREC, out_dtype=acc.dtype)  # (BM, BK) @ (BK, BV)
+        # one add per logit for the bias and the -inf past VL (per-logit work bounds these kernels)
         if HAS_BIAS:
-            acc += tl.load(b + cols, mask=cols < VL, other=0.0).to(acc.dtype)[None, :]
-        return tl.where(cols[None, :] < VL, acc, float("-inf"))
+            col = tl.load(b + cols, mask=cols < VL, other=0.0).to(acc.dtype)
+        else:
+            col = tl.zeros((BV,), dtype=acc.dtype)
+        return acc + tl.where(cols < VL, col, float("-inf"))[None, :]
 
     @triton.jit
-    def _row_stats(tgt, lse, dloss, rows, T, IGNORE):
-        """Per row (BM,): target id, lse, and the loss gradient (0 for ignored / padding rows)."""
+    def _row_stats(tgt, lse, rows, T, IGNORE):
+        """Per row (BM,): the target id, -1 for rows that take no gradient (ignored, padding), so
+        it matches no column; and lse * log2(e), +inf for those rows, so their softmax is 0."""
         ok = rows < T
         t = tl.load(tgt + rows, mask=ok, other=IGNORE)
-        lse_r = tl.load(lse + rows, mask=ok, other=0.0)
-        g = tl.where(ok & (t != IGNORE), tl.load(dloss), 0.0)
-        return t, lse_r, g
+        live = ok & (t != IGNORE)
+        lse2 = _log2_scale(tl.load(lse + rows, mask=ok, other=0.0))
+        return tl.where(live, t, -1), tl.where(live, lse2, float("inf"))
 
     @triton.jit
-    def _dlogits(z, cols, t, lse_r, g):
-        """dz = (softmax - onehot) * g for a logits tile z (BM, BV); rows with g = 0 give 0 (not
-        0 * inf: padding rows have no lse)."""
-        p = tl.exp(z - lse_r[:, None])
-        p = tl.where(cols[None, :] == t[:, None], p - 1.0, p)
-        return tl.where(g[:, None] != 0.0, p * g[:, None], 0.0)
+    def _log2_scale(v):
+        """v * log2(e), the offset ``_softmax`` takes; v itself in fp64 (exact exp there)."""
+        if v.dtype == tl.float64:
+            return v
+        return v * LOG2E
+
+    @triton.jit
+    def _softmax(z, c):
+        """softmax = exp(z - lse) of a logits tile z (BM, BV) from c = _log2_scale(lse) (BM,): one
+        FMA and one exp2 per logit (per-logit work, not the matmuls, bounds these kernels)."""
+        if z.dtype == tl.float64:
+            return tl.exp(z - c[:, None])
+        return tl.exp2(z * LOG2E - c[:, None])
 
     @triton.autotune(
         configs=_configs([{"BM": 64, "BV": 64}, {"BM": 128, "BV": 128}, {"BM": 128, "BV": 64}, {"BM": 64, "BV": 128}],
@@ -128,16 +140,26 @@ if HAS_TRITON:
         acc_t = lse_part.dtype.element_ty
         m = tl.full((BM,), float("-inf"), acc_t)  # running max
         s = tl.zeros((BM,), acc_t)  # running sum of exp(z - m)
-        tz = tl.zeros((BM,), acc_t)  # the target's logit
         for v0 in range(lo, hi, BV):  # every block has a column < hi, so m stays finite
             cols = (v0 + tl.arange(0, BV)).to(tl.int64)
             z = _logits_tile(x, w, b, lse_part, rows, cols, T, hi, K, sxt, sxk, swv, swk,
                              BM, BV, BK, HAS_BIAS, PREC)  # (BM, BV)
             m_new = tl.maximum(m, tl.max(z, 1))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), 1)
+            s = s * tl.exp(m - m_new) + tl.sum(_softmax(z, _log2_scale(m_new)), 1)
             m = m_new
-            hit = (cols[None, :] == t[:, None]) & (cols[None, :] < hi)
-            tz += tl.sum(tl.where(hit, z, 0.0), 1)
+        # The target's logit, where it lies in this split: one row of w gathered per token rather
+        # than a compare-and-select on every logit.
+        hit = (t >= lo) & (t < hi)
+        tz = tl.zeros((BM,), acc_t)
+        for k0 in range(0, K, BK):
+            ks = (k0 + tl.arange(0, BK)).to(tl.int64)
+            xt = tl.load(x + rows[:, None] * sxt + ks[None, :] * sxk,
+                         mask=(rows[:, None] < T) & (ks[None, :] < K), other=0.0)  # (BM, BK)
+            wt = tl.load(w + t[:, None] * swv + ks[None, :] * swk,
+                         mask=hit[:, None] & (ks[None, :] < K), other=0.0)  # (BM, BK): w[t]
+            tz += tl.sum(xt.to(acc_t) * wt.to(acc_t), 1)
+        if HAS_BIAS:
+            tz += tl.load(b + t, mask=hit, other=0.0).to(acc_t)
         out = i_s.to(tl.int64) * T + rows
         tl.store(lse_part + out, m + tl.log(s), mask=rows < T)
         tl.store(tz_part + out, tz, mask=rows < T)
@@ -162,16 +184,23 @@ if HAS_TRITON:
         i_m, i_g, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         rows = (i_m * BM + tl.arange(0, BM)).to(tl.int64)
         kg = (i_g * KG + tl.arange(0, KG)).to(tl.int64)
-        t, lse_r, g = _row_stats(tgt, lse, dloss, rows, T, IGNORE)
+        t, lse2 = _row_stats(tgt, lse, rows, T, IGNORE)
         acc = tl.zeros((BM, KG), dtype=lse.dtype.element_ty)
         dx += i_s.to(tl.int64) * sds
-        for v0 in range(i_s * VS, tl.minimum(i_s * VS + VS, V), BV):
+        lo = i_s * VS
+        hi = tl.minimum(lo + VS, V)
+        for v0 in range(lo, hi, BV):
             cols = (v0 + tl.arange(0, BV)).to(tl.int64)
             z = _logits_tile(x, w, b, lse, rows, cols, T, V, K, sxt, sxk, swv, swk, BM, BV, BK, HAS_BIAS, PREC)
-            dz = _dlogits(z, cols, t, lse_r, g)  # (BM, BV)
+            p = _softmax(z, lse2)  # (BM, BV)
             wg = tl.load(w + cols[:, None] * swv + kg[None, :] * swk,
                          mask=(cols[:, None] < V) & (kg[None, :] < K), other=0.0)  # (BV, KG)
-            acc = tl.dot(dz.to(wg.dtype), wg, acc, input_precision=PREC, out_dtype=acc.dtype)  # (BM, BV) @ (BV, KG)
+            acc = tl.dot(p.to(wg.dtype), wg, acc, input_precision=PREC, out_dtype=acc.dtype)  # (BM, BV) @ (BV, KG)
+        # dz = (softmax - onehot(t)) * dloss: the one-hot part is w[t] (if t is in this split),
+        # subtracted once per row in fp32, and dloss scales the block once
+        hit = (t >= lo) & (t < hi)
+        wt = tl.load(w + t[:, None] * swv + kg[None, :] * swk, mask=hit[:, None] & (kg[None, :] < K), other=0.0)
+        acc = (acc - wt.to(acc.dtype)) * tl.load(dloss)
         tl.store(dx + rows[:, None] * sdt + kg[None, :] * sdk, acc.to(dx.dtype.element_ty),
                  mask=(rows[:, None] < T) & (kg[None, :] < K))
 
@@ -196,14 +225,18 @@ if HAS_TRITON:
         dw += i_s.to(tl.int64) * sds
         for t0 in range(i_s * TS, tl.minimum(i_s * TS + TS, T), BM):
             rows = (t0 + tl.arange(0, BM)).to(tl.int64)
-            t, lse_r, g = _row_stats(tgt, lse, dloss, rows, T, IGNORE)
+            t, lse2 = _row_stats(tgt, lse, rows, T, IGNORE)
             z = _logits_tile(x, w, b, lse, rows, cols, T, V, K, sxt, sxk, swv, swk, BM, BV, BK, HAS_BIAS, PREC)
-            dz = _dlogits(z, cols, t, lse_r, g)  # (BM, BV)
+            p = _softmax(z, lse2)
+            dz = tl.where(cols[None, :] == t[:, None], p - 1.0, p)  # (BM, BV), without dloss (scaled below)
             xg = tl.load(x + rows[:, None] * sxt + kg[None, :] * sxk,
                          mask=(rows[:, None] < T) & (kg[None, :] < K), other=0.0)  # (BM, KG)
             acc = tl.dot(tl.trans(dz.to(xg.dtype)), xg, acc, input_precision=PREC, out_dtype=acc.dtype)  # (BV, BM) @ (BM, KG)
             if HAS_BIAS:
                 acc_b += tl.sum(dz, 0)
+        dl = tl.load(dloss)
+        acc *= dl
+        acc_b *= dl
         tl.store(dw + cols[:, None] * sdv + kg[None, :] * sdk, acc.to(dw.dtype.element_ty),
                  mask=(cols[:, None] < V) & (kg[None, :] < K))
         if HAS_BIAS:
