@@ -15,6 +15,7 @@ import torch
 
 import muse.ops.semiseparable as ss
 from muse.ops.semiseparable import naive_quadratic, semiseparable, triton_chunk_semiseparable
+from muse.ops.semiseparable import triton_fused
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON, triton_supports
 
 from .test_semiseparable import make_inputs, rel_rms
@@ -30,6 +31,14 @@ TOL = {
     torch.bfloat16: 2e-2,
 }
 DTYPES = [torch.float64, torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+
+
+@pytest.fixture(params=["chunked", "fused"])
+def path(request, monkeypatch):
+    """Both launch paths on every shape: the chunk-parallel kernels and the single-launch ones
+    (``triton_fused``), whatever number of chunks would pick between them."""
+    monkeypatch.setattr(triton_fused, "FUSED_MAX_CHUNKS", 10**9 if request.param == "fused" else 0)
+    return request.param
 
 
 def _check(shape, dtype, *, decay=True, init=True, final=True, chunk=16, seed=0, strength=1.0, band=0):
@@ -82,31 +91,31 @@ def _check(shape, dtype, *, decay=True, init=True, final=True, chunk=16, seed=0,
     ],
     ids=str,
 )
-def test_kernel_matches_reference(shape, chunk, dtype):
+def test_kernel_matches_reference(shape, chunk, dtype, path):
     _check(shape, dtype, chunk=chunk)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape,band", [((2, 37, 3, 5, 7), 3), ((1, 20, 2, 8, 80), 1), ((1, 9, 1, 4, 16), 12)], ids=str)
-def test_kernel_fused_band(shape, band, dtype):
+def test_kernel_fused_band(shape, band, dtype, path):
     """The causal band added inside the kernels equals the depthwise convolution, with grads."""
     _check(shape, dtype, band=band, seed=11)
 
 
 @pytest.mark.parametrize("decay,init,final", [(False, False, False), (False, True, True), (True, False, False), (True, True, False)])
-def test_kernel_options(decay, init, final):
+def test_kernel_options(decay, init, final, path):
     """With and without decay, initial state and final state (fp64: exact algorithm)."""
     _check((2, 45, 2, 6, 12), torch.float64, decay=decay, init=init, final=final, seed=3)
 
 
 @pytest.mark.parametrize("decay", [True, False])
-def test_kernel_state_scan_tiles(decay):
+def test_kernel_state_scan_tiles(decay, path):
     """More chunks than one tile of the state scan (TB = 16 chunks): carries across tiles,
     a partial last tile, forward and reverse."""
     _check((1, 530, 2, 4, 8), torch.float64, decay=decay, init=True, final=True, seed=13)
 
 
-def test_kernel_strong_decay():
+def test_kernel_strong_decay(path):
     """Decays of e^-6 per step: every exponent stays <= 0, nothing overflows."""
     _check((1, 70, 2, 8, 16), torch.float32, strength=6.0, chunk=32, seed=5)
 
@@ -163,3 +172,34 @@ def test_kernel_reads_column_slices_without_copy():
     for uu in (u, u.contiguous()):  # u and v with equal and with different row strides
         y, _ = triton_chunk_semiseparable(uu.to(DEVICE), v.to(DEVICE), z.to(DEVICE), ld.to(DEVICE), chunk_size=16, band=w.to(DEVICE))
         assert rel_rms(y.cpu(), y_ref) < 1e-10
+
+
+def test_fused_path_choice():
+    """Few chunks take the single-launch kernels (on CUDA also: at most one sequence per SM,
+    and never inside a CUDA graph capture); the interpreter follows the chunk count alone."""
+    x = torch.zeros(1)
+    assert triton_fused.use_fused(triton_fused.FUSED_MAX_CHUNKS, 10**6, x)
+    assert not triton_fused.use_fused(triton_fused.FUSED_MAX_CHUNKS + 1, 1, x)
+    if torch.cuda.is_available():
+        xc = torch.zeros(1, device="cuda")
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        assert triton_fused.use_fused(2, sms, xc) and not triton_fused.use_fused(2, sms + 1, xc)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="bf16 decays need the GPU (the interpreter has no bf16)")
+@pytest.mark.parametrize("chunks", ["fused", "chunked"])
+def test_kernel_reads_16bit_decay(chunks, monkeypatch):
+    """A bf16 log decay is read as it is (no copy to fp32) and its gradient comes back in bf16,
+    equal to the fp32 decay's gradient rounded to bf16."""
+    monkeypatch.setattr(triton_fused, "FUSED_MAX_CHUNKS", 10**9 if chunks == "fused" else 0)
+    u, v, z, ld, _ = make_inputs(2, 77, 3, 8, 16, seed=9)
+    ld16 = ld.to(torch.bfloat16)
+    grads = []
+    for g in (ld16, ld16.float()):
+        leaves = [t.to(DEVICE, torch.float32).requires_grad_(True) for t in (u, v, z)]
+        gl = g.to(DEVICE).requires_grad_(True)
+        y, _ = triton_chunk_semiseparable(*leaves, gl, chunk_size=16)
+        y.sum().backward()
+        grads.append(gl.grad)
+    assert grads[0].dtype == torch.bfloat16
+    assert rel_rms(grads[0].double().cpu(), grads[1].double().cpu()) < 1e-2

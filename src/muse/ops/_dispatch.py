@@ -24,6 +24,7 @@ there, so the eager path never allocates placeholders.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -32,7 +33,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 __all__ = [
     "absent", "abstract", "assume_cuda", "assumes_cuda", "check_range", "contiguous", "define_op", "fake",
-    "no_host_sync", "note_path", "present", "record_paths", "use_op",
+    "no_host_sync", "note_path", "present", "record_paths", "sms", "use_op",
 ]
 
 _assume_cuda = False
@@ -108,6 +109,16 @@ def check_range(ids: Tensor, size: int, error: Callable[[int | None, int | None]
     lo, hi = (int(v) for v in torch.aminmax(ids))  # one host sync
     if lo < 0 or hi >= size:
         raise ValueError(error(lo, hi))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sms(x: Tensor) -> int:
+    """Streaming multiprocessors of the GPU that holds x (the kernels size their grids by it)."""
+    return _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device())
 
 
 def assumes_cuda(x: Tensor) -> bool:

@@ -28,12 +28,11 @@ Offsets are int64, so T*K and V*K may exceed 2^31. Gradients come back in the in
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
-from muse.ops._dispatch import absent, contiguous, define_op, present, use_op
+from muse.ops._dispatch import absent, contiguous, define_op, present, sms as _sms, use_op
+from muse.ops._launch import launch as _launch
 from muse.ops._reduce import sum_partials
 
 from .naive import accumulation_dtype, check_inputs, naive_linear_cross_entropy
@@ -262,16 +261,6 @@ def _bk(K: int, dtype: torch.dtype) -> int:
     return min(max(16, 1 << (K - 1).bit_length()), 64 if dtype.itemsize <= 2 else 32)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _sms(x: Tensor) -> int:
-    """Streaming multiprocessors of the GPU that holds x."""
-    return _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device())
-
-
 def _vocab_splits(T: int, V: int, x: Tensor) -> int:
     """Vocabulary splits of the forward: enough programs for ~2 per SM at BM = 128, each split
     keeping >= 1024 columns. Two under the interpreter (the tests cover the combine). Fake
@@ -320,7 +309,7 @@ def ce_forward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor) -> tuple[Ten
     lse_part = torch.empty(S, T, device=x.device, dtype=acc)  # (S, T)
     tz_part = torch.empty(S, T, device=x.device, dtype=acc)
     grid = lambda meta: (triton.cdiv(T, meta["BM"]), S)  # noqa: E731
-    _fwd_kernel[grid](
+    _launch(_fwd_kernel, grid,
         x, w, b, tgt, lse_part, tz_part, T, V, K, VS, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
         BK=_bk(K, x.dtype), HAS_BIAS=b is not None, PREC=_precision(x.dtype),
     )
@@ -345,7 +334,7 @@ def ce_backward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor, lse: Tensor
         dx_p = dx if ns == 1 else torch.empty(ns, T, K, device=x.device, dtype=lse.dtype)
         sdt, sdk = (dx.stride(0), dx.stride(1)) if ns == 1 else (K, 1)
         grid = lambda meta: (triton.cdiv(T, meta["BM"]), triton.cdiv(K, meta["KG"]), ns)  # noqa: E731
-        _dx_kernel[grid](
+        _launch(_dx_kernel, grid,
             x, w, b, tgt, lse, dloss, dx_p, T, V, K, VS, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
             sdt, sdk, T * K if ns > 1 else 0, ignore_index, **common,
         )
@@ -361,7 +350,7 @@ def ce_backward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor, lse: Tensor
         db_p = db if ns == 1 or b is None else torch.empty(ns, V, device=x.device, dtype=lse.dtype)
         sdv, sdk = (dw.stride(0), dw.stride(1)) if ns == 1 else (K, 1)
         grid = lambda meta: (triton.cdiv(V, meta["BV"]), triton.cdiv(K, meta["KG"]), ns)  # noqa: E731
-        _dw_kernel[grid](
+        _launch(_dw_kernel, grid,
             x, w, b, tgt, lse, dloss, dw_p, db_p, T, V, K, TS, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
             sdv, sdk, V * K if ns > 1 else 0, ignore_index, **common,
         )

@@ -29,10 +29,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from muse.ops._dispatch import absent, contiguous, define_op, present, use_op
+from muse.ops._dispatch import absent, contiguous, define_op, present, sms as _sms, use_op
 from muse.ops._reduce import sum_partials
 from muse.ops.linear_ce.naive import accumulation_dtype
-from muse.ops.linear_ce.triton_kernel import _precision, _sms
+from muse.ops.linear_ce.triton_kernel import _precision
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON, _interpreting, _launch, triton_supports
 
 from .naive import check_inputs, naive_lowrank_mlp

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from muse.ops._dispatch import define_op, use_op
+from muse.ops._launch import launch as _launch
 from muse.ops._reduce import sum_partials
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON, triton_supports
 
@@ -74,7 +75,7 @@ def norm_forward(x: Tensor, weight: Tensor, eps: float):
     y = torch.empty_like(x)
     rstd = torch.empty(M, G, device=x.device, dtype=acc)
     BM, BD = _block_rows(D), triton.next_power_of_2(D)
-    _rms_fwd_kernel[(triton.cdiv(M, BM), G)](x, weight, y, rstd, M, G, D, eps=eps, BM=BM, BD=BD)
+    _launch(_rms_fwd_kernel, (triton.cdiv(M, BM), G), x, weight, y, rstd, M, G, D, eps=eps, BM=BM, BD=BD)
     return y, rstd
 
 
@@ -87,7 +88,7 @@ def norm_backward(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor):
     dx = torch.empty_like(x)
     nm = triton.cdiv(M, BM)
     dw = torch.empty(nm, G, D, device=x.device, dtype=rstd.dtype)  # per-program partial sums
-    _rms_bwd_kernel[(nm, G)](x, weight, dy, rstd, dx, dw, M, G, D, BM=BM, BD=BD)
+    _launch(_rms_bwd_kernel, (nm, G), x, weight, dy, rstd, dx, dw, M, G, D, BM=BM, BD=BD)
     return dx, sum_partials(dw, weight.dtype).reshape(weight.shape)
 
 

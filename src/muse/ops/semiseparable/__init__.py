@@ -9,7 +9,9 @@ Three pure-torch implementations that agree to float64 tolerance, and the GPU ke
 - ``recurrent``  (``naive_recurrent`` / ``recurrent_step``): step-by-step state update, the
   decoding path with memory constant in the context length.
 - ``triton``     (``triton_chunk_semiseparable``): chunked Triton kernels, forward and backward,
-  for CUDA (and the CPU interpreter under TRITON_INTERPRET=1).
+  for CUDA (and the CPU interpreter under TRITON_INTERPRET=1): chunk-parallel ones
+  (``triton_chunk.py``), or for up to 32 chunks per sequence one launch per direction
+  (``triton_fused.py``), where an eager call is bound by launches rather than GPU work.
 - ``auto``       the Triton kernels for CUDA tensors of dtype fp32/bf16/fp16 (and fake ones under
   ``muse.ops.assume_cuda()``), the torch ``chunked`` scan otherwise (with a one-time notice
   when Triton is missing on CUDA).

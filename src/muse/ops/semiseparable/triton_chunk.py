@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from muse.ops._dispatch import assumes_cuda, fake
+from muse.ops._launch import launch as _launch
 
 try:  # Triton is a GPU extra; the torch chunked scan is the fallback everywhere.
     import triton
@@ -97,8 +98,11 @@ if HAS_TRITON:
 
     @triton.jit
     def _chunk_decay(g, i_b, i_h, rows, N, H):
-        """Within-chunk cumulative log decay b (C,) and its total b_last, fp32/fp64."""
+        """Within-chunk cumulative log decay b (C,) and its total b_last, fp32 (fp64 for fp64 g:
+        g may be bf16/fp16, read as it is rather than copied to fp32 by an extra launch)."""
         gl = tl.load(g + (i_b * N + rows) * H + i_h, mask=rows < N, other=0.0)
+        if gl.dtype != tl.float64:
+            gl = gl.to(tl.float32)
         b = tl.cumsum(gl, 0)
         return b, tl.sum(gl, 0)
 
@@ -315,7 +319,7 @@ if HAS_TRITON:
         """
         i_t, i_bh = tl.program_id(0), tl.program_id(1)
         i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-        after = tl.zeros((BNT,), dtype=dg.dtype.element_ty)
+        after = tl.zeros((BNT,), dtype=dgl.dtype.element_ty)
         for j0 in range(0, NT, BNT):
             oj = j0 + tl.arange(0, BNT)
             after += tl.load(dg_tot + i_bh.to(tl.int64) * NT + oj, mask=(oj < NT) & (oj > i_t), other=0.0)
@@ -325,7 +329,7 @@ if HAS_TRITON:
         oc = tl.arange(0, C)
         rows = i_t * C + oc
         rc = tl.load(dgl + (i_bh.to(tl.int64) * NT + i_t) * C + oc)
-        tl.store(dg + (i_b * N + rows) * H + i_h, rc + after, mask=rows < N)
+        tl.store(dg + (i_b * N + rows) * H + i_h, (rc + after).to(dg.dtype.element_ty), mask=rows < N)
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -346,27 +350,6 @@ def _precision(dtype: torch.dtype) -> str | None:
     """tl.dot precision: 3xTF32 keeps fp32 inputs within 1e-3 of fp64 (plain TF32 gives
     about 1.4e-3 after two chained products); bf16/fp16 use the tensor cores natively."""
     return {torch.float32: "tf32x3", torch.float64: "ieee"}.get(dtype)
-
-
-_BEST: dict = {}
-
-
-def _launch(kernel, grid, *args, **meta) -> None:
-    """``kernel[grid](*args, **meta)`` for an autotuned kernel, its choice remembered here.
-
-    The first call per (kernel, constexprs, argument dtypes) goes through the autotuner; later
-    calls launch the JIT function with that config directly. The autotuner's own dispatch cost
-    ~40 us of host time per launch on the H100 box, more than most of these kernels run at
-    N = 2K, and it made a 2K forward+backward host-bound.
-    """
-    # the autotuner keys on some scalars and every tensor's dtype; all scalars are a safe superset
-    key = (kernel, *meta.items(), *(a.dtype if isinstance(a, torch.Tensor) else a for a in args))
-    cfg = _BEST.get(key)
-    if cfg is None:
-        kernel[grid](*args, **meta)
-        _BEST[key] = kernel.best_config
-    else:
-        kernel.fn.run(*args, grid=grid, warmup=False, **meta, **cfg.all_kwargs())
 
 
 def _scan(a, x, g, init, C, *, read: bool, store_final: bool):
@@ -445,10 +428,10 @@ def scan_backward(dy, dht, u, v, z, g, h0, band, C: int):
     if g is not None:
         # L_N scales S_N, so <dS_N, S_N> reaches every log decay.
         dg_final = (dht * ht).sum((-2, -1)).contiguous() if has_dht else None  # (B, H)
-        dg = torch.empty(B, N, H, device=z.device, dtype=hs.dtype)
-        _dg_finish_kernel[(NT, B * H)](
-            dgl, dg_tot, dg_final, dg, N, H, NT, C=C, BNT=min(1024, max(16, triton.next_power_of_2(NT))),
-            HAS_FINAL=has_dht,
+        dg = torch.empty(B, N, H, device=z.device, dtype=g.dtype)
+        _launch(
+            _dg_finish_kernel, (NT, B * H), dgl, dg_tot, dg_final, dg, N, H, NT, C=C,
+            BNT=min(1024, max(16, triton.next_power_of_2(NT))), HAS_FINAL=has_dht,
         )
     from muse.ops._reduce import sum_partials  # that module takes HAS_TRITON from this one
 
