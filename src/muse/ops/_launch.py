@@ -18,7 +18,7 @@ directly:
 - later calls: ``compiled[grid](*all parameter values)``, Triton's own launcher.
 
 Under Triton's CPU interpreter (the tests) there is no compiled kernel: every call takes the
-ordinary path. Where the compiled-kernel interface differs (another Triton version), the key
+ordinary path, as it does with MUSE_TRITON_FAST_LAUNCH=0 (for comparisons and debugging). Where the compiled-kernel interface differs (another Triton version), the key
 falls back to the ordinary path for good, so a launch is never lost, only slower.
 """
 
@@ -76,7 +76,7 @@ def _remember(kernel, grid, args, meta) -> tuple:
     if isinstance(kernel, Autotuner):
         config, fn = kernel.best_config.all_kwargs(), kernel.fn
     kw = {**meta, **config}
-    if _interpreting():
+    if _interpreting() or os.environ.get("MUSE_TRITON_FAST_LAUNCH", "1") == "0":
         return None, (), config, kw
     try:
         compiled = fn.run(*args, grid=grid, warmup=True, **kw)  # Triton's cache: compiles nothing
