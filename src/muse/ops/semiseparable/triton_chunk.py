@@ -115,6 +115,24 @@ if HAS_TRITON:
         return tl.load(ptr, mask=mask, other=0.0)
 
     @triton.jit
+    def _uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ):
+        """One chunk's u, v (C, BK) and z (C, BV) tiles (rows of the chunk; zeros past N)."""
+        u_t = _load_tile(u, i_b, i_h, rows, ok, N, H, K, SU)
+        v_t = _load_tile(v, i_b, i_h, rows, ok, N, H, K, SV)
+        z_t = _load_tile(z, i_b, i_h, rows, ov, N, H, V, SZ)
+        return u_t, v_t, z_t
+
+    @triton.jit
+    def _band_tap_grads(dy, z, band, dy_t, ref, i_b, i_h, rows, ov, N, H, V, SZ, W: tl.constexpr, j):
+        """Tap j of the causal band's backward for one chunk: what dy_{t+j} adds to dz_t (C, BV),
+        and this chunk's part of dband[c, W-1-j] = sum_t dy_t z_{t-j} (BV,), in ref's dtype."""
+        acc_t = ref.dtype
+        w_j = tl.load(band + (i_h * V + ov) * W + (W - 1 - j), mask=ov < V, other=0.0)
+        dy_j = _load_tile(dy, i_b, i_h, rows + j, ov, N, H, V, H * V)
+        z_j = _load_tile(z, i_b, i_h, rows - j, ov, N, H, V, SZ)
+        return dy_j.to(acc_t) * w_j.to(acc_t)[None, :], tl.sum(dy_t.to(acc_t) * z_j.to(acc_t), 0)
+
+    @triton.jit
     def _store_tile(x, val, i_b, i_h, rows, cols, N, H, D):
         ptr = x + ((i_b * N + rows[:, None]) * H + i_h) * D + cols[None, :]
         tl.store(ptr, val.to(x.dtype.element_ty), mask=(rows[:, None] < N) & (cols[None, :] < D))
@@ -219,9 +237,7 @@ if HAS_TRITON:
         i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
         ok, ov, oc = tl.arange(0, BK), i_v * BV + tl.arange(0, BV), tl.arange(0, C)
         rows = i_t * C + oc
-        u_t = _load_tile(u, i_b, i_h, rows, ok, N, H, K, SU)  # (C, BK)
-        v_t = _load_tile(v, i_b, i_h, rows, ok, N, H, K, SV)  # (C, BK)
-        z_t = _load_tile(z, i_b, i_h, rows, ov, N, H, V, SZ)  # (C, BV)
+        u_t, v_t, z_t = _uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
         kv_mask = (ok[:, None] < K) & (ov[None, :] < V)
         h_ptr = hs + (i_bh.to(tl.int64) * NT + i_t) * K * V + ok[:, None] * V + ov[None, :]
         h = tl.load(h_ptr, mask=kv_mask, other=0.0)  # (BK, BV): state entering the chunk
@@ -254,9 +270,7 @@ if HAS_TRITON:
         i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
         ok, ov, oc = tl.arange(0, BK), tl.arange(0, BV), tl.arange(0, C)
         rows = i_t * C + oc
-        u_t = _load_tile(u, i_b, i_h, rows, ok, N, H, K, SU)  # (C, BK)
-        v_t = _load_tile(v, i_b, i_h, rows, ok, N, H, K, SV)  # (C, BK)
-        z_t = _load_tile(z, i_b, i_h, rows, ov, N, H, V, SZ)  # (C, BV)
+        u_t, v_t, z_t = _uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
         dy_t = _load_tile(dy, i_b, i_h, rows, ov, N, H, V, H * V)  # (C, BV)
         dt = z_t.dtype
         kv_off = (i_bh.to(tl.int64) * NT + i_t) * K * V + ok[:, None] * V + ov[None, :]
@@ -291,11 +305,8 @@ if HAS_TRITON:
             # dz_s += sum_j band[c, W-1-j] dy_{s+j};  dband[c, W-1-j] = sum_t dy_t z_{t-j},
             # summed here over this chunk's t and over chunks and batch by the caller.
             for j in tl.static_range(W):
-                w_j = tl.load(band + (i_h * V + ov) * W + (W - 1 - j), mask=ov < V, other=0.0)
-                dy_j = _load_tile(dy, i_b, i_h, rows + j, ov, N, H, V, H * V)
-                dz_t += dy_j.to(acc_t) * w_j.to(acc_t)[None, :]
-                z_j = _load_tile(z, i_b, i_h, rows - j, ov, N, H, V, SZ)
-                dw_j = tl.sum(dy_t.to(acc_t) * z_j.to(acc_t), 0)  # (BV,)
+                dz_j, dw_j = _band_tap_grads(dy, z, band, dy_t, dz_t, i_b, i_h, rows, ov, N, H, V, SZ, W, j)
+                dz_t += dz_j
                 ptr = dband + ((i_t * tl.num_programs(1) + i_bh).to(tl.int64) * V + ov) * W + (W - 1 - j)
                 tl.store(ptr, dw_j, mask=ov < V)
         _store_tile(du, du_t, i_b, i_h, rows, ok, N, H, K)

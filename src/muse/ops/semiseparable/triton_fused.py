@@ -26,7 +26,10 @@ import torch
 
 from muse.ops._dispatch import sms
 
-from .triton_chunk import HAS_TRITON, _block, _chunk_decay, _configs, _launch, _load_tile, _precision, _store_tile
+from .triton_chunk import (
+    HAS_TRITON, _band_tap_grads, _block, _chunk_decay, _configs, _launch, _load_tile, _precision, _store_tile,
+    _uvz_tiles,
+)
 
 if HAS_TRITON:
     import triton
@@ -68,6 +71,13 @@ if HAS_TRITON:
             one = tl.full((C,), 1.0, acc_t)
             return tl.where(causal, 1.0, 0.0).to(acc_t), one, one, tl.sum(one, 0) / C
 
+    @triton.jit
+    def _advance(h, v_t, z_t, e_write, a_last, PREC: tl.constexpr):
+        """The state leaving a chunk from the state h (BK, BV) entering it: e^{b_last} h plus
+        (v e^{b_last − b})^T z, in h's dtype."""
+        v_w = (v_t.to(h.dtype) * e_write[:, None]).to(z_t.dtype)
+        return h * a_last + tl.dot(tl.trans(v_w), z_t, input_precision=PREC).to(h.dtype)
+
     @triton.autotune(configs=_configs([{"BV": 32}, {"BV": 64}]), key=["K", "V", "C", "HAS_G", "HAS_BAND"])
     @triton.jit
     def _fused_fwd_kernel(
@@ -87,9 +97,7 @@ if HAS_TRITON:
             h += tl.load(h0 + kv_off, mask=kv_mask, other=0.0)
         for t in range(NT):
             rows = t * C + oc
-            u_t = _load_tile(u, i_b, i_h, rows, ok, N, H, K, SU)  # (C, BK)
-            v_t = _load_tile(v, i_b, i_h, rows, ok, N, H, K, SV)  # (C, BK)
-            z_t = _load_tile(z, i_b, i_h, rows, ov, N, H, V, SZ)  # (C, BV)
+            u_t, v_t, z_t = _uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
             dt = z_t.dtype
             D, e_read, e_write, a_last = _decays(g, i_b, i_h, rows, N, H, oc, C, HAS_G, ACC64)
             s = tl.dot(u_t, tl.trans(v_t), input_precision=PREC).to(acc_t) * D  # (C, C)
@@ -102,8 +110,7 @@ if HAS_TRITON:
                     z_j = _load_tile(z, i_b, i_h, rows - j, ov, N, H, V, SZ)
                     out += z_j.to(acc_t) * w_j.to(acc_t)[None, :]
             _store_tile(y, out, i_b, i_h, rows, ov, N, H, V)
-            v_w = (v_t.to(acc_t) * e_write[:, None]).to(dt)
-            h = h * a_last + tl.dot(tl.trans(v_w), z_t, input_precision=PREC).to(acc_t)  # (BK, BV)
+            h = _advance(h, v_t, z_t, e_write, a_last, PREC)  # (BK, BV)
         if STORE_FINAL:
             tl.store(ht + kv_off, h, mask=kv_mask)
 
@@ -132,9 +139,7 @@ if HAS_TRITON:
                 h += tl.load(h0 + kv_off, mask=kv_mask, other=0.0)
             for t in range(NT):
                 rows = t * C + oc
-                u_t = _load_tile(u, i_b, i_h, rows, ok, N, H, K, SU)  # (C, BK)
-                v_t = _load_tile(v, i_b, i_h, rows, ok, N, H, K, SV)  # (C, BK)
-                z_t = _load_tile(z, i_b, i_h, rows, ov, N, H, V, SZ)  # (C, BV)
+                u_t, v_t, z_t = _uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
                 dy_t = _load_tile(dy, i_b, i_h, rows, ov, N, H, V, H * V)  # (C, BV)
                 dt = z_t.dtype
                 D, e_read, e_write, a_last = _decays(g, i_b, i_h, rows, N, H, oc, C, HAS_G, ACC64)
@@ -145,8 +150,7 @@ if HAS_TRITON:
                 _store_tile(du, du_t, i_b, i_h, rows, ok, N, H, K)
                 if HAS_G:
                     tl.store(dgs + dgs_row + rows, tl.sum(u_t.to(acc_t) * du_t, 1))
-                v_w = (v_t.to(acc_t) * e_write[:, None]).to(dt)
-                h = h * a_last + tl.dot(tl.trans(v_w), z_t, input_precision=PREC).to(acc_t)
+                h = _advance(h, v_t, z_t, e_write, a_last, PREC)
             if HAS_G and HAS_DHT:  # L_N scales S_N: <dS_N, S_N> reaches every log decay
                 dht_t = tl.load(dht + kv_off, mask=kv_mask, other=0.0)
                 tl.store(fin + i_bh, tl.sum(tl.sum(dht_t * h, 1), 0))
@@ -159,9 +163,7 @@ if HAS_TRITON:
             for tt in range(NT):
                 t = NT - 1 - tt
                 rows = t * C + oc
-                u_t = _load_tile(u, i_b, i_h, rows, ok, N, H, K, SU)
-                v_t = _load_tile(v, i_b, i_h, rows, ok, N, H, K, SV)
-                z_t = _load_tile(z, i_b, i_h, rows, ov, N, H, V, SZ)
+                u_t, v_t, z_t = _uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
                 dy_t = _load_tile(dy, i_b, i_h, rows, ov, N, H, V, H * V)
                 dt = z_t.dtype
                 D, e_read, e_write, a_last = _decays(g, i_b, i_h, rows, N, H, oc, C, HAS_G, ACC64)
@@ -174,11 +176,8 @@ if HAS_TRITON:
                 dv_t += tl.dot(z_t.to(acc_t), tl.trans(dH), input_precision=PREC) * e_write[:, None]  # (C, BK)
                 if HAS_BAND:  # as _bwd_main_kernel, the weight gradient summed over chunks here
                     for j in tl.static_range(W):
-                        w_j = tl.load(band + (i_h * V + ov) * W + (W - 1 - j), mask=ov < V, other=0.0)
-                        dy_j = _load_tile(dy, i_b, i_h, rows + j, ov, N, H, V, H * V)
-                        dz_t += dy_j.to(acc_t) * w_j.to(acc_t)[None, :]
-                        z_j = _load_tile(z, i_b, i_h, rows - j, ov, N, H, V, SZ)
-                        dw_j = tl.sum(dy_t.to(acc_t) * z_j.to(acc_t), 0)  # (BV,)
+                        dz_j, dw_j = _band_tap_grads(dy, z, band, dy_t, dz_t, i_b, i_h, rows, ov, N, H, V, SZ, W, j)
+                        dz_t += dz_j
                         dband_acc += tl.where(ow[None, :] == W - 1 - j, dw_j[:, None], 0.0)
                 _store_tile(dz, dz_t, i_b, i_h, rows, ov, N, H, V)
                 _store_tile(dv, dv_t, i_b, i_h, rows, ok, N, H, K)
