@@ -39,7 +39,7 @@ __all__ = ["FUSED_MAX_CHUNKS", "fused_backward", "fused_forward", "use_fused"]
 
 # At most this many chunks per sequence take the single-launch kernels (eager calls; see
 # use_fused). Measured on an H100 (r = 32, p = 64, bf16, C = 64): at 32 chunks (N = 2K) the eager
-# `standard` training step was faster with them (30–35 against 40 ms, same session); at 64 chunks
+# `standard` step was faster with them (30–35 ms against 36–41 ms, same session); at 64 chunks
 # their GPU time (~0.51 ms fwd+bwd, B*H = 32) exceeds the chunk-parallel kernels' host time
 # (~0.26 ms) and GPU time (~0.21 ms) together.
 FUSED_MAX_CHUNKS = 32
