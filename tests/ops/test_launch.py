@@ -74,3 +74,12 @@ def test_key_separates_alignment_and_dtype():
     assert _launch._spec(x) != _launch._spec(x.double())
     assert _launch._spec(x[4:]) == _launch._spec(x)  # 16 bytes in: aligned again
     assert _launch._spec(7) == 7
+
+
+def test_grid_arithmetic_matches_triton():
+    # the launchers size grids and blocks with these instead of Triton's constexpr functions
+    for n in [*range(0, 2100), 2**20 - 1, 2**20, 2**20 + 1, 3 * 2**31]:
+        assert _launch.next_pow2(n) == triton.next_power_of_2(n), n
+    for a in [*range(0, 200), 2**31 + 5]:
+        for b in (1, 2, 3, 7, 16, 64, 264):
+            assert _launch.cdiv(a, b) == triton.cdiv(a, b), (a, b)

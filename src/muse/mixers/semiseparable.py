@@ -106,12 +106,12 @@ class SemiseparableMixer(Mixer):
         gate_sum, gate_open = gates  # (B, N, H): sum of the gates and the number open, per head
         if gate_sum is None:
             return None
-        mean = gate_sum.mean() / self.n_gated
+        per_row = gate_sum.mean()  # the mean gate is this / n_gated, folded into one scale below
         if not torch.compiler.is_compiling():
             # for stats() only; under torch.compile a module attribute set inside a checkpointed
             # block is a side effect dynamo cannot keep, which would break the graph at every block
-            self._last = {"gate_mean": mean.detach(), "open": gate_open.mean()}
-        return self.s.gate_l1 * mean
+            self._last = {"gate_sum": per_row.detach(), "open": gate_open.mean()}
+        return per_row * (self.s.gate_l1 / self.n_gated)
 
     # ------------------------------------------------------------------ Mixer API
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:  # (B, N, d)
@@ -146,4 +146,5 @@ class SemiseparableMixer(Mixer):
         if not self._last:
             return {"effective_rank": float(self.r)} if self.n_gated == 0 else {}
         fixed = self.r - self.n_gated
-        return {"effective_rank": fixed + self._last["open"].item(), "gate_mean": self._last["gate_mean"].item()}
+        open_, gate_sum = (self._last[k].item() for k in ("open", "gate_sum"))
+        return {"effective_rank": fixed + open_, "gate_mean": gate_sum / self.n_gated}

@@ -35,9 +35,21 @@ except ImportError:  # pragma: no cover - installs without Triton never launch a
     triton = None
     Autotuner = ()
 
-__all__ = ["launch"]
+__all__ = ["cdiv", "launch", "next_pow2"]
 
 _CACHE: dict = {}
+
+
+# Grid and block arithmetic on the host. Triton's ``triton.cdiv`` / ``triton.next_power_of_2``
+# are ``constexpr_function``s that unwrap their arguments on every call: ~2.4 us each on the
+# H100 box (Triton 3.6), ~25 calls per semiseparable layer forward+backward.
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The least power of two >= n, as ``triton.next_power_of_2`` (which gives 0 for 0)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
 
 
 def _spec(a):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from muse.ops._launch import launch as _launch
+from muse.ops._launch import cdiv, launch as _launch, next_pow2
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON, _interpreting
 
 if HAS_TRITON:
@@ -53,7 +53,7 @@ def sum_partials(p: Tensor, dtype: torch.dtype, out: Tensor | None = None) -> Te
     if _interpreting():
         SB, block = 2, 16
     else:
-        block = max(16, min(1024, triton.next_power_of_2(triton.cdiv(M, 264))))
-        SB = min(triton.next_power_of_2(S), max(2, 4096 // block))
-    _launch(_sum_kernel, (triton.cdiv(M, block),), p, dst, S, M, SB=SB, BLOCK=block, num_warps=4)
+        block = max(16, min(1024, next_pow2(cdiv(M, 264))))
+        SB = min(next_pow2(S), max(2, 4096 // block))
+    _launch(_sum_kernel, (cdiv(M, block),), p, dst, S, M, SB=SB, BLOCK=block, num_warps=4)
     return dst if out is None or out is dst else out.copy_(dst)

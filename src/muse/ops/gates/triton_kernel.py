@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from muse.ops._dispatch import absent, define_op, present, use_op
-from muse.ops._launch import launch as _launch
+from muse.ops._launch import cdiv, launch as _launch, next_pow2
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON, triton_supports
 
 from .naive import check_inputs
@@ -96,7 +96,7 @@ def _row_stride(t: Tensor, width: int) -> Tensor:
 
 
 def _block_rows(r: int) -> int:
-    return max(1, min(128, 4096 // triton.next_power_of_2(r)))
+    return max(1, min(128, 4096 // next_pow2(r)))
 
 
 def gates_forward(u, gl, dl, scale: float):
@@ -110,8 +110,8 @@ def gates_forward(u, gl, dl, scale: float):
     ue = torch.empty(B, N, H, r, device=u.device, dtype=u.dtype)
     ld = torch.empty(B, N, H, device=u.device, dtype=acc) if dl is not None else None
     gs, go = (torch.empty(B, N, H, device=u.device, dtype=acc) if n else None for _ in range(2))
-    BR, BK = _block_rows(r), triton.next_power_of_2(r)
-    _launch(_gate_fwd_kernel, (triton.cdiv(R, BR),),
+    BR, BK = _block_rows(r), next_pow2(r)
+    _launch(_gate_fwd_kernel, (cdiv(R, BR),),
         u, gl, dl, ue, ld, gs, go, R, H, u.stride(1), gl.stride(1) if n else 0, dl.stride(1) if dl is not None else 0,
         scale=scale, r=r, n=n, BR=BR, BK=BK, HAS_GATE=n > 0, HAS_DECAY=dl is not None,
     )
@@ -128,8 +128,8 @@ def gates_backward(due, dld, dgs, u, gl, dl, scale: float):
     du = torch.empty(B, N, H, r, device=u.device, dtype=u.dtype)
     dgl = torch.empty(B, N, H, n, device=u.device, dtype=gl.dtype) if n else None
     ddl = torch.empty(B, N, H, device=u.device, dtype=dl.dtype) if dl is not None else None
-    BR, BK = _block_rows(r), triton.next_power_of_2(r)
-    _launch(_gate_bwd_kernel, (triton.cdiv(R, BR),),
+    BR, BK = _block_rows(r), next_pow2(r)
+    _launch(_gate_bwd_kernel, (cdiv(R, BR),),
         u, gl, dl, due, dld.contiguous() if dld is not None else None,
         dgs.contiguous() if dgs is not None else None, du, dgl, ddl, R, H, u.stride(1),
         gl.stride(1) if n else 0, dl.stride(1) if dl is not None else 0, scale=scale, r=r, n=n, BR=BR, BK=BK,

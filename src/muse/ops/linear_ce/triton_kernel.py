@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from muse.ops._dispatch import absent, contiguous, define_op, present, sms as _sms, use_op
-from muse.ops._launch import launch as _launch
+from muse.ops._launch import cdiv, launch as _launch, next_pow2
 from muse.ops._reduce import sum_partials
 
 from .naive import accumulation_dtype, check_inputs, naive_linear_cross_entropy
@@ -62,7 +62,7 @@ if HAS_TRITON:
     def _clamp_kg(configs, nargs, **kwargs):
         """Autotune pruning: no gradient group wider than K needs (rounded up to a power of two)."""
         K = {**nargs, **kwargs}["K"]
-        kp = max(16, triton.next_power_of_2(K))
+        kp = max(16, next_pow2(K))
         out, seen = [], set()
         for c in configs:
             kw = {**c.kwargs, "KG": min(c.kwargs["KG"], kp)}
@@ -308,7 +308,7 @@ def ce_forward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor) -> tuple[Ten
     S = _cdiv(V, VS)  # no empty split
     lse_part = torch.empty(S, T, device=x.device, dtype=acc)  # (S, T)
     tz_part = torch.empty(S, T, device=x.device, dtype=acc)
-    grid = lambda meta: (triton.cdiv(T, meta["BM"]), S)  # noqa: E731
+    grid = lambda meta: (cdiv(T, meta["BM"]), S)  # noqa: E731
     _launch(_fwd_kernel, grid,
         x, w, b, tgt, lse_part, tz_part, T, V, K, VS, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
         BK=_bk(K, x.dtype), HAS_BIAS=b is not None, PREC=_precision(x.dtype),
@@ -333,7 +333,7 @@ def ce_backward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor, lse: Tensor
         # one split writes dx directly; more write fp32 partials (ns, T, K), summed below
         dx_p = dx if ns == 1 else torch.empty(ns, T, K, device=x.device, dtype=lse.dtype)
         sdt, sdk = (dx.stride(0), dx.stride(1)) if ns == 1 else (K, 1)
-        grid = lambda meta: (triton.cdiv(T, meta["BM"]), triton.cdiv(K, meta["KG"]), ns)  # noqa: E731
+        grid = lambda meta: (cdiv(T, meta["BM"]), cdiv(K, meta["KG"]), ns)  # noqa: E731
         _launch(_dx_kernel, grid,
             x, w, b, tgt, lse, dloss, dx_p, T, V, K, VS, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
             sdt, sdk, T * K if ns > 1 else 0, ignore_index, **common,
@@ -349,7 +349,7 @@ def ce_backward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor, lse: Tensor
         dw_p = dw if ns == 1 else torch.empty(ns, V, K, device=x.device, dtype=lse.dtype)
         db_p = db if ns == 1 or b is None else torch.empty(ns, V, device=x.device, dtype=lse.dtype)
         sdv, sdk = (dw.stride(0), dw.stride(1)) if ns == 1 else (K, 1)
-        grid = lambda meta: (triton.cdiv(V, meta["BV"]), triton.cdiv(K, meta["KG"]), ns)  # noqa: E731
+        grid = lambda meta: (cdiv(V, meta["BV"]), cdiv(K, meta["KG"]), ns)  # noqa: E731
         _launch(_dw_kernel, grid,
             x, w, b, tgt, lse, dloss, dw_p, db_p, T, V, K, TS, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
             sdv, sdk, V * K if ns > 1 else 0, ignore_index, **common,

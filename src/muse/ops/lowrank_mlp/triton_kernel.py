@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from muse.ops._launch import cdiv, next_pow2
 from muse.ops._dispatch import absent, contiguous, define_op, present, sms as _sms, use_op
 from muse.ops._reduce import sum_partials
 from muse.ops.linear_ce.naive import accumulation_dtype
@@ -164,7 +165,7 @@ if HAS_TRITON:
 
 def _meta(a: Tensor, w_up: Tensor, w_down: Tensor, b_up: Tensor | None) -> dict:
     R, S = w_up.shape[0], w_down.shape[1]
-    return dict(BR=max(16, triton.next_power_of_2(R)), BS=max(16, triton.next_power_of_2(S)),
+    return dict(BR=max(16, next_pow2(R)), BS=max(16, next_pow2(S)),
                 ACC=tl.float64 if a.dtype == torch.float64 else tl.float32, HAS_B=b_up is not None,
                 PREC=_precision(a.dtype),
                 FAST=a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and not _interpreting())
@@ -197,7 +198,7 @@ def mlp_forward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor) ->
     H, S = w_down.shape
     ns = _splits(-(-T // 128), -(-H // 64), a)
     c_p = torch.empty(ns, T, S, device=a.device, dtype=accumulation_dtype(a))  # fp32 partials, one per split
-    _run(_fwd_kernel, lambda m: (triton.cdiv(T, m["BT"]), ns), a, w_up, b_up, w_down, c_p, T, R, H, S, ns,
+    _run(_fwd_kernel, lambda m: (cdiv(T, m["BT"]), ns), a, w_up, b_up, w_down, c_p, T, R, H, S, ns,
          **_meta(a, w_up, w_down, b_up))
     return sum_partials(c_p, a.dtype)
 
@@ -213,7 +214,7 @@ def mlp_backward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor, d
     if need_da:
         ns = _splits(-(-T // 128), -(-H // 64), a)
         da_p = torch.empty(ns, T, R, device=a.device, dtype=accumulation_dtype(a))
-        _run(_da_kernel, lambda m: (triton.cdiv(T, m["BT"]), ns), a, w_up, b_up, w_down, dc, da_p, T, R, H, S, ns,
+        _run(_da_kernel, lambda m: (cdiv(T, m["BT"]), ns), a, w_up, b_up, w_down, dc, da_p, T, R, H, S, ns,
              **meta)
         da = sum_partials(da_p, a.dtype)
     if need_dw:
@@ -222,7 +223,7 @@ def mlp_backward(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor, d
         dwu_p = torch.empty(ns, R, H, device=a.device, dtype=acc)
         dwd_p = torch.empty(ns, H, S, device=a.device, dtype=acc)
         db_p = torch.empty(ns, H, device=a.device, dtype=acc) if b_up is not None else None
-        _run(_dw_kernel, lambda m: (triton.cdiv(H, m["BH"]), ns), a, w_up, b_up, w_down, dc, dwu_p, dwd_p, db_p,
+        _run(_dw_kernel, lambda m: (cdiv(H, m["BH"]), ns), a, w_up, b_up, w_down, dc, dwu_p, dwd_p, db_p,
              T, R, H, S, ns, **meta)
         dwu, dwd = sum_partials(dwu_p, w_up.dtype), sum_partials(dwd_p, w_down.dtype)
         db = sum_partials(db_p, b_up.dtype) if b_up is not None else None

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from muse.ops._dispatch import define_op, use_op
-from muse.ops._launch import launch as _launch
+from muse.ops._launch import cdiv, launch as _launch, next_pow2
 from muse.ops._reduce import sum_partials
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON, triton_supports
 
@@ -63,7 +63,7 @@ if HAS_TRITON:
 
 def _block_rows(D: int) -> int:
     # about 4K elements per program: enough rows to hide latency, few enough to keep registers
-    return max(1, min(64, 4096 // triton.next_power_of_2(D)))
+    return max(1, min(64, 4096 // next_pow2(D)))
 
 
 def norm_forward(x: Tensor, weight: Tensor, eps: float):
@@ -74,8 +74,8 @@ def norm_forward(x: Tensor, weight: Tensor, eps: float):
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     y = torch.empty_like(x)
     rstd = torch.empty(M, G, device=x.device, dtype=acc)
-    BM, BD = _block_rows(D), triton.next_power_of_2(D)
-    _launch(_rms_fwd_kernel, (triton.cdiv(M, BM), G), x, weight, y, rstd, M, G, D, eps=eps, BM=BM, BD=BD)
+    BM, BD = _block_rows(D), next_pow2(D)
+    _launch(_rms_fwd_kernel, (cdiv(M, BM), G), x, weight, y, rstd, M, G, D, eps=eps, BM=BM, BD=BD)
     return y, rstd
 
 
@@ -83,10 +83,10 @@ def norm_backward(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor):
     """Backward launcher (``muse::rms_norm_bwd``): dx (x's shape and dtype), dweight (weight's)."""
     G, D = (1, weight.shape[0]) if weight.dim() == 1 else weight.shape
     M = rstd.shape[0]
-    BM, BD = _block_rows(D), triton.next_power_of_2(D)
+    BM, BD = _block_rows(D), next_pow2(D)
     dy = dy.contiguous()
     dx = torch.empty_like(x)
-    nm = triton.cdiv(M, BM)
+    nm = cdiv(M, BM)
     dw = torch.empty(nm, G, D, device=x.device, dtype=rstd.dtype)  # per-program partial sums
     _launch(_rms_bwd_kernel, (nm, G), x, weight, dy, rstd, dx, dw, M, G, D, BM=BM, BD=BD)
     return dx, sum_partials(dw, weight.dtype).reshape(weight.shape)

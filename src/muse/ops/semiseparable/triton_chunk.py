@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from muse.ops._dispatch import assumes_cuda, fake
-from muse.ops._launch import launch as _launch
+from muse.ops._launch import cdiv, launch as _launch, next_pow2
 
 try:  # Triton is a GPU extra; the torch chunked scan is the fallback everywhere.
     import triton
@@ -354,7 +354,7 @@ def _rows(t: Tensor) -> Tensor:
 
 def _block(n: int) -> int:
     """Power-of-two tile width >= 16 (tl.dot's minimum) covering n."""
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_pow2(n))
 
 
 def _precision(dtype: torch.dtype) -> str | None:
@@ -372,17 +372,17 @@ def _scan(a, x, g, init, C, *, read: bool, store_final: bool):
     """
     B, N, H, K = a.shape
     V = x.shape[-1]
-    NT = triton.cdiv(N, C)
+    NT = cdiv(N, C)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     X = torch.empty(B, H, NT, K, V, device=x.device, dtype=acc)
     decay = torch.empty(B, H, NT, device=x.device, dtype=acc) if g is not None else None
     BV = min(64, _block(V))
     _launch(
-        _chunk_local_kernel, (NT, triton.cdiv(V, BV), B * H), a, x, g, X, decay, a.stride(1), x.stride(1),
+        _chunk_local_kernel, (NT, cdiv(V, BV), B * H), a, x, g, X, decay, a.stride(1), x.stride(1),
         N, H, K, V, NT, C=C, BK=_block(K), BV=BV, HAS_G=g is not None, READ=read, PREC=_precision(x.dtype),
     )
     final = torch.empty(B, H, K, V, device=x.device, dtype=acc) if store_final else None
-    grid = lambda meta: (triton.cdiv(K * V, meta["BLOCK"]), B * H)  # noqa: E731
+    grid = lambda meta: (cdiv(K * V, meta["BLOCK"]), B * H)  # noqa: E731
     _launch(
         _state_scan_kernel, grid, X, decay, init, final, NT, K * V, HAS_G=g is not None,
         HAS_INIT=init is not None, STORE_FINAL=store_final, REVERSE=read,
@@ -400,7 +400,7 @@ def scan_forward(u, v, z, g, h0, band, output_final_state: bool, C: int):
     hs, ht = _scan(v, z, g, h0, C, read=False, store_final=output_final_state)
     y = torch.empty(z.shape, device=z.device, dtype=z.dtype)
     BV = min(64, _block(V))
-    grid = (hs.shape[2], triton.cdiv(V, BV), B * H)
+    grid = (hs.shape[2], cdiv(V, BV), B * H)
     _launch(
         _fwd_output_kernel, grid, u, v, z, g, hs, band, y, u.stride(1), v.stride(1), z.stride(1),
         N, H, K, V, hs.shape[2], C=C, BK=_block(K), BV=BV, HAS_G=g is not None, PREC=_precision(z.dtype),
@@ -442,7 +442,7 @@ def scan_backward(dy, dht, u, v, z, g, h0, band, C: int):
         dg = torch.empty(B, N, H, device=z.device, dtype=g.dtype)
         _launch(
             _dg_finish_kernel, (NT, B * H), dgl, dg_tot, dg_final, dg, N, H, NT, C=C,
-            BNT=min(1024, max(16, triton.next_power_of_2(NT))), HAS_FINAL=has_dht,
+            BNT=min(1024, max(16, next_pow2(NT))), HAS_FINAL=has_dht,
         )
     from muse.ops._reduce import sum_partials  # that module takes HAS_TRITON from this one
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from muse.ops._launch import cdiv, next_pow2
 from muse.ops._dispatch import sms
 
 from .triton_chunk import (
@@ -221,10 +222,10 @@ def fused_forward(u, v, z, g, h0, band, output_final_state: bool, C: int):
     acc = torch.float64 if z.dtype == torch.float64 else torch.float32
     y = torch.empty(z.shape, device=z.device, dtype=z.dtype)
     ht = torch.empty(B, H, K, V, device=z.device, dtype=acc) if output_final_state else None
-    grid = lambda meta: (triton.cdiv(V, meta["BV"]), B * H)  # noqa: E731
+    grid = lambda meta: (cdiv(V, meta["BV"]), B * H)  # noqa: E731
     _launch(
         _fused_fwd_kernel, grid, u, v, z, g, h0, band, y, ht,
-        u.stride(1), v.stride(1), z.stride(1), N, H, K, V, triton.cdiv(N, C), C=C, BK=_block(K),
+        u.stride(1), v.stride(1), z.stride(1), N, H, K, V, cdiv(N, C), C=C, BK=_block(K),
         HAS_G=g is not None, HAS_INIT=h0 is not None, STORE_FINAL=output_final_state, PREC=_precision(z.dtype),
         W=band.shape[1] if band is not None else 1, HAS_BAND=band is not None, ACC64=acc == torch.float64,
     )
@@ -238,7 +239,7 @@ def fused_backward(dy, dht, u, v, z, g, h0, band, C: int):
 
     B, N, H, K = u.shape
     V = z.shape[-1]
-    NT = triton.cdiv(N, C)
+    NT = cdiv(N, C)
     acc = torch.float64 if z.dtype == torch.float64 else torch.float32
     dy = dy.contiguous()
     dht = dht.to(acc).contiguous() if dht is not None else None
@@ -253,7 +254,7 @@ def fused_backward(dy, dht, u, v, z, g, h0, band, C: int):
         _fused_bwd_kernel, (2, B * H), u, v, z, g, h0, dht, dy, band, du, dv, dz, dgs, fin, dh0, dband,
         u.stride(1), v.stride(1), z.stride(1), N, H, K, V, NT, C=C, BK=_block(K), BV=_block(V),
         HAS_G=g is not None, HAS_INIT=h0 is not None, HAS_DHT=dht is not None, STORE_DH0=h0 is not None,
-        PREC=_precision(z.dtype), W=W, WP=triton.next_power_of_2(W), HAS_BAND=band is not None,
+        PREC=_precision(z.dtype), W=W, WP=next_pow2(W), HAS_BAND=band is not None,
         ACC64=acc == torch.float64,
     )
     dg = None

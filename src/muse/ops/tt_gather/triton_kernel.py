@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from muse.ops._dispatch import assumes_cuda, define_op, fake, use_op
-from muse.ops._launch import launch as _launch
+from muse.ops._launch import cdiv, launch as _launch
 
 from .naive import tt_contract
 
@@ -322,7 +322,7 @@ def gather_forward(ids: Tensor, cores: list[Tensor], row_factors: list[int], col
     sizes, meta = _kernel_args(list(cores), row_factors, col_factors)
     ptrs = list(cores) + [None] * (4 - len(cores))
     if L:
-        grid = lambda m: (triton.cdiv(L, m["BT"]),)  # noqa: E731
+        grid = lambda m: (cdiv(L, m["BT"]),)  # noqa: E731
         _launch(_fwd_kernel, grid, ids, out, *ptrs, L, num_cols, *sizes, **meta, PREC=_precision(out_dtype))
     return out
 
@@ -342,7 +342,7 @@ def gather_backward(grad_out: Tensor, ids: Tensor, cores: list[Tensor], row_fact
         sids, order = torch.sort(ids)  # runs of equal ids become adjacent
         sizes, meta = _kernel_args(list(cores), row_factors, col_factors)
         ptrs = list(cores) + [None] * (4 - len(cores))
-        grid = lambda m: (triton.cdiv(L, m["BT"]),)  # noqa: E731
+        grid = lambda m: (cdiv(L, m["BT"]),)  # noqa: E731
         _launch(_bwd_kernel, grid, sids, order, grad_out.contiguous(), *ptrs, dC, *offs[1:4], L, N, *sizes, **meta,
                 PREC=_precision(grad_out.dtype))
     return dC
