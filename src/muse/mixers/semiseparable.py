@@ -110,7 +110,7 @@ class SemiseparableMixer(Mixer):
         if not torch.compiler.is_compiling():
             # for stats() only; under torch.compile a module attribute set inside a checkpointed
             # block is a side effect dynamo cannot keep, which would break the graph at every block
-            self._last = {"gate_sum": per_row.detach(), "open": gate_open.mean()}
+            self._last = {"gate_sum_per_row": per_row.detach(), "open": gate_open.mean()}
         return per_row * (self.s.gate_l1 / self.n_gated)
 
     # ------------------------------------------------------------------ Mixer API
@@ -146,5 +146,5 @@ class SemiseparableMixer(Mixer):
         if not self._last:
             return {"effective_rank": float(self.r)} if self.n_gated == 0 else {}
         fixed = self.r - self.n_gated
-        open_, gate_sum = (self._last[k].item() for k in ("open", "gate_sum"))
+        open_, gate_sum = (self._last[k].item() for k in ("open", "gate_sum_per_row"))
         return {"effective_rank": fixed + open_, "gate_mean": gate_sum / self.n_gated}
