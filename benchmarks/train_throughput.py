@@ -82,8 +82,7 @@ def run_one(preset: str, N: int, B: int, args, device: torch.device) -> dict:
             "model.checkpointing": args.checkpointing, "model.mixer.semiseparable.impl": args.impl}
     if args.compile:
         over.update({"train.compile": True, "train.compile_mode": args.compile})
-    if args.cuda_graph:
-        over["train.cuda_graph"] = True
+    over["train.cuda_graph"] = bool(args.cuda_graph)  # measure() captures only for true; say what ran
     try:
         cfg = load_config(preset, over)
         plan = StepPlan(batch=B, seq=N, precision=args.precision, optimizer=args.optimizer,
@@ -126,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch.compile both models in this mode (CUDA only; results go to "
                         "train_throughput-compile-MODE-gpu.json)")
     p.add_argument("--cuda-graph", action="store_true",
-                   help="capture each whole step as one CUDA graph, as train.cuda_graph does (CUDA only; results go "
-                        "to train_throughput[-compile-MODE]-cudagraph-gpu.json)")
+                   help="capture each whole step as one CUDA graph, as train.cuda_graph does (what `muse train` "
+                        "does by default on one GPU where the step can be captured: train.cuda_graph auto); "
+                        "without it the steps run uncaptured. CUDA only; results go to "
+                        "train_throughput[-compile-MODE]-cudagraph-gpu.json")
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=1,

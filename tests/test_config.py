@@ -114,3 +114,34 @@ def test_defaults_are_valid():
     EmbeddingConfig(kind="tt", phase="complex")
     SemiseparableConfig()
     HeadConfig(kind="tied")
+
+
+def test_cuda_graph_takes_auto_true_or_false():
+    from muse.config import TrainConfig
+
+    assert TrainConfig().cuda_graph == "auto"  # the default: the trainer decides and logs why
+    for value in ("auto", True, False):
+        assert from_dict(Config, {"train": {"cuda_graph": value}}).train.cuda_graph == value
+    # the CLI reads values as YAML scalars: true/false arrive as bools, auto as a string
+    assert load_config("tiny", {"train.cuda_graph": "auto"}).train.cuda_graph == "auto"
+    for bad, needle in (("on-gpu", "must be auto, true or false; got 'on-gpu'"), ("Auto", "got 'Auto'"),
+                        (1, "must be of type bool or str; got 1"), (None, "may not be null")):
+        with pytest.raises(ConfigError, match="train.cuda_graph") as e:
+            from_dict(Config, {"train": {"cuda_graph": bad}})
+        assert needle in str(e.value)
+
+
+def test_cuda_graph_auto_round_trips_and_is_a_cli_option(tmp_path):
+    import argparse
+
+    from muse.configargs import add_config_arguments, config_from_args
+
+    cfg = load_config("tiny")
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml").train.cuda_graph == "auto"
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    for text, value in (("auto", "auto"), ("true", True), ("false", False)):
+        assert config_from_args(parser.parse_args(["tiny", "--train.cuda_graph", text])).train.cuda_graph == value
+    with pytest.raises(ConfigError, match="train.cuda_graph must be auto, true or false"):
+        config_from_args(parser.parse_args(["tiny", "--train.cuda_graph", "sometimes"]))

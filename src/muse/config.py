@@ -291,6 +291,7 @@ class DataConfig:
 
 
 OPTIMIZERS = ("adamw", "adamw8bit", "adamw-offload")
+CUDA_GRAPH_OPTIMIZERS = ("adamw", "adamw8bit")  # whose step can run inside a captured graph (muse.train.graph)
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-pure")
 _CUBLAS_WORKSPACE = re.compile(r"(:[0-9]+:[0-9]+)+")
 
@@ -335,11 +336,13 @@ class TrainConfig:
     # torch.compile mode when compile is on: "default" | "reduce-overhead" (CUDA graphs: the host
     # launches nothing per kernel, for launch-bound small models) | "max-autotune-no-cudagraphs"
     compile_mode: str = "default"
-    # capture the whole training step (forward, backward, clipping, AdamW) as one CUDA graph after
-    # a few eager warm-up steps and replay it: the host then launches one graph per step instead
-    # of hundreds of kernels (muse.train.graph). CUDA only; single process; adamw; not fp16;
-    # with train.compile, a compile_mode without CUDA graphs of its own
-    cuda_graph: bool = False
+    # capture the whole training step (forward, backward, clipping, the optimizer) as one CUDA
+    # graph after a few eager warm-up steps and replay it: the host then launches one graph per
+    # step instead of hundreds of kernels (muse.train.graph). auto: on where the step can be
+    # captured (one CUDA device, adamw or adamw8bit, not fp16, no compile_mode with CUDA graphs
+    # of its own, no host-syncing model path), off elsewhere, and the trainer logs which and why |
+    # true: capture or fail with the reason | false: never
+    cuda_graph: bool | str = "auto"
     eval_every: int = 100
     eval_tokens: int = 65536  # validation tokens per periodic evaluation (0 = whole split)
     log_every: int = 10
@@ -375,8 +378,10 @@ class TrainConfig:
                     "train.precision fp16 (loss scaling) does not combine with train.optimizer adamw-offload; "
                     "use bf16 or bf16-pure"
                 )
-        if self.cuda_graph:
-            self._check_cuda_graph()
+        if not (isinstance(self.cuda_graph, bool) or self.cuda_graph == "auto"):
+            raise ConfigError(f"train.cuda_graph must be auto, true or false; got {self.cuda_graph!r}")
+        if self.cuda_graph is True and (conflict := self.cuda_graph_conflict()):
+            raise ConfigError(conflict[1])
         check_cublas_workspace("train.cublas_workspace", self.cublas_workspace)
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0; got {self.lr!r}")
@@ -392,24 +397,31 @@ class TrainConfig:
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
 
 
-    def _check_cuda_graph(self) -> None:
+    def cuda_graph_conflict(self) -> tuple[str, str] | None:
+        """Why this training setup cannot be captured as a CUDA graph (``cuda_graph``), as (the
+        short reason that ``auto`` logs, the error that ``true`` raises), or None. The model's
+        part is :meth:`Config.cuda_graph_conflict`; the device's, the trainer's."""
         if self.device == "cpu":
-            raise ConfigError("train.cuda_graph captures CUDA graphs; it needs train.device auto, cuda or cuda:N")
-        if self.optimizer != "adamw":
-            raise ConfigError(
-                f"train.cuda_graph needs train.optimizer adamw (its fused step runs inside the graph); got "
-                f"{self.optimizer!r}"
+            return "device cpu", "train.cuda_graph captures CUDA graphs; it needs train.device auto, cuda or cuda:N"
+        if self.optimizer not in CUDA_GRAPH_OPTIMIZERS:
+            return (
+                f"optimizer {self.optimizer} (its update runs on the CPU)",
+                f"train.cuda_graph needs train.optimizer adamw or adamw8bit (their steps run inside the graph); got "
+                f"{self.optimizer!r}",
             )
         if self.precision == "fp16":
-            raise ConfigError(
+            return (
+                "precision fp16 (loss scaling reads a flag on the host every step)",
                 "train.cuda_graph does not combine with train.precision fp16 (loss scaling reads a flag on the "
-                "host every step); use bf16, bf16-pure or fp32"
+                "host every step); use bf16, bf16-pure or fp32",
             )
         if self.compile and self.compile_mode == "reduce-overhead":
-            raise ConfigError(
+            return (
+                "compile_mode reduce-overhead (CUDA graphs of its own)",
                 "train.cuda_graph captures the whole step itself; with train.compile use compile_mode 'default' "
-                "or 'max-autotune-no-cudagraphs', not 'reduce-overhead' (CUDA graphs of its own)"
+                "or 'max-autotune-no-cudagraphs', not 'reduce-overhead' (CUDA graphs of its own)",
             )
+        return None
 
 
 @dataclass
@@ -427,6 +439,31 @@ class Config:
             raise ConfigError(
                 f"train.seq_len ({self.train.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
             )
+        if self.train.cuda_graph is True and (conflict := self.cuda_graph_conflict()):
+            raise ConfigError(conflict[1])
+
+    def cuda_graph_conflict(self) -> tuple[str, str] | None:
+        """:meth:`TrainConfig.cuda_graph_conflict`, and the model paths that read device values on the
+        host during a step (a capture refuses those): (short reason, error), or None."""
+        if conflict := self.train.cuda_graph_conflict():
+            return conflict
+        m, emb = self.model, self.model.embedding
+        if m.checkpointing and m.dropout > 0:
+            return (
+                "activation checkpointing with dropout (saves and restores the CUDA RNG state on the host)",
+                "train.cuda_graph does not combine model.checkpointing with model.dropout > 0 (each checkpointed "
+                "block saves and restores the CUDA RNG state on the host to replay its dropout); turn one of them "
+                "off, or set train.cuda_graph auto or false",
+            )
+        if emb.kind == "tt" and (emb.gather_impl == "torch" or emb.phase == "complex"):
+            what, fix = (("embedding.gather_impl torch", "use embedding.gather_impl auto or triton")
+                         if emb.gather_impl == "torch" else ("embedding.phase complex", "use phase none or cos"))
+            return (
+                f"{what}: the torch TT row gather deduplicates ids on the host",
+                f"train.cuda_graph does not combine with {what} (the torch TT row gather deduplicates the batch's "
+                f"ids with torch.unique, a host sync); {fix}, or set train.cuda_graph auto or false",
+            )
+        return None
 
     @property
     def seq_len(self) -> int:
@@ -459,6 +496,14 @@ def _coerce(path: str, tp, value):
         raise ConfigError(f"{path} may not be null")
     if dataclasses.is_dataclass(base):
         return from_dict(base, value, path)
+    if typing.get_origin(base) in (typing.Union, types.UnionType):  # e.g. bool | str: the first that fits
+        for member in typing.get_args(base):
+            try:
+                return _coerce(path, member, value)
+            except ConfigError:
+                pass
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(base))
+        raise ConfigError(f"{path} must be of type {names}; got {value!r}")
     if base is bool:
         if isinstance(value, bool):
             return value

@@ -109,7 +109,7 @@ def plan_config(cfg: Config, plan: StepPlan) -> Config:
         cfg.train.grad_accum = 1  # a memory step has no accumulation; the trainer enforces it
     if plan.checkpointing is not None:
         cfg.model.checkpointing = plan.checkpointing
-    cfg.train.__post_init__()  # the plan's optimizer and precision must suit the rest (train.cuda_graph)
+    cfg.train.__post_init__()  # the plan's optimizer and precision must suit the rest (train.cuda_graph true)
     return cfg
 
 
@@ -338,6 +338,9 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
             warmup: int = 2, steps: int = 3) -> dict:
     """Real steps on CUDA: peak allocated over ``steps`` timed steps after ``warmup``.
 
+    The step is captured as a CUDA graph only for ``train.cuda_graph`` true (then no peak is
+    reported); ``auto`` and ``false`` measure the uncaptured step, which allocates the same tensors.
+
     With ``budget`` the process is capped by ``set_per_process_memory_fraction`` for the whole
     run (warm-up included): ``status`` is PASS only if every step completed, FAIL (with the peak
     reached) on out-of-memory.
@@ -380,7 +383,7 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
         if cfg.train.compile:  # as the trainer runs it; the warm-up steps compile
             model = compile_model(model, cfg.train.compile_mode)
         step = functools.partial(_step, model, opt, autocast, idx, plan.mode)
-        if cfg.train.cuda_graph and plan.mode == "train":
+        if cfg.train.cuda_graph is True and plan.mode == "train":  # "auto" measures the uncaptured step
             step, warmup = _captured(model, opt, autocast, idx, device), max(warmup, WARMUP_STEPS + 1)
         for _ in range(warmup):  # a captured step: its eager warm-up steps, then the capture
             grads = step()
@@ -412,7 +415,7 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
                   workspace, cublas)
     out["tokens_per_s"] = plan.batch * plan.seq / statistics.median(times) if times else None
     out["compile"] = cfg.train.compile_mode if cfg.train.compile else None
-    out["cuda_graph"] = cfg.train.cuda_graph and plan.mode == "train"
+    out["cuda_graph"] = cfg.train.cuda_graph is True and plan.mode == "train"
     if out["cuda_graph"] or (cfg.train.compile and cfg.train.compile_mode in CUDA_GRAPH_MODES):
         # replaying a CUDA graph allocates nothing: its temporaries live in a private pool that
         # max_memory_allocated stops counting once the capture is over, so no peak is reported
@@ -437,7 +440,7 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
 
 def run(cfg: Config, plan: StepPlan, budget: int | None = None, device: str = "auto") -> dict:
     """Measure where CUDA is available (or asked for), estimate otherwise."""
-    if cfg.train.cuda_graph:
+    if cfg.train.cuda_graph is True:  # "auto" (the default) measures the uncaptured step
         raise ConfigError("train.cuda_graph replays a captured step, whose memory max_memory_allocated does not "
                           "see; measure with train.cuda_graph false (the step allocates the same tensors)")
     if cfg.train.compile and cfg.train.compile_mode in CUDA_GRAPH_MODES:

@@ -27,7 +27,7 @@ from muse.runtime import apply_cublas_workspace, autocast_context, compile_model
 from muse.train.checkpoint import (
     load_checkpoint, read_file, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
-from muse.train.graph import CapturedStep, make_capturable
+from muse.train.graph import CapturedStep, make_capturable, resolve_cuda_graph
 from muse.train.optim import (
     build_optimizer, build_scheduler, check_offload_device, clip_grad_norm, is_offloaded, load_optimizer_state,
     sync_offloaded_params,
@@ -76,9 +76,11 @@ class Trainer:
         self.run_dir = Path(run_dir)
         apply_cublas_workspace(tc.cublas_workspace)  # before anything touches CUDA
         self.dist, self.device = init_distributed(tc.device)
-        if tc.cuda_graph and (self.device.type != "cuda" or self.dist.world_size > 1):
-            where = f"{self.dist.world_size} processes" if self.device.type == "cuda" else f"device {self.device}"
-            raise ConfigError(f"train.cuda_graph needs a single CUDA device; this run has {where}")
+        if self.device.type == "cuda" and self.device.index is not None:
+            # streams, CUDA graphs and torch.tensor(..., device="cuda") follow the current device
+            torch.cuda.set_device(self.device)
+        if tc.cuda_graph is True:  # fail before the data is prepared
+            resolve_cuda_graph(cfg, self.device, self.dist.world_size)
         if tc.optimizer == "adamw-offload":  # fail before the data is prepared
             check_offload_device(self.device.type)
             if self.dist.world_size > 1:
@@ -112,6 +114,9 @@ class Trainer:
         pure = torch.bfloat16 if tc.precision == "bf16-pure" else None
         self.model = build_model(cfg, dtype=pure).to(self.device)
         self.optimizer = build_optimizer(self.model, tc, self.device.type)
+        self.cuda_graph, why = resolve_cuda_graph(cfg, self.device, self.dist.world_size, self.optimizer)
+        if tc.cuda_graph == "auto":
+            self._note(f"train.cuda_graph auto -> {'on' if self.cuda_graph else 'off'} ({why})")
         self.tokens_per_step = tc.batch_size * cfg.seq_len * tc.grad_accum * self.dist.world_size
         self.total_steps = self._schedule_steps()
         self.scheduler = build_scheduler(self.optimizer, tc, self.total_steps)
@@ -143,9 +148,12 @@ class Trainer:
         if tc.compile:
             self.train_model = compile_model(self.train_model, tc.compile_mode)
         self._captured = None
-        if tc.cuda_graph:
-            make_capturable(self.optimizer, self.device)  # after loading state: that restores float LRs
-            self._captured = CapturedStep(self._update, lambda: self.optimizer.zero_grad(set_to_none=True))
+        if self.cuda_graph:
+            make_capturable(self.optimizer, self.device)  # after loading state: that restores host LRs and steps
+            self._captured = CapturedStep(
+                self._update, lambda: self.optimizer.zero_grad(set_to_none=True), strict=tc.cuda_graph is True,
+                notify=lambda why: self._note(f"train.cuda_graph auto -> off after the warm-up steps ({why})"),
+            )
         self.sampler = BatchSampler(
             self.data.tokens["train"], tc.batch_size, cfg.seq_len, tc.seed, self.dist.rank, self.dist.world_size
         )
@@ -154,6 +162,11 @@ class Trainer:
         self._tb = self._wandb = None
 
     # ------------------------------------------------------------------ setup helpers
+    def _note(self, text: str) -> None:
+        """One line for the user, from the main process only."""
+        if self.dist.is_main:
+            print(f"muse: {text}", flush=True)
+
     @contextlib.contextmanager
     def _rank0_first(self):
         import torch.distributed as dist
