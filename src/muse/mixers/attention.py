@@ -13,9 +13,10 @@ from muse.config import ModelConfig
 from muse.layers.linear import make_linear
 from muse.mixers.base import Mixer, register_mixer
 
-# Backends for decoding. cuDNN attention (which SDPA prefers on an H100) builds a plan for every
-# new shape, costing milliseconds of host time per call: once per prompt length in a prefill.
-# The others need no plan; the memory-efficient one takes the decoding step's mask.
+# Backends for prefill and decoding. cuDNN attention (which SDPA prefers on an H100) builds a
+# plan on the host for every new shape: for every prompt length in a prefill, and (before the
+# decoding step had a fixed shape) for every step. The others need no plan; the memory-efficient
+# one takes the decoding step's mask.
 _DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
