@@ -72,7 +72,8 @@ class Decoder:
     in place; then each call copies the token in, sets the position and replays the graph. A
     state that is not the one the decoder returned last (a new prompt) is copied into the buffers
     when its shapes match, else the decoder starts over with it. Where the capture fails, one
-    notice says why and decoding goes on eagerly.
+    notice says why and decoding goes on eagerly. The captured path does not range-check token
+    ids on the host (a sync per token): they come from sampling over the model's vocabulary.
     """
 
     def __init__(self, model, cuda_graph: bool | None = None, warmup: int = 1):
@@ -108,19 +109,20 @@ class Decoder:
         limit = self.model.max_context
         if limit is not None and pos >= limit:
             raise ValueError(f"position {pos} is past model.max_seq_len={limit}")
-        self._adopt(idx_t, state)
-        self._idx.copy_(idx_t)
-        self._pos.fill_(pos)
-        self._calls += 1
-        if self.graph is None and self._calls <= self.warmup:
-            logits = self._eager()
-        else:
-            if self.graph is None:
-                self._capture()
-                if self.graph is None:  # the capture failed: this step, and all after, eagerly
-                    return self.model.step(idx_t, state)
-            self.graph.replay()
-            logits = self._logits.clone()  # the buffer is overwritten by the next replay
+        with torch.cuda.device(idx_t.device):  # streams and the capture on the model's GPU
+            self._adopt(idx_t, state)
+            self._idx.copy_(idx_t)
+            self._pos.fill_(pos)
+            self._calls += 1
+            if self.graph is None and self._calls <= self.warmup:
+                logits = self._eager()
+            else:
+                if self.graph is None:
+                    self._capture()
+                    if self.graph is None:  # the capture failed: this step, and all after, eagerly
+                        return self.model.step(idx_t, {"pos": pos, "layers": self._layers})
+                self.graph.replay()
+                logits = self._logits.clone()  # the buffer is overwritten by the next replay
         return logits, {"pos": pos + 1, "layers": self._layers}
 
     def _adopt(self, idx_t: Tensor, state: dict[str, Any]) -> None:
@@ -163,12 +165,16 @@ class Decoder:
 
     def _capture(self) -> None:
         global _warned_capture
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(self._idx.device)
+        main = torch.cuda.current_stream()
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
                 self._logits = self._run()
         except Exception as e:  # noqa: BLE001 - whatever the capture refuses, decoding goes on eagerly
+            # an invalidated capture raises again on ending it, before torch.cuda.graph restores
+            # the stream it captured on
+            torch.cuda.set_stream(main)
             self.failed = True
             if not _warned_capture:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
