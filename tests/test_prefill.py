@@ -229,3 +229,17 @@ def test_decoder_falls_back_when_the_capture_fails(monkeypatch):
         got, _ = _decode(model, decoder, prompt, tokens)
     assert decoder.failed and not decoder.captured
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@cuda
+@pytest.mark.parametrize("preset, over", [MODELS[0], MODELS[2], MODELS[4]])
+def test_prefill_on_gpu_equals_stepwise(preset, over):
+    """The GPU kernels (Triton scan from an initial state, SDPA backends): fp32 with tf32 dots
+    in the scan, to 5e-3."""
+    model = make(preset, over, torch.float32).cuda()
+    idx = torch.randint(0, 97, (1, 45), generator=torch.Generator().manual_seed(5)).cuda()
+    ref_logits, ref_state = stepwise(model, idx)
+    logits, state = model.prefill(idx[:, :7])
+    logits, state = model.prefill(idx[:, 7:], state, chunk=16)
+    torch.testing.assert_close(logits, ref_logits, rtol=5e-3, atol=5e-3)
+    assert_same_state(state, ref_state, rtol=5e-3, atol=5e-3)
