@@ -153,6 +153,7 @@ def test_no_default_output_off_cuda(capsys):
     assert _script("mixers").main(["--seqs", "32"]) == 2
     assert _script("train_throughput").main(["--seqs", "32"]) == 2
     assert _script("tt_embedding").main(["--shapes", "60x24"]) == 2
+    assert _script("decode").main(["--presets", "tiny"]) == 2
     assert "not on CUDA" in capsys.readouterr().err
 
 
@@ -187,3 +188,32 @@ def test_lowrank_ffn_benchmark_on_cpu(tmp_path):
     (row,) = res["figures"]
     assert row["torch"]["ms"] > 0 and row["torch"]["peak_mib"] is None
     assert "| 40 | 16 | 4 |" in (tmp_path / "lowrank_ffn-cpu.md").read_text()
+
+
+def test_decode_benchmark_on_cpu(tmp_path):
+    """CPU run at tiny sizes: eager decode only (the captured step is a GPU figure), a prompt
+    longer than baseline's position table skipped, JSON + table under the -cpu name."""
+    rc = _script("decode").main([
+        "--set", "model.d_model=32", "--set", "model.n_layers=1", "--set", "model.n_heads=2",
+        "--set", "model.vocab_size=128", "--set", "model.max_seq_len=40", "--prompt-lens", "24", "50",
+        "--prefill-chunk", "16", "--prefill-repeats", "1", "--decode-prompt", "5", "--decode-warmup", "1",
+        "--decode-tokens", "4", "--dtype", "fp32", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "decode-cpu.json").read_text())
+    assert res["benchmark"] == "decode" and ENV_KEYS <= res.keys() and res["device_type"] == "cpu"
+    assert "random" in res["config"]["weights"] and res["config"]["batch"] == 1
+    base, std = res["figures"]
+    assert (base["preset"], base["mixer"], std["preset"], std["mixer"]) == \
+        ("baseline", "attention", "standard", "semiseparable")
+    for r in (base, std):
+        d = r["decode"]
+        assert "captured" not in d and d["eager"]["step_ms"] > 0 and d["eager"]["generate_ms_per_token"] > 0
+        assert d["eager"]["generate_cuda_graph"] is False
+    assert base["prefill"][1] == {"N": 50, "skipped": "longer than model.max_seq_len=40"}
+    for p in (base["prefill"][0], *std["prefill"]):
+        assert p["parallel_tokens_per_s"] > 0 and p["stepwise_tokens_per_s"] > 0 and p["stepwise_path"] == "eager"
+        assert p["max_abs_diff"] < 1e-4  # fp32: parallel and stepwise last logits agree
+    assert [p["N"] for p in std["prefill"]] == [24, 50]
+    assert std["prefill"][0]["paths"]["semiseparable"] == ["chunked"]
+    md = (tmp_path / "decode-cpu.md").read_text()
+    assert "| `standard` | 50 |" in md and "longer than model.max_seq_len=40" in md

@@ -1,6 +1,7 @@
 """Generation from a trained run: deterministic sampling, greedy equals full-sequence argmax."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -55,3 +56,64 @@ def test_generate_too_long_for_bounded_model(trained_run, tmp_path):
     model.max_context = 8
     with pytest.raises(ValueError, match="max_seq_len"):
         generate(model, torch.tensor([[1, 2, 3]]), 10)
+
+
+def test_top_p_zero_keeps_the_top_token():
+    """--top-p 0 is greedy-like: the top token always stays (it was dropped: NaN probabilities)."""
+    logits = torch.tensor([[0.0, 1.0, 3.0, 2.0], [5.0, 1.0, 0.0, 2.0]])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        assert sample_next(logits, 1.0, top_p=0.0, generator=g).tolist() == [2, 0]
+    assert sample_next(logits, 0.7, top_k=2, top_p=0.0, generator=g).tolist() == [2, 0]
+
+
+def test_generate_top_p_zero_cli(trained_run, capsys):
+    argv = ["generate", str(trained_run), "--prompt", " The", "--max-new-tokens", "8", "--top-p", "0"]
+    assert main(argv) == 0
+    sampled = capsys.readouterr().out
+    assert main(argv[:-2] + ["--temperature", "0"]) == 0
+    assert capsys.readouterr().out == sampled  # the top token only: greedy
+
+
+def test_generate_reports_speed(trained_run, capsys):
+    _, _, tok, _, _ = load_for_inference(trained_run, torch.device("cpu"))
+    n = len(tok.encode(" The game was"))
+    assert main(["generate", str(trained_run), "--prompt", " The game was", "--max-new-tokens", "7",
+                 "--temperature", "0"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert re.fullmatch(
+        rf"muse generate: prompt {n} tokens in \d+\.\d\d s \([\d,]+ tok/s\); generated 7 tokens in \d+\.\d\d s "
+        r"\([\d,]+ tok/s\); device cpu", err[0]), err[0]
+
+
+def test_invalid_utf8_prompt_is_one_line_error(trained_run, capsys):
+    # what Python's argv holds for the bytes of --prompt $'\xff\xfe bad' (surrogateescape)
+    assert main(["generate", str(trained_run), "--prompt", "ok \udcff\udcfe bad"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("muse: error: --prompt is not valid UTF-8 text")
+    assert "0xff at byte offset 3" in err[0] and r"b'ok \xff\xfe bad'" in err[0]
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--max-new-tokens", "-5"), ("--max-new-tokens", "0"), ("--temperature", "-0.5"), ("--temperature", "nan"),
+        ("--temperature", "inf"), ("--top-k", "-1"), ("--top-p", "1.5"), ("--top-p", "-0.1"), ("--top-p", "nan"),
+        ("--seed", str(2**64)), ("--device", "gpu0"),
+    ],
+)
+def test_bad_generate_arguments(trained_run, capsys, option, value):
+    assert main(["generate", str(trained_run), "--prompt", " The", "--max-new-tokens", "3", option, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"muse: error: {option} "), err
+
+
+def test_generate_checks_sampling_arguments():
+    model = None  # checked before the model is touched
+    with pytest.raises(ValueError, match="--top-p"):
+        generate(model, torch.tensor([[1]]), 3, top_p=2.0)
+    with pytest.raises(ValueError, match="--max-new-tokens"):
+        generate(model, torch.tensor([[1]]), -1)

@@ -105,15 +105,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompt_text(prompt: str) -> str:
+    """The prompt as given, or ValueError if it is not UTF-8: Python's argv turns bytes that are
+    not UTF-8 into lone surrogates, which no tokenizer (and no UTF-8 terminal) can take."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        offset = len(prompt[: e.start].encode("utf-8"))
+        try:
+            raw = prompt.encode("utf-8", "surrogateescape")  # the bytes as they were on the command line
+            what = f"byte {raw[offset]:#04x} at byte offset {offset} of {raw!r}"
+        except UnicodeEncodeError:  # a surrogate that stands for no byte (not from argv)
+            what = f"character {prompt[e.start]!a} at offset {e.start}"
+        raise ValueError(f"--prompt is not valid UTF-8 text ({what}); give the prompt as UTF-8") from None
+    return prompt
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from muse.generate import generate
+    from muse.generate import check_sampling, generate
     from muse.runtime import load_for_inference, resolve_device
 
-    dev = resolve_device(args.device)
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    if args.seed is not None and not -(2**63) <= args.seed < 2**64:  # what torch.Generator takes
+        raise ValueError(f"--seed must lie in [-2**63, 2**64); got {args.seed}")
+    prompt_text = _prompt_text(args.prompt)
+    try:
+        dev = resolve_device(args.device)
+    except RuntimeError as e:  # torch's message for an unknown device string
+        raise ValueError(f"--device {args.device!r}: {str(e).splitlines()[0]}") from None
     model, cfg, tok, _, _ = load_for_inference(args.run, dev, int8=args.int8)
-    ids = tok.encode(args.prompt) if args.prompt else []
+    ids = tok.encode(prompt_text) if prompt_text else []
     ids = ids or [tok.eos_id]  # an empty prompt starts a new document
     prompt = torch.tensor([ids], device=dev)
     out: list[int] = []
@@ -128,13 +151,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             shown = text
 
-    sys.stdout.write(args.prompt)
+    sys.stdout.write(prompt_text)
+    stats: dict = {}
     generate(
         model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
-        eos_id=tok.eos_id, on_token=stream,
+        eos_id=tok.eos_id, on_token=stream, stats=stats,
     )
     sys.stdout.write("\n")
+    sys.stdout.flush()
+    print(_speed_line(stats), file=sys.stderr)
     return 0
+
+
+def _speed_line(s: dict) -> str:
+    def rate(n: int, sec: float) -> str:
+        return f"{n / sec:,.0f} tok/s" if sec > 0 else "- tok/s"
+
+    return (
+        f"muse generate: prompt {s['prompt_tokens']:,} tokens in {s['prompt_s']:.2f} s "
+        f"({rate(s['prompt_tokens'], s['prompt_s'])}); generated {s['new_tokens']:,} tokens in {s['decode_s']:.2f} s "
+        f"({rate(s['new_tokens'], s['decode_s'])}); device {s['device']}" + (", CUDA graph" if s["cuda_graph"] else "")
+    )
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
@@ -234,13 +271,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = sub.add_parser("generate", help="sample text from a run or checkpoint")
     p.add_argument("run", metavar="RUN_OR_CKPT")
-    p.add_argument("--prompt", default="")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--prompt", default="", help="UTF-8 text to continue (default: a new document)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="at most this many new tokens (>= 1)")
+    p.add_argument("--temperature", type=float, default=0.8, help=">= 0; 0 is greedy")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="in [0, 1]: sample among the likeliest tokens holding this much probability (nucleus)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--int8", action="store_true", help="INT8 weight-only quantized linear layers (torchao)")
     p.set_defaults(func=cmd_generate)
 

@@ -22,6 +22,10 @@ from muse.layers.norm import make_norm
 from muse.mixers import build_mixer
 from muse.ops._dispatch import check_range
 
+# Prompt tokens per parallel prefill pass: long enough to keep a GPU busy, short enough that the
+# activations of one pass stay small next to the model.
+PREFILL_CHUNK = 2048
+
 
 def make_embedding(cfg: ModelConfig) -> nn.Module:
     e, V, d = cfg.embedding, cfg.vocab_size, cfg.d_model
@@ -49,7 +53,12 @@ class Block(nn.Module):
         x = x + self.drop(self.ffn(self.norm2(x)))
         return x, aux
 
-    def step(self, x_t: Tensor, state: Any, pos: int) -> tuple[Tensor, Any]:  # (B, d)
+    def prefill(self, x: Tensor, state: dict[str, Tensor], pos: int) -> tuple[Tensor, dict[str, Tensor]]:  # (B, T, d)
+        h, state = self.mixer.prefill(self.norm1(x), state, pos)
+        x = x + h
+        return x + self.ffn(self.norm2(x)), state
+
+    def step(self, x_t: Tensor, state: dict[str, Tensor], pos: int | Tensor) -> tuple[Tensor, dict[str, Tensor]]:  # (B, d)
         h, state = self.mixer.step(self.norm1(x_t), state, pos)
         x_t = x_t + h
         return x_t + self.ffn(self.norm2(x_t)), state
@@ -135,22 +144,52 @@ class MuseLM(nn.Module):
         """One decoding step: idx_t (B,) → logits (B, V); equals the last row of a full forward."""
         pos = state["pos"]
         self._check_ids(idx_t[:, None], offset=pos)
+        logits, layers = self.decode_step(idx_t, state["layers"], pos)
+        return logits, {"pos": pos + 1, "layers": layers}
+
+    @torch.no_grad()
+    def decode_step(self, idx_t: Tensor, layers: list, pos: int | Tensor) -> tuple[Tensor, list]:
+        """``step`` without its checks: idx_t (B,) at position ``pos`` → (logits (B, V), layer states).
+
+        ``pos`` may be a 0-d int64 tensor on the model's device: nothing is then read on the host,
+        and every call has the same shapes, so a CUDA graph can capture it (``muse.generate``).
+        """
         x = self.embed(idx_t)  # (B, d)
         if self.pos is not None:
-            x = x + self.pos.weight[pos]
-        layers = []
-        for block, s in zip(self.blocks, state["layers"]):
+            x = x + (self.pos.weight[pos] if isinstance(pos, int) else self.pos.weight.index_select(0, pos.reshape(1)))
+        out = []
+        for block, s in zip(self.blocks, layers):
             x, s = block.step(x, s, pos)
-            layers.append(s)
-        return self.logits(self.norm(x)), {"pos": pos + 1, "layers": layers}
+            out.append(s)
+        return self.logits(self.norm(x)), out
 
-    def prefill(self, idx: Tensor) -> tuple[Tensor, dict[str, Any]]:
-        """Feed a prompt token by token; returns the last logits (B, V) and the state after it."""
-        state = self.init_state(idx.size(0))
-        logits = None
-        for t in range(idx.size(1)):
-            logits, state = self.step(idx[:, t], state)
-        return logits, state
+    @torch.no_grad()
+    def prefill(
+        self, idx: Tensor, state: dict[str, Any] | None = None, chunk: int = PREFILL_CHUNK
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Feed a prompt idx (B, T) in parallel: the last logits (B, V) and the state after it.
+
+        Continues from ``state`` (a fresh one at position 0 when None) and returns what T calls of
+        ``step`` would: each mixer runs its parallel form (``Mixer.prefill``) over ``chunk``
+        tokens at a time, so memory is bounded by the chunk, not the prompt.
+        """
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError(f"a prompt must be a (B, T >= 1) tensor of token ids; got shape {tuple(idx.shape)}")
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"the prefill chunk must be a positive int; got {chunk!r}")
+        state = self.init_state(idx.size(0)) if state is None else state
+        pos = state["pos"]
+        self._check_ids(idx, offset=pos)
+        layers = list(state["layers"])
+        for ids in idx.split(chunk, dim=1):
+            n = ids.size(1)
+            x = self.embed(ids)  # (B, n, d)
+            if self.pos is not None:
+                x = x + self.pos.weight[pos : pos + n]
+            for i, block in enumerate(self.blocks):
+                x, layers[i] = block.prefill(x, layers[i], pos)
+            pos += n
+        return self.logits(self.norm(x[:, -1])), {"pos": pos, "layers": layers}
 
     # ------------------------------------------------------------------ accounting
     def num_params(self) -> int:

@@ -20,7 +20,7 @@ from muse.layers.linear import make_linear
 from muse.mixers.base import Mixer, register_mixer
 from muse.ops.gates import gate_inputs
 from muse.ops.rmsnorm import rms_norm
-from muse.ops.semiseparable import recurrent_step, semiseparable
+from muse.ops.semiseparable import causal_band, recurrent_step, semiseparable
 
 
 def _inverse_softplus(y: Tensor) -> Tensor:
@@ -128,7 +128,22 @@ class SemiseparableMixer(Mixer):
             "conv": torch.zeros(batch_size, max(w - 1, 0), self.cfg.d_model, device=device, dtype=dtype),
         }
 
-    def step(self, x_t: Tensor, state: dict[str, Tensor], pos: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def prefill(self, x: Tensor, state: dict[str, Tensor], pos: int) -> tuple[Tensor, dict[str, Tensor]]:
+        B, T, d = x.shape
+        u, v, z, log_decay, _ = self._project(x)  # (B, T, H, ·)
+        y, S = semiseparable(u, v, z, log_decay, initial_state=state["S"], output_final_state=True,
+                             impl=self.s.impl, chunk_size=self.s.chunk_size)
+        state = {"S": S, "conv": state["conv"]}
+        if self.band is not None:
+            # The band reaches w−1 positions back, into the chunk before (the conv state), where
+            # the band inside the scan would see zeros: it runs here on the joined sequence.
+            window = torch.cat([state["conv"], z.reshape(B, T, d)], dim=1)  # (B, w−1+T, d)
+            band = causal_band(window.view(B, -1, self.H, self.p), self.band)  # (B, w−1+T, H, p)
+            y = y + band[:, window.size(1) - T :]
+            state["conv"] = window[:, window.size(1) - state["conv"].size(1) :]  # the last w−1 z's
+        return self._output(y), state
+
+    def step(self, x_t: Tensor, state: dict[str, Tensor], pos: int | Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         B, d = x_t.shape
         u, v, z, log_decay, _ = self._project(x_t[:, None])  # (B, 1, H, ·)
         ld = None if log_decay is None else log_decay[:, 0]
