@@ -1,9 +1,13 @@
-"""README result tables are generated from benchmarks/results/*.json and must be current."""
+"""The README and docs/ tables are generated from benchmarks/results/*.json and must be current;
+the README is a user's guide whose commands match CI's."""
 
 import importlib.util
+import re
+import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 
 
 def _tables():
@@ -13,6 +17,12 @@ def _tables():
     return mod
 
 
+def _copy_targets(mod, tmp_path: Path) -> None:
+    for name in mod.TARGETS:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+
+
 def test_readme_tables_match_results():
     mod = _tables()
     assert mod.main(["--check"]) == 0, "run: python benchmarks/readme_tables.py"
@@ -20,7 +30,64 @@ def test_readme_tables_match_results():
 
 def test_tables_are_rendered_from_json_not_typed():
     mod = _tables()
-    blank = "".join(f"<!-- {name}:start -->\n{'stale' if name == 'params-table' else ''}\n<!-- {name}:end -->\n"
+    blank = "".join(f"<!-- {name}:start -->\n{'stale' if name == 'presets-table' else ''}\n<!-- {name}:end -->\n"
                     for name in mod.TABLES)
     out = mod.render(blank)
     assert "stale" not in out and "`xxl-100b`" in out and "`baseline`" in out and "`triton` ms" in out
+
+
+def test_check_covers_the_docs_and_every_table(tmp_path, monkeypatch):
+    """A stale table in docs/ fails the check like one in the README; the generator rewrites it; a
+    table whose markers no target holds is an error, not silently dropped."""
+    mod = _tables()
+    _copy_targets(mod, tmp_path)
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    notes = tmp_path / "docs" / "performance-notes.md"
+    text = notes.read_text()
+    stale = re.sub(r"(<!-- mixers-table:start -->\n).*?(<!-- mixers-table:end -->)", r"\1| stale |\n\2", text,
+                   flags=re.S)
+    assert stale != text
+    notes.write_text(stale)
+    assert mod.main(["--check"]) == 1
+    assert mod.main([]) == 0 and mod.main(["--check"]) == 0
+    assert notes.read_text() == text
+    notes.write_text(text.replace("<!-- mixers-table:start -->", ""))
+    assert mod.main(["--check"]) == 1
+
+
+def test_presets_table_takes_each_preset_s_own_measurements():
+    """The full-step peak is the verify row that ran the preset with its own recipe (baseline:
+    fp32 AdamW, not its bf16 rows), and the 8 GiB rows count only for the preset's own model (the
+    dense model of phase8-max's shape is another model)."""
+    mod = _tables()
+    src = mod._verify_sources()  # {section: (results file, run)}: each section from its newest run
+    rows = {r["label"]: r for r in src["full_model"][1]["full_model"]}
+    budget = {(r["preset"], r["variant"]): r for r in src["budget_8gib"][1]["budget_8gib"]}
+    table = mod.presets_table()
+    line = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([\w-]+)` \|.*$", table, re.M)}
+    fp32, bf16 = rows["baseline fp32"]["train"]["peak"], rows["baseline bf16 autocast"]["train"]["peak"]
+    assert mod._bytes(fp32) in line["baseline"] and mod._bytes(bf16) not in line["baseline"]
+    dense = budget[("phase8-max", "dense")]["peak"]
+    assert dense != budget[("phase8-max", "phase8-max")]["peak"]
+    assert mod._bytes(dense) not in line["phase8-max"]
+    assert mod._bytes(budget[("phase8-max", "phase8-max")]["peak"]) in line["phase8-max"]
+
+
+def test_readme_is_a_guide_not_a_log():
+    """Outside its generated tables the README names no commits and no issue numbers: the
+    development record lives in docs/performance-notes.md."""
+    prose = re.sub(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", "", README, flags=re.S)
+    assert not re.findall(r"`[0-9a-f]{7}(?:\+\w+)?`", prose)
+    assert not re.findall(r"\bissue \d+", prose, re.I)
+    assert "docs/design.md" in prose and "docs/performance-notes.md" in prose
+
+
+def test_readme_test_command_is_ci_s():
+    """CI (.ci/run) ends with the README's test command, after installing the extras it names."""
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip()]
+    assert ci[-1] == "python -m pytest"
+    block = re.search(r"## Tests\n+```bash\n(.*?)```", README, re.S).group(1).splitlines()
+    assert block[-1] == ci[-1]
+    installs = [b for b in block if b.startswith("pip install")]
+    for cmd in installs:
+        assert any(line.replace(" --quiet", "").endswith(cmd) for line in ci), cmd
