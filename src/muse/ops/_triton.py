@@ -6,11 +6,23 @@ kernel module defines its kernels under ``if HAS_TRITON:``. Without Triton every
 takes its torch path, silently off CUDA and with one notice per process on CUDA
 (``notice_no_triton``); ``muse memory``'s estimate on fake tensors still models the kernels.
 
+Autotuning (``autotune``) is ``triton.autotune`` plus two things:
+
+- the chosen config is kept on disk (Triton >= 3.3's ``cache_results``), keyed by Triton's
+  version, the compile target (e.g. CUDA sm_90 and the ptxas version), the kernel's source, the
+  configs, the key values and dtypes, and here also the GPU's name and SM count (Triton's key
+  would give an H200 the H100's choice): only the first process on a machine benchmarks, later
+  ones read the choice from Triton's cache dir. ``MUSE_TRITON_AUTOTUNE_CACHE=0`` keeps nothing.
+- a line on stderr when a kernel really benchmarks its configs (the first call of a shape on a
+  GPU: compiling and timing every config takes seconds), none when the choice comes from disk.
+
 ``MUSE_TRITON_AUTOTUNE=0`` (the test suite) gives each kernel its first config alone.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
 
@@ -99,6 +111,89 @@ def configs(extra: list[dict], warps=(4, 8), stages=(1, 2), interp: dict | None 
     return [triton.Config(kw, num_warps=w, num_stages=s) for kw in extra for w in warps for s in stages]
 
 
+def _has_disk_cache() -> bool:
+    """This Triton keeps autotuning results on disk in the form ``_MuseAutotuner`` extends."""
+    if not HAS_TRITON or "cache_results" not in inspect.signature(Autotuner.__init__).parameters:
+        return False
+    check = getattr(Autotuner, "check_disk_cache", None)
+    return check is not None and list(inspect.signature(check).parameters) == ["self", "tuning_key", "configs",
+                                                                                "bench_fn"]
+
+
+_GPU_KEYED = _has_disk_cache()  # else the override below would not fit this Triton's cache
+_DISK_CACHE = _GPU_KEYED and os.environ.get("MUSE_TRITON_AUTOTUNE_CACHE", "1") != "0"
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu(index: int) -> str:
+    p = torch.cuda.get_device_properties(index)
+    return f"{p.name} ({p.multi_processor_count} SMs)"
+
+
+def this_gpu() -> str:
+    """The current CUDA device as the autotuning cache knows it: name and SM count."""
+    return _gpu(torch.cuda.current_device())
+
+
+def _cache_dir() -> str:
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return knobs.cache.dir
+    from triton.runtime.cache import default_cache_dir  # Triton < 3.4
+
+    return default_cache_dir()
+
+
+if HAS_TRITON:
+
+    class _MuseAutotuner(Autotuner):
+        """Triton's autotuner, its disk cache keyed also by the GPU, announcing real tuning."""
+
+        if _GPU_KEYED:
+
+            def check_disk_cache(self, tuning_key, configs, bench_fn):
+                """Triton's lookup under the key plus this GPU's name; a hit is stored under the
+                key ``run`` reads (a miss benchmarks through ``bench_fn``, which stores it there)."""
+                gpu_key = (*tuning_key, this_gpu())
+                hit = super().check_disk_cache(gpu_key, configs, bench_fn)
+                if gpu_key in self.cache:
+                    self.cache[tuning_key] = self.cache.pop(gpu_key)
+                return hit
+
+        def _bench(self, *args, config, **meta):
+            announce(self, {**self.nargs, **meta})
+            return super()._bench(*args, config=config, **meta)
+
+
+_announced: set = set()
+
+
+def announce(tuner, named_args: dict) -> None:
+    """The line for a kernel that benchmarks its configs for these arguments (the key's values
+    and the tensors' dtypes, as Triton keys its choice), once per kernel and key per process."""
+    fn = tuner.base_fn
+    name = f"{fn.__module__.removeprefix('muse.ops.')}.{fn.__name__}"
+    key = [f"{k}={named_args[k]}" for k in tuner.keys if k in named_args]
+    key += sorted({str(v.dtype).removeprefix("torch.") for v in named_args.values() if hasattr(v, "dtype")})
+    if (name, *key) in _announced or interpreting():
+        return
+    _announced.add((name, *key))
+    if getattr(tuner, "cache_results", False):
+        when = f"once per GPU and shape; cached in {_cache_dir()}"
+    else:
+        when = "in every process: not kept on disk with Triton < 3.3 or MUSE_TRITON_AUTOTUNE_CACHE=0"
+    print(f"muse: tuning Triton kernel {name} for {', '.join(key)} ({when})", file=sys.stderr, flush=True)
+
+
 def autotune(configs: list, key: list[str], **kwargs):
-    """``triton.autotune(configs, key, **kwargs)``: the one way MUSE's kernels are autotuned."""
-    return triton.autotune(configs=configs, key=key, **kwargs)
+    """``triton.autotune(configs, key, **kwargs)`` whose choices persist per GPU and shape (where
+    this Triton can keep them, unless MUSE_TRITON_AUTOTUNE_CACHE=0) and whose real tuning is
+    announced on stderr (see the module docstring)."""
+    if _DISK_CACHE:
+        kwargs["cache_results"] = True
+    reset_to_zero, restore_value = kwargs.pop("reset_to_zero", None), kwargs.pop("restore_value", None)
+
+    def decorator(fn):
+        return _MuseAutotuner(fn, fn.arg_names, configs, key, reset_to_zero, restore_value, **kwargs)
+
+    return decorator
