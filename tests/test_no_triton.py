@@ -1,5 +1,6 @@
 """`import muse` and the quickstart's commands where Triton cannot be imported (the CPU torch
-wheel, macOS): no traceback, exit 0, and no word about Triton off CUDA.
+wheel, macOS): no traceback, exit 0, and no word about Triton off CUDA (the subprocesses see no
+GPU, also on a GPU machine).
 
 The test environments have Triton (its interpreter runs the kernel tests), so every command runs
 in a fresh interpreter whose first line is ``sys.modules["triton"] = None``: ``import triton``,
@@ -24,6 +25,7 @@ NO_TRITON = "import sys; sys.modules['triton'] = None\n"
 def _python(code: str, tmp: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     env.pop("TRITON_INTERPRET", None)  # a user's machine: no interpreter either
+    env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU install on a GPU box too (CUDA without Triton: tests/ops/test_triton.py)
     return subprocess.run([sys.executable, "-c", NO_TRITON + code], cwd=tmp, env=env, capture_output=True,
                           text=True, timeout=300)
 
