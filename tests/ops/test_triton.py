@@ -15,10 +15,12 @@ import torch
 from muse.ops import _triton
 
 needs_triton = pytest.mark.skipif(not _triton.HAS_TRITON, reason="triton is not installed")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter (conftest.py)
 
 
 @needs_triton
 def test_configs_space(monkeypatch):
+    monkeypatch.setattr(_triton, "interpreting", lambda: True)
     cfg = _triton.configs([{"B": 1}, {"B": 2}], warps=(4, 8), stages=(2, 3), interp={"B": 16})
     assert [(c.kwargs, c.num_warps, c.num_stages) for c in cfg] == [({"B": 16}, 1, 1)]  # the interpreter
     monkeypatch.setattr(_triton, "interpreting", lambda: False)
@@ -63,7 +65,7 @@ def _tuned_kernel(bench_calls: list):
 
 
 def _run(kernel, n: int) -> None:
-    x = torch.arange(float(n))
+    x = torch.arange(float(n), device=DEVICE)
     y = torch.empty_like(x)
     kernel[lambda meta: (-(-n // meta["BLOCK"]),)](x, y, n)
     assert torch.equal(y, 2 * x)
@@ -86,7 +88,7 @@ def disk(monkeypatch):
 
     monkeypatch.setattr(Autotuner, "check_disk_cache", check_disk_cache)
     monkeypatch.setattr(_triton, "this_gpu", lambda: "GPU A (7 SMs)")
-    monkeypatch.setattr(_triton, "interpreting", lambda: False)  # the kernels stay interpreted
+    monkeypatch.setattr(_triton, "interpreting", lambda: False)  # on CPU the kernels stay interpreted
     monkeypatch.setattr(_triton, "_announced", set())
     return files
 
