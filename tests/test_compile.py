@@ -28,7 +28,7 @@ ON_GPU = torch.cuda.is_available()
 
 @pytest.fixture
 def gpu_dispatch(monkeypatch):
-    """On CPU: every MUSE module's ``assumes_cuda`` says yes and ``_interpreting`` no, so "auto"
+    """On CPU: every MUSE module's ``assumes_cuda`` says yes and ``interpreting`` no, so "auto"
     resolves as on a GPU."""
     if ON_GPU:
         return
@@ -36,8 +36,8 @@ def gpu_dispatch(monkeypatch):
         if name.startswith("muse.") and mod is not None:
             if hasattr(mod, "assumes_cuda"):
                 monkeypatch.setattr(mod, "assumes_cuda", lambda t: True)
-            if hasattr(mod, "_interpreting"):
-                monkeypatch.setattr(mod, "_interpreting", lambda: False)
+            if hasattr(mod, "interpreting"):
+                monkeypatch.setattr(mod, "interpreting", lambda: False)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (the GPU path runs its kernels)")

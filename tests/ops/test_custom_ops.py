@@ -17,7 +17,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 import muse.ops.semiseparable as ss
-from muse.ops import assume_cuda
+from muse.ops import _triton, assume_cuda
 from muse.ops.gates import gate_inputs
 from muse.ops.gates import triton_kernel as gk
 from muse.ops.rmsnorm import rms_norm
@@ -143,11 +143,9 @@ def test_eager_calls_the_launchers_directly(monkeypatch):
     assert all(f.n == 0 and b.n == 0 for f, b in spies.values())
 
 
-def test_assume_cuda_makes_auto_pick_the_kernels(monkeypatch):
+def test_assume_cuda_makes_auto_pick_the_kernels(monkeypatch, not_interpreting):
     """"auto" on fake CPU tensors: the torch paths, unless assume_cuda() models a GPU step; then
     the Triton paths, also where neither a GPU nor the interpreter is there to run them."""
-    monkeypatch.setattr(tc, "_interpreting", lambda: False)
-    monkeypatch.setattr(tk, "_interpreting", lambda: False)
     spies = _spies(monkeypatch)
     with FakeTensorMode():
         u, v, z = torch.randn(1, 20, 2, 4), torch.randn(1, 20, 2, 4), torch.randn(1, 20, 2, 8)
@@ -169,11 +167,8 @@ def test_assume_cuda_makes_auto_pick_the_kernels(monkeypatch):
         assert ss.resolve_impl("auto", torch.zeros(1)) == "chunked"
 
 
-def test_assume_cuda_without_triton_installed(monkeypatch):
+def test_assume_cuda_without_triton_installed(no_triton, not_interpreting):
     """The estimate models the GPU path on machines without Triton: fakes launch nothing."""
-    for m in (ss, tc, ts):
-        monkeypatch.setattr(m, "HAS_TRITON", False)
-    monkeypatch.setattr(tc, "_interpreting", lambda: False)
     with FakeTensorMode():
         u, z = torch.randn(1, 20, 2, 4), torch.randn(1, 20, 2, 8)
         with assume_cuda():
@@ -205,10 +200,8 @@ def test_auto_dispatch_compiles_without_graph_breaks(monkeypatch, has_triton):
     for m in (ss, tg, lce, lm):
         monkeypatch.setattr(m, "assumes_cuda", lambda t: True)
         monkeypatch.setattr(m, "HAS_TRITON", has_triton)
-    for m in (lce, lm, ss):  # the Triton-missing warning is not the subject here
-        monkeypatch.setattr(m, "_warned_no_triton", True, raising=False)
-    monkeypatch.setattr(tg, "_interpreting", lambda: False)
-    monkeypatch.setattr(tc, "_interpreting", lambda: False)
+    monkeypatch.setattr(_triton, "_noticed", True)  # the Triton-missing notice is not the subject here
+    monkeypatch.setattr(tg, "interpreting", lambda: False)
     ids, z, a = torch.arange(7), torch.randn(1, 20, 2, 8), torch.randn(5, 8)
     cores = [torch.randn(r0, m, n, r1) for r0, m, n, r1 in zip(RANKS, RF, CF, RANKS[1:])]
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from muse.ops._triton import triton_supports
 from muse.ops.gates import gate_inputs, naive_gate_inputs
-from muse.ops.semiseparable.triton_chunk import triton_supports
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}

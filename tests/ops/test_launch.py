@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from muse.ops import _launch
-from muse.ops.semiseparable.triton_chunk import HAS_TRITON
+from muse.ops._triton import HAS_TRITON
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 

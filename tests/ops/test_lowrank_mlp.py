@@ -112,7 +112,7 @@ def test_auto_resolves_to_torch_off_cuda_and_for_wide_ranks(monkeypatch):
     assert resolve_impl("auto", a, (3, 3)) == "torch"
     with assume_cuda():  # the memory estimate's fake GPU step
         fake = FakeTensorMode().from_tensor(a)
-        assert resolve_impl("auto", fake, (3, 3)) == ("triton" if HAS_TRITON else "torch")
+        assert resolve_impl("auto", fake, (3, 3)) == "triton"  # fakes launch nothing: Triton or not
         assert resolve_impl("auto", fake, (3, MAX_RANK + 1)) == "torch"
     if torch.cuda.is_available():
         assert resolve_impl("auto", a.cuda(), (3, 3)) == ("triton" if HAS_TRITON else "torch")

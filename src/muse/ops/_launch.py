@@ -28,12 +28,7 @@ import os
 
 import torch
 
-try:
-    import triton
-    from triton.runtime.autotuner import Autotuner
-except ImportError:  # pragma: no cover - installs without Triton never launch a kernel
-    triton = None
-    Autotuner = ()
+from muse.ops._triton import Autotuner, interpreting
 
 __all__ = ["cdiv", "launch", "next_pow2"]
 
@@ -56,10 +51,6 @@ def _spec(a):
     if isinstance(a, torch.Tensor):
         return a.dtype, a.get_device(), a.data_ptr() % 16 == 0  # get_device: an int, no device object
     return a
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def launch(kernel, grid, *args, **meta) -> None:
@@ -88,7 +79,7 @@ def _remember(kernel, grid, args, meta) -> tuple:
     if isinstance(kernel, Autotuner):
         config, fn = kernel.best_config.all_kwargs(), kernel.fn
     kw = {**meta, **config}
-    if _interpreting() or os.environ.get("MUSE_TRITON_FAST_LAUNCH", "1") == "0":
+    if interpreting() or os.environ.get("MUSE_TRITON_FAST_LAUNCH", "1") == "0":
         return None, (), config, kw
     try:
         compiled = fn.run(*args, grid=grid, warmup=True, **kw)  # Triton's cache: compiles nothing

@@ -15,11 +15,9 @@ import torch
 from torch import Tensor
 
 from muse.ops._launch import cdiv, launch as _launch, next_pow2
-from muse.ops.semiseparable.triton_chunk import HAS_TRITON, _interpreting
+from muse.ops._triton import HAS_TRITON, interpreting, tl, triton
 
 if HAS_TRITON:
-    import triton
-    import triton.language as tl
 
     @triton.jit
     def _sum_kernel(p, out, S, M, SB: tl.constexpr, BLOCK: tl.constexpr):
@@ -43,14 +41,14 @@ def sum_partials(p: Tensor, dtype: torch.dtype, out: Tensor | None = None) -> Te
     fixed order (deterministic, like the kernels that write the partials); written into ``out``
     (of that shape and dtype) when given. The Triton kernel on CUDA and under the interpreter,
     torch elsewhere."""
-    if not (HAS_TRITON and p.is_contiguous() and p.numel() and (p.is_cuda or _interpreting())):
+    if not (HAS_TRITON and p.is_contiguous() and p.numel() and (p.is_cuda or interpreting())):
         res = p.sum(0).to(dtype)
         return res if out is None else out.copy_(res)
     S, M = p.shape[0], p[0].numel()
     dst = out if out is not None and out.is_contiguous() else torch.empty(p.shape[1:], device=p.device, dtype=dtype)
     # ~2 programs per SM or more, then SB splits per step up to 4096 elements (16 KiB of fp32)
     # per (SB, BLOCK) tile: tall partials (many splits of few columns) take tall tiles
-    if _interpreting():
+    if interpreting():
         SB, block = 2, 16
     else:
         block = max(16, min(1024, next_pow2(cdiv(M, 264))))

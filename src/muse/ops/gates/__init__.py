@@ -4,7 +4,8 @@
 - ``triton`` (``triton_gate_inputs``): one kernel forward, one backward (CUDA, or the CPU
   interpreter under TRITON_INTERPRET=1).
 - ``auto``   the kernels for CUDA tensors when Triton is installed (and for fake tensors under
-  ``muse.ops.assume_cuda()``: the memory estimate's GPU step), else ``naive``.
+  ``muse.ops.assume_cuda()``: the memory estimate's GPU step), else ``naive`` (with a one-time
+  notice when Triton is missing on CUDA).
 
 See ``naive_gate_inputs`` for shapes and results.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from muse.ops._dispatch import assumes_cuda, fake, note_path
-from muse.ops.semiseparable.triton_chunk import HAS_TRITON
+from muse.ops._triton import HAS_TRITON, notice_no_triton
 
 from .naive import naive_gate_inputs
 from .triton_kernel import triton_gate_inputs
@@ -29,7 +30,12 @@ def gate_inputs(u: Tensor, gate_logits: Tensor | None, decay_logits: Tensor | No
     """(u_eff, log_decay, gate_sum, gate_open): see ``naive_gate_inputs``."""
     if impl not in IMPLS:
         raise ValueError(f"gate_inputs: impl must be one of {IMPLS}; got {impl!r}")
-    if impl == "triton" or (impl == "auto" and assumes_cuda(u) and (HAS_TRITON or fake(u))):
+    if impl == "auto" and assumes_cuda(u):
+        if HAS_TRITON or fake(u):  # fakes run no kernel: the estimate models a GPU install
+            impl = "triton"
+        else:
+            notice_no_triton()
+    if impl == "triton":
         note_path("gate_inputs", "triton")
         return triton_gate_inputs(u, gate_logits, decay_logits, scale)
     note_path("gate_inputs", "naive")

@@ -14,13 +14,11 @@ from torch import Tensor
 
 from muse.ops._dispatch import absent, define_op, present, use_op
 from muse.ops._launch import cdiv, launch as _launch, next_pow2
-from muse.ops.semiseparable.triton_chunk import HAS_TRITON, triton_supports
+from muse.ops._triton import HAS_TRITON, tl, triton, triton_supports
 
 from .naive import check_inputs
 
 if HAS_TRITON:
-    import triton
-    import triton.language as tl
 
     @triton.jit
     def _softplus(x):

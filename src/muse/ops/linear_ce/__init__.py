@@ -22,11 +22,10 @@ bias (V,) or None, and return the SUM of the NLL over the tokens whose target is
 
 from __future__ import annotations
 
-import warnings
-
 from torch import Tensor
 
 from muse.ops._dispatch import assume_cuda, assumes_cuda, fake, note_path
+from muse.ops._triton import notice_no_triton
 
 from .chunk import chunk_linear_cross_entropy, chunked_nll
 from .naive import AUTOCAST_CASTABLE, autocast_operands, check_inputs, naive_linear_cross_entropy
@@ -52,7 +51,6 @@ _KERNEL_DTYPES = AUTOCAST_CASTABLE  # fp32/bf16/fp16
 # the logits once per group of KG columns: one group for the low-rank heads, cdiv(K, KG) for wide
 # dense heads, where cuBLAS over large loss chunks does fewer FLOPs. "auto" fuses up to this K.
 AUTO_MAX_K = 512
-_warned_no_triton = False
 
 
 # "auto" takes the kernels on CUDA: they passed the GPU test run (H100/H200, fp64/fp32/bf16,
@@ -66,7 +64,6 @@ def resolve_impl(impl: str, x: Tensor, K: int | None = None) -> str:
     "triton" for CUDA tensors of a kernel dtype with K <= AUTO_MAX_K (and Triton installed),
     else "chunked". Under the CPU interpreter "auto" stays "chunked"; ask for "triton".
     K: the width the kernels would contract over, when it is not x's last dimension."""
-    global _warned_no_triton
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got impl={impl!r}")
     if impl != "auto":
@@ -75,13 +72,7 @@ def resolve_impl(impl: str, x: Tensor, K: int | None = None) -> str:
     if not (AUTO_ON_GPU and on_gpu and x.dtype in _KERNEL_DTYPES and (K or x.shape[-1]) <= AUTO_MAX_K):
         return "chunked"
     if not HAS_TRITON and not fake(x):
-        if not _warned_no_triton:
-            warnings.warn(
-                "muse: Triton is not installed, so the cross-entropy runs the slower torch chunked "
-                "path on CUDA (pip install triton for the fused kernel)",
-                stacklevel=2,
-            )
-            _warned_no_triton = True
+        notice_no_triton()
         return "chunked"
     return "triton"
 

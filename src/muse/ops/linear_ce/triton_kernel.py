@@ -34,30 +34,15 @@ from torch import Tensor
 from muse.ops._dispatch import absent, contiguous, define_op, present, sms as _sms, use_op
 from muse.ops._launch import cdiv, launch as _launch, next_pow2
 from muse.ops._reduce import sum_partials
+from muse.ops._triton import HAS_TRITON, autotune, configs, dot_precision, interpreting, tl, triton, triton_supports
 
 from .naive import accumulation_dtype, check_inputs, naive_linear_cross_entropy
-
-# one definition of "Triton present" and "where it runs" for every kernel in muse.ops
-from muse.ops.semiseparable.triton_chunk import _AUTOTUNE, HAS_TRITON, _interpreting, triton_supports
-
-if HAS_TRITON:
-    import triton
-    import triton.language as tl
 
 __all__ = ["HAS_TRITON", "triton_linear_cross_entropy", "triton_supports"]
 
 
 if HAS_TRITON:
     LOG2E = tl.constexpr(1.4426950408889634)
-
-    def _configs(extra: list[dict], interp: dict, warps=(4, 8), stages=(2, 3)) -> list:
-        """The autotuning space; its first entry alone without autotuning, and ``interp`` (small
-        blocks, so the tests cover several blocks of every loop) for the CPU interpreter."""
-        if _interpreting():
-            return [triton.Config(interp, num_warps=1, num_stages=1)]
-        if not _AUTOTUNE:
-            return [triton.Config(extra[0], num_warps=warps[0], num_stages=stages[0])]
-        return [triton.Config(kw, num_warps=w, num_stages=s) for kw in extra for w in warps for s in stages]
 
     def _clamp_kg(configs, nargs, **kwargs):
         """Autotune pruning: no gradient group wider than K needs (rounded up to a power of two)."""
@@ -119,9 +104,9 @@ if HAS_TRITON:
             return tl.exp(z - c[:, None])
         return tl.exp2(z * LOG2E - c[:, None])
 
-    @triton.autotune(
-        configs=_configs([{"BM": 64, "BV": 64}, {"BM": 128, "BV": 128}, {"BM": 128, "BV": 64}, {"BM": 64, "BV": 128}],
-                         interp={"BM": 16, "BV": 32}),
+    @autotune(
+        configs=configs([{"BM": 64, "BV": 64}, {"BM": 128, "BV": 128}, {"BM": 128, "BV": 64}, {"BM": 64, "BV": 128}],
+                        stages=(2, 3), interp={"BM": 16, "BV": 32}),
         key=["V", "K", "HAS_BIAS"],
     )
     @triton.jit
@@ -168,8 +153,8 @@ if HAS_TRITON:
         {"BM": 64, "BV": 128, "KG": 128}, {"BM": 128, "BV": 128, "KG": 128}, {"BM": 64, "BV": 64, "KG": 512},
     ]
 
-    @triton.autotune(
-        configs=_configs(_BWD, interp={"BM": 16, "BV": 32, "KG": 16}),
+    @autotune(
+        configs=configs(_BWD, stages=(2, 3), interp={"BM": 16, "BV": 32, "KG": 16}),
         key=["V", "K", "HAS_BIAS"], prune_configs_by={"early_config_prune": _clamp_kg},
     )
     @triton.jit
@@ -203,8 +188,8 @@ if HAS_TRITON:
         tl.store(dx + rows[:, None] * sdt + kg[None, :] * sdk, acc.to(dx.dtype.element_ty),
                  mask=(rows[:, None] < T) & (kg[None, :] < K))
 
-    @triton.autotune(
-        configs=_configs(_BWD, interp={"BM": 16, "BV": 32, "KG": 16}),
+    @autotune(
+        configs=configs(_BWD, stages=(2, 3), interp={"BM": 16, "BV": 32, "KG": 16}),
         key=["V", "K", "HAS_BIAS"], prune_configs_by={"early_config_prune": _clamp_kg},
     )
     @triton.jit
@@ -243,12 +228,6 @@ if HAS_TRITON:
                 tl.store(db + (sds > 0) * i_s.to(tl.int64) * V + cols, acc_b.to(db.dtype.element_ty), mask=cols < V)
 
 
-def _precision(dtype: torch.dtype) -> str | None:
-    """tl.dot precision: 3xTF32 keeps fp32 inputs near fp32 accuracy; IEEE for fp64;
-    bf16/fp16 use the tensor cores natively."""
-    return {torch.float32: "tf32x3", torch.float64: "ieee"}.get(dtype)
-
-
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -256,7 +235,7 @@ def _cdiv(a: int, b: int) -> int:
 def _bk(K: int, dtype: torch.dtype) -> int:
     """The K step of the logits matmul: 16 under the interpreter (several steps in the tests),
     else 64 for 16-bit inputs and 32 for fp32/fp64 (shared memory per pipeline stage)."""
-    if _interpreting():
+    if interpreting():
         return 16
     return min(max(16, 1 << (K - 1).bit_length()), 64 if dtype.itemsize <= 2 else 32)
 
@@ -266,7 +245,7 @@ def _vocab_splits(T: int, V: int, x: Tensor) -> int:
     keeping >= 1024 columns. Two under the interpreter (the tests cover the combine). Fake
     tensors never get here: the op's fake gives the combined (T,) outputs, whatever the GPU."""
     if not x.is_cuda:
-        return 2 if _interpreting() and V >= 64 else 1
+        return 2 if interpreting() and V >= 64 else 1
     want = _cdiv(2 * _sms(x), _cdiv(T, 128))
     return max(1, min(want, _cdiv(V, 1024)))
 
@@ -278,7 +257,7 @@ def _token_split(T: int, V: int, x: Tensor) -> int:
     split keeping >= 1024 tokens. Splits of 32 tokens under the interpreter (the tests cover
     the sum of partials)."""
     if not x.is_cuda:
-        return 32 if _interpreting() else max(T, 1)
+        return 32 if interpreting() else max(T, 1)
     ns = max(1, min(_cdiv(4 * _sms(x), _cdiv(V, 128)), T // 1024))
     return _cdiv(_cdiv(T, ns), 128) * 128
 
@@ -292,7 +271,7 @@ def _dx_vocab_split(T: int, V: int, K: int, x: Tensor) -> int:
     already hides the latency). Splits of 128 columns under the interpreter (the tests cover the
     sum of partials)."""
     if not x.is_cuda:
-        return 128 if _interpreting() else max(V, 1)
+        return 128 if interpreting() else max(V, 1)
     ns = max(1, min(_cdiv(4 * _sms(x), _cdiv(T, 128)), V // 1024, 256 // max(K, 1)))
     return _cdiv(_cdiv(V, ns), 128) * 128
 
@@ -311,7 +290,7 @@ def ce_forward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor) -> tuple[Ten
     grid = lambda meta: (cdiv(T, meta["BM"]), S)  # noqa: E731
     _launch(_fwd_kernel, grid,
         x, w, b, tgt, lse_part, tz_part, T, V, K, VS, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
-        BK=_bk(K, x.dtype), HAS_BIAS=b is not None, PREC=_precision(x.dtype),
+        BK=_bk(K, x.dtype), HAS_BIAS=b is not None, PREC=dot_precision(x.dtype),
     )
     if S == 1:
         return lse_part[0], tz_part[0]
@@ -324,7 +303,7 @@ def ce_backward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor, lse: Tensor
     (like b, when there is a bias) if need_dw; None for the others. dloss: (1,) in lse's dtype."""
     T, K = x.shape
     V = w.shape[0]
-    common = dict(BK=_bk(K, x.dtype), HAS_BIAS=b is not None, PREC=_precision(x.dtype))
+    common = dict(BK=_bk(K, x.dtype), HAS_BIAS=b is not None, PREC=dot_precision(x.dtype))
     dx = dw = db = None
     if need_dx:
         dx = torch.empty_like(x)

@@ -22,11 +22,10 @@ All take a (T, R), w_up (R, H), b_up (H,) or None, w_down (H, S) and return c (T
 
 from __future__ import annotations
 
-import warnings
-
 from torch import Tensor
 
 from muse.ops._dispatch import assumes_cuda, fake, note_path
+from muse.ops._triton import notice_no_triton
 from muse.ops.linear_ce.naive import AUTOCAST_CASTABLE, autocast_operands
 
 from .naive import check_inputs, naive_lowrank_mlp
@@ -36,7 +35,6 @@ __all__ = ["IMPLS", "MAX_RANK", "lowrank_mlp", "naive_lowrank_mlp", "resolve_imp
 
 IMPLS = ("auto", "triton", "torch")
 AUTO_TRITON = True  # see the module docstring
-_warned_no_triton = False
 
 
 def resolve_impl(impl: str, a: Tensor, ranks: tuple[int, int]) -> str:
@@ -44,7 +42,6 @@ def resolve_impl(impl: str, a: Tensor, ranks: tuple[int, int]) -> str:
     ``AUTO_TRITON``) for CUDA tensors (fakes under ``assume_cuda()``) of dtype
     fp32/bf16/fp16 with R, S <= MAX_RANK, else "torch" (with a one-time notice when Triton is
     missing on CUDA)."""
-    global _warned_no_triton
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got impl={impl!r}")
     if impl != "auto":
@@ -52,10 +49,7 @@ def resolve_impl(impl: str, a: Tensor, ranks: tuple[int, int]) -> str:
     if not (AUTO_TRITON and assumes_cuda(a) and a.dtype in AUTOCAST_CASTABLE and max(ranks) <= MAX_RANK):
         return "torch"
     if not HAS_TRITON and not fake(a):
-        if not _warned_no_triton:
-            warnings.warn("muse: Triton is not installed, so the low-rank FFN runs unfused torch ops on CUDA "
-                          "(pip install triton for the fused kernel)", stacklevel=2)
-            _warned_no_triton = True
+        notice_no_triton()
         return "torch"
     return "triton"
 

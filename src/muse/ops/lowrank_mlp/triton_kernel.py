@@ -29,20 +29,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from muse.ops._launch import cdiv, next_pow2
 from muse.ops._dispatch import absent, contiguous, define_op, present, sms as _sms, use_op
+from muse.ops._launch import cdiv, launch as _launch, next_pow2
 from muse.ops._reduce import sum_partials
+from muse.ops._triton import HAS_TRITON, autotune, configs, dot_precision, interpreting, tl, triton, triton_supports
 from muse.ops.linear_ce.naive import accumulation_dtype
-from muse.ops.linear_ce.triton_kernel import _precision
-from muse.ops.semiseparable.triton_chunk import HAS_TRITON, _interpreting, _launch, triton_supports
 
 from .naive import check_inputs, naive_lowrank_mlp
-
-if HAS_TRITON:
-    import triton
-    import triton.language as tl
-
-    from muse.ops.linear_ce.triton_kernel import _configs
 
 __all__ = ["HAS_TRITON", "triton_lowrank_mlp"]
 
@@ -87,7 +80,7 @@ if HAS_TRITON:
     _CFG = [{"BT": 128, "BH": 64}, {"BT": 64, "BH": 64}, {"BT": 128, "BH": 128}, {"BT": 64, "BH": 128}]
     _INTERP = {"BT": 16, "BH": 16}  # several blocks of every loop in the interpreter tests
 
-    @triton.autotune(configs=_configs(_CFG, _INTERP), key=["R", "H", "S", "HAS_B", "NSPLIT"])
+    @autotune(configs=configs(_CFG, stages=(2, 3), interp=_INTERP), key=["R", "H", "S", "HAS_B", "NSPLIT"])
     @triton.jit
     def _fwd_kernel(a, wu, bu, wd, c_p, T, R, H, S, NSPLIT, BR: tl.constexpr, BS: tl.constexpr, BT: tl.constexpr,
                     BH: tl.constexpr, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr,
@@ -115,7 +108,7 @@ if HAS_TRITON:
         dg = tl.dot(dct, tl.trans(wdt), input_precision=PREC, out_dtype=ACC)  # (BT, BH)
         return g, dg * dgelu
 
-    @triton.autotune(configs=_configs(_CFG, _INTERP), key=["R", "H", "S", "HAS_B", "NSPLIT"])
+    @autotune(configs=configs(_CFG, stages=(2, 3), interp=_INTERP), key=["R", "H", "S", "HAS_B", "NSPLIT"])
     @triton.jit
     def _da_kernel(a, wu, bu, wd, dc, da_p, T, R, H, S, NSPLIT, BR: tl.constexpr, BS: tl.constexpr, BT: tl.constexpr,
                    BH: tl.constexpr, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr,
@@ -134,7 +127,7 @@ if HAS_TRITON:
         tl.store(da_p + i_s.to(tl.int64) * T * R + rows[:, None].to(tl.int64) * R + kr[None, :], acc,
                  mask=(rows[:, None] < T) & (kr[None, :] < R))
 
-    @triton.autotune(configs=_configs(_CFG, _INTERP), key=["R", "H", "S", "HAS_B", "NSPLIT"])
+    @autotune(configs=configs(_CFG, stages=(2, 3), interp=_INTERP), key=["R", "H", "S", "HAS_B", "NSPLIT"])
     @triton.jit
     def _dw_kernel(a, wu, bu, wd, dc, dwu_p, dwd_p, db_p, T, R, H, S, NSPLIT, BR: tl.constexpr, BS: tl.constexpr,
                    BT: tl.constexpr, BH: tl.constexpr, ACC: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr,
@@ -167,8 +160,8 @@ def _meta(a: Tensor, w_up: Tensor, w_down: Tensor, b_up: Tensor | None) -> dict:
     R, S = w_up.shape[0], w_down.shape[1]
     return dict(BR=max(16, next_pow2(R)), BS=max(16, next_pow2(S)),
                 ACC=tl.float64 if a.dtype == torch.float64 else tl.float32, HAS_B=b_up is not None,
-                PREC=_precision(a.dtype),
-                FAST=a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and not _interpreting())
+                PREC=dot_precision(a.dtype),
+                FAST=a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and not interpreting())
 
 
 def _splits(n_programs: int, most: int, a: Tensor) -> int:
@@ -178,14 +171,14 @@ def _splits(n_programs: int, most: int, a: Tensor) -> int:
     over all of H: one per SM, latency-bound. Two under the interpreter (the tests cover the
     sum of partials)."""
     if not a.is_cuda:
-        return min(2, most) if _interpreting() else 1
+        return min(2, most) if interpreting() else 1
     return max(1, min(-(-4 * _sms(a) // n_programs), most))
 
 
 def _run(kernel, grid, a: Tensor, *args, **meta) -> None:
     """Launch with the autotuned blocks (remembered by ``_launch``), or fixed small ones where the
     operand tiles of the large blocks would overflow shared memory: fp64, ranks above 64."""
-    if (a.element_size() >= 8 or max(meta["BR"], meta["BS"]) > 64) and not _interpreting():
+    if (a.element_size() >= 8 or max(meta["BR"], meta["BS"]) > 64) and not interpreting():
         blk = 32 if a.element_size() >= 8 else 64
         kernel.fn[grid](a, *args, **meta, BT=blk, BH=blk, num_warps=4, num_stages=1)
     else:

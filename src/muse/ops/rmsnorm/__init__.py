@@ -4,7 +4,8 @@
 - ``triton`` (``triton_rms_norm``): one fused kernel forward, one backward (CUDA, or the CPU
   interpreter under TRITON_INTERPRET=1).
 - ``auto``   the kernel for CUDA tensors when Triton is installed (and for fake tensors under
-  ``muse.ops.assume_cuda()``: the memory estimate's GPU step), else ``naive``.
+  ``muse.ops.assume_cuda()``: the memory estimate's GPU step), else ``naive`` (with a one-time
+  notice when Triton is missing on CUDA).
 
 x: (..., D) with weight (D,), or (..., G, D) with weight (G, D); returns x's shape and dtype.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from muse.ops._dispatch import assumes_cuda, fake, note_path
-from muse.ops.semiseparable.triton_chunk import HAS_TRITON
+from muse.ops._triton import HAS_TRITON, notice_no_triton
 
 from .naive import naive_rms_norm
 from .triton_kernel import triton_rms_norm
@@ -28,7 +29,12 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, impl: str = "auto") -
     """x / sqrt(mean(x², -1) + eps) * weight (see the module docstring for shapes)."""
     if impl not in IMPLS:
         raise ValueError(f"rms_norm: impl must be one of {IMPLS}; got {impl!r}")
-    if impl == "triton" or (impl == "auto" and assumes_cuda(x) and (HAS_TRITON or fake(x))):
+    if impl == "auto" and assumes_cuda(x):
+        if HAS_TRITON or fake(x):  # fakes run no kernel: the estimate models a GPU install
+            impl = "triton"
+        else:
+            notice_no_triton()
+    if impl == "triton":
         note_path("rms_norm", "triton")
         return triton_rms_norm(x, weight, eps)
     note_path("rms_norm", "naive")

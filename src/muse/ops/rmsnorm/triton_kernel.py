@@ -16,13 +16,11 @@ from torch import Tensor
 from muse.ops._dispatch import define_op, use_op
 from muse.ops._launch import cdiv, launch as _launch, next_pow2
 from muse.ops._reduce import sum_partials
-from muse.ops.semiseparable.triton_chunk import HAS_TRITON, triton_supports
+from muse.ops._triton import HAS_TRITON, tl, triton, triton_supports
 
 from .naive import check_inputs
 
 if HAS_TRITON:
-    import triton
-    import triton.language as tl
 
     @triton.jit
     def _tile(x, i_m, i_g, M, G, D, BM: tl.constexpr, BD: tl.constexpr):

@@ -24,13 +24,11 @@ ordinary autograd.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-import warnings
-
-import torch
-
 from muse.ops._dispatch import assumes_cuda, fake, note_path
+from muse.ops._triton import notice_no_triton
 
 from .chunk import chunk_semiseparable
 from .naive import check_inputs, causal_band, causal_band_matrix, naive_quadratic, naive_recurrent, recurrent_step
@@ -52,26 +50,18 @@ __all__ = [
 
 IMPLS = ("auto", "triton", "chunked", "quadratic", "recurrent")
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_warned_no_triton = False
 
 
 def resolve_impl(impl: str, x: Tensor, chunk_size: int = 64) -> str:
     """The implementation ``impl`` means for tensor ``x``: "auto" becomes "triton" for CUDA
     tensors of a kernel dtype (with a power-of-two chunk >= 16), else "chunked". Fake tensors
     count as CUDA ones under ``muse.ops.assume_cuda()`` (the memory estimate's GPU step)."""
-    global _warned_no_triton
     if impl != "auto":
         return impl
     if not (assumes_cuda(x) and x.dtype in _KERNEL_DTYPES and valid_chunk(chunk_size)):
         return "chunked"
     if not HAS_TRITON and not fake(x):  # fakes run no kernel: the estimate models a GPU install
-        if not _warned_no_triton:
-            warnings.warn(
-                "muse: Triton is not installed, so the semiseparable scan runs the slower torch "
-                "chunked path on CUDA (pip install triton for the fused kernel)",
-                stacklevel=2,
-            )
-            _warned_no_triton = True
+        notice_no_triton()
         return "chunked"
     return "triton"
 

@@ -34,24 +34,17 @@ positions past N are masked loads of zero, which neither write to nor decay the 
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
-from muse.ops._dispatch import assumes_cuda, fake
 from muse.ops._launch import cdiv, launch as _launch, next_pow2
+from muse.ops._reduce import sum_partials
+from muse.ops._triton import HAS_TRITON, autotune, configs, dot_precision, tl, triton, triton_supports
 
-try:  # Triton is a GPU extra; the torch chunked scan is the fallback everywhere.
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised on installs without Triton
-    triton = None
+if HAS_TRITON:
+    from ._common import band_tap_grads, block, chunk_decay, load_tile, store_tile, uvz_tiles
 
 __all__ = ["HAS_TRITON", "scan_backward", "scan_forward", "triton_supports", "valid_chunk"]
-
-HAS_TRITON = triton is not None
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 def valid_chunk(chunk_size) -> bool:
@@ -60,84 +53,9 @@ def valid_chunk(chunk_size) -> bool:
     return isinstance(C, int) and not isinstance(C, bool) and C >= 16 and not C & (C - 1)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-# Autotuning compiles every config once per (r, p, dtype): worth it for a training run, too
-# slow for a test session of many odd shapes, which sets MUSE_TRITON_AUTOTUNE=0.
-_AUTOTUNE = os.environ.get("MUSE_TRITON_AUTOTUNE", "1") != "0"
-
-
-def triton_supports(*tensors: Tensor | None) -> bool:
-    """True where the kernels can run these tensors: Triton present, and CUDA or the interpreter.
-
-    Fake tensors under ``assume_cuda()`` count as CUDA ones, Triton installed or not: only the
-    ops' fake implementations run on them (``muse memory`` models the GPU step on any machine).
-    """
-    return all(_supported(t) for t in tensors if t is not None)
-
-
-_HOST_DTYPES = (torch.float32, torch.float64)  # numpy has no bfloat16: the interpreter computes garbage
-
-
-def _supported(t: Tensor) -> bool:
-    if t.is_cuda or assumes_cuda(t):  # is_cuda first: the common case skips the call
-        return t.dtype in _DTYPES and (HAS_TRITON or fake(t))
-    return HAS_TRITON and _interpreting() and t.dtype in _HOST_DTYPES
-
-
 if HAS_TRITON:
 
-    def _configs(extra: list[dict], warps=(4, 8), stages=(1, 2)) -> list:
-        """The autotuning space; the first entry alone without autotuning (and for the
-        interpreter, which would otherwise "benchmark" every config at numpy speed)."""
-        if _interpreting() or not _AUTOTUNE:
-            return [triton.Config(extra[0], num_warps=warps[0], num_stages=stages[0])]
-        return [triton.Config(kw, num_warps=w, num_stages=s) for kw in extra for w in warps for s in stages]
-
-    @triton.jit
-    def _chunk_decay(g, i_b, i_h, rows, N, H):
-        """Within-chunk cumulative log decay b (C,) and its total b_last, fp32 (fp64 for fp64 g:
-        g may be bf16/fp16, read as it is rather than copied to fp32 by an extra launch)."""
-        gl = tl.load(g + (i_b * N + rows) * H + i_h, mask=rows < N, other=0.0)
-        if gl.dtype != tl.float64:
-            gl = gl.to(tl.float32)
-        b = tl.cumsum(gl, 0)
-        return b, tl.sum(gl, 0)
-
-    @triton.jit
-    def _load_tile(x, i_b, i_h, rows, cols, N, H, D, SR):
-        """(C, BD) tile of x laid out (B, N, H, D) with row stride SR (H*D when contiguous;
-        wider for column slices of a fused projection), zeros outside [0, N) x [0, D)."""
-        ptr = x + (i_b * N + rows[:, None]) * SR + i_h * D + cols[None, :]
-        mask = (rows[:, None] >= 0) & (rows[:, None] < N) & (cols[None, :] < D)
-        return tl.load(ptr, mask=mask, other=0.0)
-
-    @triton.jit
-    def _uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ):
-        """One chunk's u, v (C, BK) and z (C, BV) tiles (rows of the chunk; zeros past N)."""
-        u_t = _load_tile(u, i_b, i_h, rows, ok, N, H, K, SU)
-        v_t = _load_tile(v, i_b, i_h, rows, ok, N, H, K, SV)
-        z_t = _load_tile(z, i_b, i_h, rows, ov, N, H, V, SZ)
-        return u_t, v_t, z_t
-
-    @triton.jit
-    def _band_tap_grads(dy, z, band, dy_t, ref, i_b, i_h, rows, ov, N, H, V, SZ, W: tl.constexpr, j):
-        """Tap j of the causal band's backward for one chunk: what dy_{t+j} adds to dz_t (C, BV),
-        and this chunk's part of dband[c, W-1-j] = sum_t dy_t z_{t-j} (BV,), in ref's dtype."""
-        acc_t = ref.dtype
-        w_j = tl.load(band + (i_h * V + ov) * W + (W - 1 - j), mask=ov < V, other=0.0)
-        dy_j = _load_tile(dy, i_b, i_h, rows + j, ov, N, H, V, H * V)
-        z_j = _load_tile(z, i_b, i_h, rows - j, ov, N, H, V, SZ)
-        return dy_j.to(acc_t) * w_j.to(acc_t)[None, :], tl.sum(dy_t.to(acc_t) * z_j.to(acc_t), 0)
-
-    @triton.jit
-    def _store_tile(x, val, i_b, i_h, rows, cols, N, H, D):
-        ptr = x + ((i_b * N + rows[:, None]) * H + i_h) * D + cols[None, :]
-        tl.store(ptr, val.to(x.dtype.element_ty), mask=(rows[:, None] < N) & (cols[None, :] < D))
-
-    @triton.autotune(configs=_configs([{}]), key=["K", "V", "C", "HAS_G", "READ"])
+    @autotune(configs=configs([{}]), key=["K", "V", "C", "HAS_G", "READ"])
     @triton.jit
     def _chunk_local_kernel(
         a, x, g, X, decay, SA, SX, N, H, K: tl.constexpr, V: tl.constexpr, NT,
@@ -154,11 +72,11 @@ if HAS_TRITON:
         i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
         ok, ov, oc = tl.arange(0, BK), i_v * BV + tl.arange(0, BV), tl.arange(0, C)
         rows = i_t * C + oc
-        a_t = _load_tile(a, i_b, i_h, rows, ok, N, H, K, SA)  # (C, BK)
-        x_t = _load_tile(x, i_b, i_h, rows, ov, N, H, V, SX)  # (C, BV)
+        a_t = load_tile(a, i_b, i_h, rows, ok, N, H, K, SA)  # (C, BK)
+        x_t = load_tile(x, i_b, i_h, rows, ov, N, H, V, SX)  # (C, BV)
         acc_t = X.dtype.element_ty
         if HAS_G:
-            b, b_last = _chunk_decay(g, i_b, i_h, rows, N, H)
+            b, b_last = chunk_decay(g, i_b, i_h, rows, N, H)
             scale = tl.exp(b) if READ else tl.exp(b_last - b)
             a_t = (a_t.to(acc_t) * scale[:, None]).to(x_t.dtype)
             if i_v == 0:
@@ -172,8 +90,8 @@ if HAS_TRITON:
         """Compose two state updates S -> a S + x: first (a1, x1), then (a2, x2)."""
         return a1 * a2, a2 * x1 + x2
 
-    @triton.autotune(
-        configs=_configs(
+    @autotune(
+        configs=configs(
             [{"BLOCK": 64, "TB": 16}, {"BLOCK": 128, "TB": 16}, {"BLOCK": 64, "TB": 32}, {"BLOCK": 256, "TB": 8}],
             warps=(4, 2), stages=(2, 3),
         ),
@@ -226,7 +144,7 @@ if HAS_TRITON:
         if STORE_FINAL:
             tl.store(final + i_bh.to(tl.int64) * KV + offs, S, mask=mask)
 
-    @triton.autotune(configs=_configs([{}]), key=["K", "V", "C", "HAS_G"])
+    @autotune(configs=configs([{}]), key=["K", "V", "C", "HAS_G"])
     @triton.jit
     def _fwd_output_kernel(
         u, v, z, g, hs, band, y, SU, SV, SZ, N, H, K: tl.constexpr, V: tl.constexpr, NT,
@@ -237,7 +155,7 @@ if HAS_TRITON:
         i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
         ok, ov, oc = tl.arange(0, BK), i_v * BV + tl.arange(0, BV), tl.arange(0, C)
         rows = i_t * C + oc
-        u_t, v_t, z_t = _uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
+        u_t, v_t, z_t = uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
         kv_mask = (ok[:, None] < K) & (ov[None, :] < V)
         h_ptr = hs + (i_bh.to(tl.int64) * NT + i_t) * K * V + ok[:, None] * V + ov[None, :]
         h = tl.load(h_ptr, mask=kv_mask, other=0.0)  # (BK, BV): state entering the chunk
@@ -245,7 +163,7 @@ if HAS_TRITON:
         causal = oc[:, None] >= oc[None, :]
         s = tl.dot(u_t, tl.trans(v_t), input_precision=PREC).to(acc_t)  # (C, C)
         if HAS_G:
-            b, b_last = _chunk_decay(g, i_b, i_h, rows, N, H)
+            b, b_last = chunk_decay(g, i_b, i_h, rows, N, H)
             s = s * tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
             u_t = (u_t.to(acc_t) * tl.exp(b)[:, None]).to(z_t.dtype)
         else:
@@ -255,11 +173,11 @@ if HAS_TRITON:
         if HAS_BAND:  # the causal band T: y_t += sum_j band[c, W-1-j] z_{t-j} (depthwise conv)
             for j in tl.static_range(W):
                 w_j = tl.load(band + (i_h * V + ov) * W + (W - 1 - j), mask=ov < V, other=0.0)
-                z_j = _load_tile(z, i_b, i_h, rows - j, ov, N, H, V, SZ)  # rows < 0 read as 0
+                z_j = load_tile(z, i_b, i_h, rows - j, ov, N, H, V, SZ)  # rows < 0 read as 0
                 out += z_j.to(acc_t) * w_j.to(acc_t)[None, :]
-        _store_tile(y, out, i_b, i_h, rows, ov, N, H, V)
+        store_tile(y, out, i_b, i_h, rows, ov, N, H, V)
 
-    @triton.autotune(configs=_configs([{}]), key=["K", "V", "C", "HAS_G"])
+    @autotune(configs=configs([{}]), key=["K", "V", "C", "HAS_G"])
     @triton.jit
     def _bwd_main_kernel(
         u, v, z, g, hs, dhs, dy, band, du, dv, dz, dgl, dg_tot, dband, SU, SV, SZ, N, H, K: tl.constexpr,
@@ -270,8 +188,8 @@ if HAS_TRITON:
         i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
         ok, ov, oc = tl.arange(0, BK), tl.arange(0, BV), tl.arange(0, C)
         rows = i_t * C + oc
-        u_t, v_t, z_t = _uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
-        dy_t = _load_tile(dy, i_b, i_h, rows, ov, N, H, V, H * V)  # (C, BV)
+        u_t, v_t, z_t = uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
+        dy_t = load_tile(dy, i_b, i_h, rows, ov, N, H, V, H * V)  # (C, BV)
         dt = z_t.dtype
         kv_off = (i_bh.to(tl.int64) * NT + i_t) * K * V + ok[:, None] * V + ov[None, :]
         kv_mask = (ok[:, None] < K) & (ov[None, :] < V)
@@ -280,7 +198,7 @@ if HAS_TRITON:
         acc_t = dhs.dtype.element_ty
         causal = oc[:, None] >= oc[None, :]
         if HAS_G:
-            b, b_last = _chunk_decay(g, i_b, i_h, rows, N, H)
+            b, b_last = chunk_decay(g, i_b, i_h, rows, N, H)
             D = tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))  # (C, C)
             e_read = tl.exp(b)  # (C,): decay from the chunk start to t
             e_write = tl.exp(b_last - b)  # (C,): decay from s to the chunk end
@@ -305,13 +223,13 @@ if HAS_TRITON:
             # dz_s += sum_j band[c, W-1-j] dy_{s+j};  dband[c, W-1-j] = sum_t dy_t z_{t-j},
             # summed here over this chunk's t and over chunks and batch by the caller.
             for j in tl.static_range(W):
-                dz_j, dw_j = _band_tap_grads(dy, z, band, dy_t, dz_t, i_b, i_h, rows, ov, N, H, V, SZ, W, j)
+                dz_j, dw_j = band_tap_grads(dy, z, band, dy_t, dz_t, i_b, i_h, rows, ov, N, H, V, SZ, W, j)
                 dz_t += dz_j
                 ptr = dband + ((i_t * tl.num_programs(1) + i_bh).to(tl.int64) * V + ov) * W + (W - 1 - j)
                 tl.store(ptr, dw_j, mask=ov < V)
-        _store_tile(du, du_t, i_b, i_h, rows, ok, N, H, K)
-        _store_tile(dv, dv_t, i_b, i_h, rows, ok, N, H, K)
-        _store_tile(dz, dz_t, i_b, i_h, rows, ov, N, H, V)
+        store_tile(du, du_t, i_b, i_h, rows, ok, N, H, K)
+        store_tile(dv, dv_t, i_b, i_h, rows, ok, N, H, K)
+        store_tile(dz, dz_t, i_b, i_h, rows, ov, N, H, V)
         if HAS_G:
             # d log_decay_k = sum_{t >= k} (u_t.du_t - v_t.dv_t): the in-chunk part of that
             # suffix sum here, the chunks after this one added by the caller from dg_tot.
@@ -352,17 +270,6 @@ def _rows(t: Tensor) -> Tensor:
     return t.contiguous()
 
 
-def _block(n: int) -> int:
-    """Power-of-two tile width >= 16 (tl.dot's minimum) covering n."""
-    return max(16, next_pow2(n))
-
-
-def _precision(dtype: torch.dtype) -> str | None:
-    """tl.dot precision: 3xTF32 keeps fp32 inputs within 1e-3 of fp64 (plain TF32 gives
-    about 1.4e-3 after two chained products); bf16/fp16 use the tensor cores natively."""
-    return {torch.float32: "tf32x3", torch.float64: "ieee"}.get(dtype)
-
-
 def _scan(a, x, g, init, C, *, read: bool, store_final: bool):
     """Per-chunk states along the sequence: two parallel passes instead of one long chain.
 
@@ -376,10 +283,10 @@ def _scan(a, x, g, init, C, *, read: bool, store_final: bool):
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     X = torch.empty(B, H, NT, K, V, device=x.device, dtype=acc)
     decay = torch.empty(B, H, NT, device=x.device, dtype=acc) if g is not None else None
-    BV = min(64, _block(V))
+    BV = min(64, block(V))
     _launch(
         _chunk_local_kernel, (NT, cdiv(V, BV), B * H), a, x, g, X, decay, a.stride(1), x.stride(1),
-        N, H, K, V, NT, C=C, BK=_block(K), BV=BV, HAS_G=g is not None, READ=read, PREC=_precision(x.dtype),
+        N, H, K, V, NT, C=C, BK=block(K), BV=BV, HAS_G=g is not None, READ=read, PREC=dot_precision(x.dtype),
     )
     final = torch.empty(B, H, K, V, device=x.device, dtype=acc) if store_final else None
     grid = lambda meta: (cdiv(K * V, meta["BLOCK"]), B * H)  # noqa: E731
@@ -399,11 +306,11 @@ def scan_forward(u, v, z, g, h0, band, output_final_state: bool, C: int):
     V = z.shape[-1]
     hs, ht = _scan(v, z, g, h0, C, read=False, store_final=output_final_state)
     y = torch.empty(z.shape, device=z.device, dtype=z.dtype)
-    BV = min(64, _block(V))
+    BV = min(64, block(V))
     grid = (hs.shape[2], cdiv(V, BV), B * H)
     _launch(
         _fwd_output_kernel, grid, u, v, z, g, hs, band, y, u.stride(1), v.stride(1), z.stride(1),
-        N, H, K, V, hs.shape[2], C=C, BK=_block(K), BV=BV, HAS_G=g is not None, PREC=_precision(z.dtype),
+        N, H, K, V, hs.shape[2], C=C, BK=block(K), BV=BV, HAS_G=g is not None, PREC=dot_precision(z.dtype),
         W=band.shape[1] if band is not None else 1, HAS_BAND=band is not None,
     )
     return y, ht
@@ -432,7 +339,7 @@ def scan_backward(dy, dht, u, v, z, g, h0, band, C: int):
     _launch(
         _bwd_main_kernel, (NT, B * H), u, v, z, g, hs, dhs, dy, band, du, dv, dz, dgl, dg_tot, dband,
         u.stride(1), v.stride(1), z.stride(1), N, H, K, V, NT, C=C,
-        BK=_block(K), BV=_block(V), HAS_G=g is not None, PREC=_precision(z.dtype),
+        BK=block(K), BV=block(V), HAS_G=g is not None, PREC=dot_precision(z.dtype),
         W=W, HAS_BAND=band is not None,
     )
     dg = None
@@ -444,7 +351,5 @@ def scan_backward(dy, dht, u, v, z, g, h0, band, C: int):
             _dg_finish_kernel, (NT, B * H), dgl, dg_tot, dg_final, dg, N, H, NT, C=C,
             BNT=min(1024, max(16, next_pow2(NT))), HAS_FINAL=has_dht,
         )
-    from muse.ops._reduce import sum_partials  # that module takes HAS_TRITON from this one
-
     dband_sum = sum_partials(dband.flatten(0, 1), band.dtype).reshape(H * V, W) if band is not None else None
     return du, dv, dz, dg, dh0, dband_sum

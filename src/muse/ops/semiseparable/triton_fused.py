@@ -24,17 +24,13 @@ from __future__ import annotations
 
 import torch
 
-from muse.ops._launch import cdiv, next_pow2
 from muse.ops._dispatch import sms
-
-from .triton_chunk import (
-    HAS_TRITON, _band_tap_grads, _block, _chunk_decay, _configs, _launch, _load_tile, _precision, _store_tile,
-    _uvz_tiles,
-)
+from muse.ops._launch import cdiv, launch as _launch, next_pow2
+from muse.ops._reduce import sum_partials
+from muse.ops._triton import HAS_TRITON, autotune, configs, dot_precision, tl, triton
 
 if HAS_TRITON:
-    import triton
-    import triton.language as tl
+    from ._common import band_tap_grads, block, chunk_decay, load_tile, store_tile, uvz_tiles
 
 __all__ = ["FUSED_MAX_CHUNKS", "fused_backward", "fused_forward", "use_fused"]
 
@@ -67,7 +63,7 @@ if HAS_TRITON:
         (C,), and the chunk's total e^{b_last}; all ones (D: the causal mask) without decay."""
         causal = oc[:, None] >= oc[None, :]
         if HAS_G:
-            b, b_last = _chunk_decay(g, i_b, i_h, rows, N, H)
+            b, b_last = chunk_decay(g, i_b, i_h, rows, N, H)
             D = tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
             return D, tl.exp(b), tl.exp(b_last - b), tl.exp(b_last)
         else:
@@ -82,7 +78,7 @@ if HAS_TRITON:
         v_w = (v_t.to(h.dtype) * e_write[:, None]).to(z_t.dtype)
         return h * a_last + tl.dot(tl.trans(v_w), z_t, input_precision=PREC).to(h.dtype)
 
-    @triton.autotune(configs=_configs([{"BV": 32}, {"BV": 64}]), key=["K", "V", "C", "HAS_G", "HAS_BAND"])
+    @autotune(configs=configs([{"BV": 32}, {"BV": 64}]), key=["K", "V", "C", "HAS_G", "HAS_BAND"])
     @triton.jit
     def _fused_fwd_kernel(
         u, v, z, g, h0, band, y, ht, SU, SV, SZ, N, H, K: tl.constexpr, V: tl.constexpr, NT,
@@ -101,7 +97,7 @@ if HAS_TRITON:
             h += tl.load(h0 + kv_off, mask=kv_mask, other=0.0)
         for t in range(NT):
             rows = t * C + oc
-            u_t, v_t, z_t = _uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
+            u_t, v_t, z_t = uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
             dt = z_t.dtype
             D, e_read, e_write, a_last = _decays(g, i_b, i_h, rows, N, H, oc, C, HAS_G, ACC64)
             s = tl.dot(u_t, tl.trans(v_t), input_precision=PREC).to(acc_t) * D  # (C, C)
@@ -111,14 +107,14 @@ if HAS_TRITON:
             if HAS_BAND:  # y_t += sum_j band[c, W-1-j] z_{t-j}, as in _fwd_output_kernel
                 for j in tl.static_range(W):
                     w_j = tl.load(band + (i_h * V + ov) * W + (W - 1 - j), mask=ov < V, other=0.0)
-                    z_j = _load_tile(z, i_b, i_h, rows - j, ov, N, H, V, SZ)
+                    z_j = load_tile(z, i_b, i_h, rows - j, ov, N, H, V, SZ)
                     out += z_j.to(acc_t) * w_j.to(acc_t)[None, :]
-            _store_tile(y, out, i_b, i_h, rows, ov, N, H, V)
+            store_tile(y, out, i_b, i_h, rows, ov, N, H, V)
             h = _advance(h, v_t, z_t, e_write, a_last, PREC)  # (BK, BV)
         if STORE_FINAL:
             tl.store(ht + kv_off, h, mask=kv_mask)
 
-    @triton.autotune(configs=_configs([{}]), key=["K", "V", "C", "HAS_G", "HAS_BAND"])
+    @autotune(configs=configs([{}]), key=["K", "V", "C", "HAS_G", "HAS_BAND"])
     @triton.jit
     def _fused_bwd_kernel(
         u, v, z, g, h0, dht, dy, band, du, dv, dz, dgs, fin, dh0, dband, SU, SV, SZ, N, H,
@@ -143,15 +139,15 @@ if HAS_TRITON:
                 h += tl.load(h0 + kv_off, mask=kv_mask, other=0.0)
             for t in range(NT):
                 rows = t * C + oc
-                u_t, v_t, z_t = _uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
-                dy_t = _load_tile(dy, i_b, i_h, rows, ov, N, H, V, H * V)  # (C, BV)
+                u_t, v_t, z_t = uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
+                dy_t = load_tile(dy, i_b, i_h, rows, ov, N, H, V, H * V)  # (C, BV)
                 dt = z_t.dtype
                 D, e_read, e_write, a_last = _decays(g, i_b, i_h, rows, N, H, oc, C, HAS_G, ACC64)
                 # fp32 operands for du and dv, as in _bwd_main_kernel: they feed the decay gradient
                 dA = tl.dot(dy_t, tl.trans(z_t), input_precision=PREC).to(acc_t) * D  # (C, C)
                 du_t = tl.dot(dA, v_t.to(acc_t), input_precision=PREC)
                 du_t += tl.dot(dy_t.to(acc_t), tl.trans(h), input_precision=PREC) * e_read[:, None]  # (C, BK)
-                _store_tile(du, du_t, i_b, i_h, rows, ok, N, H, K)
+                store_tile(du, du_t, i_b, i_h, rows, ok, N, H, K)
                 if HAS_G:
                     tl.store(dgs + dgs_row + rows, tl.sum(u_t.to(acc_t) * du_t, 1))
                 h = _advance(h, v_t, z_t, e_write, a_last, PREC)
@@ -167,8 +163,8 @@ if HAS_TRITON:
             for tt in range(NT):
                 t = NT - 1 - tt
                 rows = t * C + oc
-                u_t, v_t, z_t = _uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
-                dy_t = _load_tile(dy, i_b, i_h, rows, ov, N, H, V, H * V)
+                u_t, v_t, z_t = uvz_tiles(u, v, z, i_b, i_h, rows, ok, ov, N, H, K, V, SU, SV, SZ)  # (C, BK/BV)
+                dy_t = load_tile(dy, i_b, i_h, rows, ov, N, H, V, H * V)
                 dt = z_t.dtype
                 D, e_read, e_write, a_last = _decays(g, i_b, i_h, rows, N, H, oc, C, HAS_G, ACC64)
                 A = (tl.dot(u_t, tl.trans(v_t), input_precision=PREC).to(acc_t) * D).to(dt)  # (C, C)
@@ -180,11 +176,11 @@ if HAS_TRITON:
                 dv_t += tl.dot(z_t.to(acc_t), tl.trans(dH), input_precision=PREC) * e_write[:, None]  # (C, BK)
                 if HAS_BAND:  # as _bwd_main_kernel, the weight gradient summed over chunks here
                     for j in tl.static_range(W):
-                        dz_j, dw_j = _band_tap_grads(dy, z, band, dy_t, dz_t, i_b, i_h, rows, ov, N, H, V, SZ, W, j)
+                        dz_j, dw_j = band_tap_grads(dy, z, band, dy_t, dz_t, i_b, i_h, rows, ov, N, H, V, SZ, W, j)
                         dz_t += dz_j
                         dband_acc += tl.where(ow[None, :] == W - 1 - j, dw_j[:, None], 0.0)
-                _store_tile(dz, dz_t, i_b, i_h, rows, ov, N, H, V)
-                _store_tile(dv, dv_t, i_b, i_h, rows, ok, N, H, K)
+                store_tile(dz, dz_t, i_b, i_h, rows, ov, N, H, V)
+                store_tile(dv, dv_t, i_b, i_h, rows, ok, N, H, K)
                 if HAS_G:
                     tl.store(dgs + dgs_row + rows, tl.sum(v_t.to(acc_t) * dv_t, 1))
                 u_r = (u_t.to(acc_t) * e_read[:, None]).to(dt)
@@ -225,8 +221,8 @@ def fused_forward(u, v, z, g, h0, band, output_final_state: bool, C: int):
     grid = lambda meta: (cdiv(V, meta["BV"]), B * H)  # noqa: E731
     _launch(
         _fused_fwd_kernel, grid, u, v, z, g, h0, band, y, ht,
-        u.stride(1), v.stride(1), z.stride(1), N, H, K, V, cdiv(N, C), C=C, BK=_block(K),
-        HAS_G=g is not None, HAS_INIT=h0 is not None, STORE_FINAL=output_final_state, PREC=_precision(z.dtype),
+        u.stride(1), v.stride(1), z.stride(1), N, H, K, V, cdiv(N, C), C=C, BK=block(K),
+        HAS_G=g is not None, HAS_INIT=h0 is not None, STORE_FINAL=output_final_state, PREC=dot_precision(z.dtype),
         W=band.shape[1] if band is not None else 1, HAS_BAND=band is not None, ACC64=acc == torch.float64,
     )
     return y, ht
@@ -235,8 +231,6 @@ def fused_forward(u, v, z, g, h0, band, output_final_state: bool, C: int):
 def fused_backward(dy, dht, u, v, z, g, h0, band, C: int):
     """``scan_backward`` in one launch, plus one for the log-decay gradient's suffix sums and one
     for the band's weight gradient (its per-sequence sums added over the batch by ``sum_partials``)."""
-    from muse.ops._reduce import sum_partials  # that module takes HAS_TRITON from triton_chunk
-
     B, N, H, K = u.shape
     V = z.shape[-1]
     NT = cdiv(N, C)
@@ -252,9 +246,9 @@ def fused_backward(dy, dht, u, v, z, g, h0, band, C: int):
     dband = new((B, H * V, W), acc) if band is not None else None
     _launch(
         _fused_bwd_kernel, (2, B * H), u, v, z, g, h0, dht, dy, band, du, dv, dz, dgs, fin, dh0, dband,
-        u.stride(1), v.stride(1), z.stride(1), N, H, K, V, NT, C=C, BK=_block(K), BV=_block(V),
+        u.stride(1), v.stride(1), z.stride(1), N, H, K, V, NT, C=C, BK=block(K), BV=block(V),
         HAS_G=g is not None, HAS_INIT=h0 is not None, HAS_DHT=dht is not None, STORE_DH0=h0 is not None,
-        PREC=_precision(z.dtype), W=W, WP=next_pow2(W), HAS_BAND=band is not None,
+        PREC=dot_precision(z.dtype), W=W, WP=next_pow2(W), HAS_BAND=band is not None,
         ACC64=acc == torch.float64,
     )
     dg = None

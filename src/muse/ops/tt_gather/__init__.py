@@ -19,11 +19,10 @@ import torch
 from torch import Tensor
 
 from muse.ops._dispatch import assumes_cuda, fake, note_path
+from muse.ops._triton import interpreting, notice_no_triton
 
 from .naive import check_inputs, tt_contract
-from .triton_kernel import (
-    HAS_TRITON, MAX_RANK, OutOfResources, _interpreting, shape_unsupported, triton_supports, triton_tt_gather,
-)
+from .triton_kernel import HAS_TRITON, MAX_RANK, OutOfResources, shape_unsupported, triton_supports, triton_tt_gather
 
 __all__ = [
     "IMPLS", "MAX_RANK", "resolve_impl", "shape_unsupported", "triton_supports", "triton_tt_gather", "tt_contract",
@@ -46,19 +45,23 @@ AUTO_ON_GPU = True
 
 def resolve_impl(impl: str, ids: Tensor, cores: list[Tensor], col_factors) -> str:
     """What ``impl`` means for these tensors: "auto" becomes "triton" for real CUDA cores of a
-    kernel dtype and a supported shape (Triton installed, not interpreting), else "torch".
-    Fake tensors count as CUDA ones under ``muse.ops.assume_cuda()`` (the memory estimate)."""
+    kernel dtype and a supported shape (Triton installed, not interpreting), else "torch" (with a
+    one-time notice when Triton is missing on CUDA). Fake tensors count as CUDA ones under
+    ``muse.ops.assume_cuda()`` (the memory estimate)."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got impl={impl!r}")
     if impl != "auto":
         return impl
-    ok = (
-        AUTO_ON_GPU and all(assumes_cuda(t) for t in (ids, *cores))
-        and (fake(ids) or (HAS_TRITON and not _interpreting()))  # fakes launch nothing
-        and all(c.dtype in _KERNEL_DTYPES for c in cores)
-        and shape_unsupported(_ranks(cores), list(col_factors)) is None
-    )
-    return "triton" if ok else "torch"
+    on_gpu = AUTO_ON_GPU and all(assumes_cuda(t) for t in (ids, *cores)) and all(
+        c.dtype in _KERNEL_DTYPES for c in cores)
+    if not on_gpu or shape_unsupported(_ranks(cores), list(col_factors)) is not None:
+        return "torch"
+    if fake(ids):  # fakes launch nothing: the estimate models a GPU install
+        return "triton"
+    if not HAS_TRITON:
+        notice_no_triton()
+        return "torch"
+    return "torch" if interpreting() else "triton"
 
 
 def tt_gather(ids: Tensor, cores: list[Tensor], row_factors, col_factors, num_cols: int, impl: str = "auto",

@@ -39,27 +39,16 @@ import warnings
 import torch
 from torch import Tensor
 
-from muse.ops._dispatch import assumes_cuda, define_op, fake, use_op
+from muse.ops._dispatch import define_op, use_op
 from muse.ops._launch import cdiv, launch as _launch
+from muse.ops._triton import (
+    HAS_TRITON, OutOfResources, autotune, configs, dot_precision, runs, tl, triton, triton_supports,
+)
 
 from .naive import tt_contract
 
-try:  # Triton is a GPU extra; the torch contraction is the fallback everywhere.
-    import triton
-    import triton.language as tl
-    from triton.runtime.errors import OutOfResources
-except ImportError:  # pragma: no cover - exercised on installs without Triton
-    triton = None
-
-    class OutOfResources(Exception):  # noqa: N818 - Triton's name
-        pass
-
-# one definition of the kernel dtypes, the interpreter switch and the autotuning switch
-from muse.ops.semiseparable.triton_chunk import _AUTOTUNE, _DTYPES, _interpreting  # noqa: E402
-
 __all__ = ["HAS_TRITON", "MAX_RANK", "MAX_TILE", "shape_unsupported", "triton_supports", "triton_tt_gather"]
 
-HAS_TRITON = triton is not None
 MAX_RANK = 64  # largest bond rank the kernels take
 # Largest tile (elements) of one token's chain: beyond it registers spill heavily and shared memory
 # runs out (ptxas reports of sm_90 builds: col factors [16, 12, 16] fit with ranks 32, not 64).
@@ -101,28 +90,7 @@ def shape_unsupported(ranks: list[int], col_factors: list[int]) -> str | None:
     return None
 
 
-def _runs(t: Tensor, dtype: torch.dtype | None = None) -> bool:
-    """Whether the kernels run on t's device in ``dtype`` (default t's). Fake tensors under
-    ``assume_cuda()`` count as CUDA ones, Triton or not: only the ops' fakes run on them."""
-    dtype = dtype or t.dtype
-    if assumes_cuda(t):
-        return dtype in _DTYPES and (HAS_TRITON or fake(t))
-    # numpy has no bfloat16: the interpreter computes garbage for bf16/fp16 tiles
-    return HAS_TRITON and _interpreting() and dtype in (torch.float32, torch.float64)
-
-
-def triton_supports(*tensors: Tensor) -> bool:
-    """True where the kernels can run these tensors: Triton present, and CUDA or the interpreter."""
-    return all(_runs(t) for t in tensors)
-
-
 if HAS_TRITON:
-
-    def _configs(extra: list[dict], warps=(4, 8)) -> list:
-        """The autotuning space; the first entry alone without autotuning (and in the interpreter)."""
-        if _interpreting() or not _AUTOTUNE:
-            return [triton.Config(extra[0], num_warps=warps[0], num_stages=1)]
-        return [triton.Config(kw, num_warps=w, num_stages=1) for kw in extra for w in warps]
 
     _KEY = ["K", "NP1", "NP2", "NP3", "NP4", "RP1", "RP2", "RP3"]
 
@@ -204,7 +172,7 @@ if HAS_TRITON:
                 y = tl.dot(A3, S4, input_precision=PREC)  # (P3, NP4)
         return S1, S2, S3, S4, A2, A3, y
 
-    @triton.autotune(configs=_configs([{"BT": 8}, {"BT": 32}]), key=_KEY)
+    @autotune(configs=configs([{"BT": 8}, {"BT": 32}], stages=(1,)), key=_KEY)
     @triton.jit
     def _fwd_kernel(ids, out, c1, c2, c3, c4, L, N, m1, m2, m3, m4, n1, n2, n3, n4, r1, r2, r3, st1, st2, st3,
                     K: tl.constexpr, NP1: tl.constexpr, NP2: tl.constexpr, NP3: tl.constexpr, NP4: tl.constexpr,
@@ -220,7 +188,7 @@ if HAS_TRITON:
                                          st1, st2, st3, K, NP1, NP2, NP3, NP4, RP1, RP2, RP3, DT, PREC)
             tl.store(out + j * N + col, y.to(DT), mask=ok)
 
-    @triton.autotune(configs=_configs([{"BT": 16}, {"BT": 64}], warps=(8, 4)), key=_KEY, reset_to_zero=["dC"])
+    @autotune(configs=configs([{"BT": 16}, {"BT": 64}], warps=(8, 4), stages=(1,)), key=_KEY, reset_to_zero=["dC"])
     @triton.jit
     def _bwd_kernel(sids, order, grad, c1, c2, c3, c4, dC, o2, o3, o4, L, N, m1, m2, m3, m4, n1, n2, n3, n4,
                     r1, r2, r3, st1, st2, st3,
@@ -296,11 +264,6 @@ if HAS_TRITON:
             _add(dC + o3, acc3, cur3, m3, n3, r2, r3, RP2, NP3, RP3, False)
 
 
-def _precision(dtype: torch.dtype) -> str | None:
-    """tl.dot precision: 3xTF32 keeps fp32 near fp32 accuracy; bf16/fp16 use the tensor cores."""
-    return {torch.float32: "tf32x3", torch.float64: "ieee"}.get(dtype)
-
-
 def _kernel_args(cores: list[Tensor], row_factors, col_factors) -> tuple[list, dict]:
     """Sizes (m 4, n 4, r 3, digit strides 3; unused = 1) and the constexpr tile sizes."""
     k = len(cores)
@@ -323,7 +286,7 @@ def gather_forward(ids: Tensor, cores: list[Tensor], row_factors: list[int], col
     ptrs = list(cores) + [None] * (4 - len(cores))
     if L:
         grid = lambda m: (cdiv(L, m["BT"]),)  # noqa: E731
-        _launch(_fwd_kernel, grid, ids, out, *ptrs, L, num_cols, *sizes, **meta, PREC=_precision(out_dtype))
+        _launch(_fwd_kernel, grid, ids, out, *ptrs, L, num_cols, *sizes, **meta, PREC=dot_precision(out_dtype))
     return out
 
 
@@ -344,7 +307,7 @@ def gather_backward(grad_out: Tensor, ids: Tensor, cores: list[Tensor], row_fact
         ptrs = list(cores) + [None] * (4 - len(cores))
         grid = lambda m: (cdiv(L, m["BT"]),)  # noqa: E731
         _launch(_bwd_kernel, grid, sids, order, grad_out.contiguous(), *ptrs, dC, *offs[1:4], L, N, *sizes, **meta,
-                PREC=_precision(grad_out.dtype))
+                PREC=dot_precision(grad_out.dtype))
     return dC
 
 
@@ -409,7 +372,7 @@ def triton_tt_gather(ids: Tensor, cores: list[Tensor], row_factors, col_factors,
     ``out_dtype`` (default: the cores'), which is also the dtype of the dots.
     """
     out_dtype = out_dtype or cores[0].dtype
-    if not (triton_supports(*cores) and _runs(cores[0], out_dtype)):
+    if not (triton_supports(*cores) and runs(cores[0], out_dtype)):
         if not HAS_TRITON:
             raise RuntimeError("impl='triton' needs the triton package (pip install triton); use impl='torch'")
         raise ValueError(
