@@ -1,11 +1,13 @@
 """The `muse` command: params table/JSON for the headline presets, derived overrides, clean errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 import time
 
 import pytest
+import yaml
 
 from muse.cli import main
 
@@ -72,3 +74,41 @@ def test_errors_are_one_line_exit_2(capsys, args, needle):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "muse", "presets"], capture_output=True, text=True, check=True).stdout
     assert "phase8-max" in out and "tiny" in out
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--device", "gpu"], "device must be auto, cpu, cuda or cuda:N; got 'gpu'"),  # was torch's traceback
+        (["--batch-size", "0"], "--batch-size must be >= 1"),  # was one batch of the whole split
+        (["--dataset", "text:{text}", "--data-dir", "{tmp}"], "data.data_dir (--data-dir) is only read by"),
+    ],
+)
+def test_eval_bad_inputs_are_one_line(trained_run, tmp_path, capsys, args, needle):
+    (tmp_path / "t.txt").write_text("".join(f"line {i} of some text\n" for i in range(200)))
+    args = [a.format(text=tmp_path / "t.txt", tmp=tmp_path) for a in args]
+    assert main(["eval", str(trained_run), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("muse: error: ") and needle in err and err.count("\n") == 1, err
+
+
+def test_eval_on_another_dataset_leaves_the_runs_data_dir_behind(trained_run, tmp_path, capsys):
+    """The run read WikiText-2 from a data_dir; --dataset text:FILE must not carry it over."""
+    (tmp_path / "t.txt").write_text("".join(f"line {i} of some text\n" for i in range(200)))
+    assert main(["eval", str(trained_run), "--dataset", f"text:{tmp_path / 't.txt'}", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["dataset"] == f"text:{tmp_path / 't.txt'}" and res["tokens"] > 0
+
+
+def test_runs_saved_with_an_unread_directory_still_load(trained_run, tmp_path, capsys):
+    """Before DataConfig refused them, an unread data.tokenizer_dir was saved with the run."""
+    run = tmp_path / "old"
+    shutil.copytree(trained_run, run)
+    for cfg_file in run.rglob("config.yaml"):
+        cfg = yaml.safe_load(cfg_file.read_text())
+        cfg["data"]["tokenizer_dir"] = "/was/never/read"  # the run's tokenizer is bpe
+        cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert main(["eval", str(run), "--split", "valid", "--max-tokens", "512", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 20
+    assert main(["train", "--resume", str(run)]) == 0  # it is finished: says so, trains nothing
+    assert "already reached train.max_steps=20 (step 20)" in capsys.readouterr().out

@@ -1,10 +1,11 @@
 """The README and docs/ tables are generated from benchmarks/results/*.json and must be current;
-the README is a user's guide whose commands match CI's."""
+the README is a user's guide whose commands match CI's and what `muse train` prints."""
 
 import importlib.util
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -91,3 +92,33 @@ def test_readme_test_command_is_ci_s():
     installs = [b for b in block if b.startswith("pip install")]
     for cmd in installs:
         assert any(line.replace(" --quiet", "").endswith(cmd) for line in ci), cmd
+
+
+def _normalise(command: str) -> str:
+    """A printed or README command with the run directory and budget numbers as placeholders."""
+    command = re.sub(r"runs/tiny-\d{8}-\d{6}", "RUN", command.strip())
+    return re.sub(r"(--train\.max_\w+) \d+", r"\1 N", command)
+
+
+def test_commands_printed_after_training_are_the_readmes(tmp_path, monkeypatch, capsys):
+    """`muse train` ends with the commands to run next; the README's quickstart shows the same
+    ones (the run directory and budget differ, so they are compared as placeholders)."""
+    from muse.cli import main
+    from muse.data import datasets
+
+    stdlib = tmp_path / "stdlib"  # a small stand-in for the machine's stdlib: same code path, seconds
+    for i in range(12):
+        (stdlib / f"mod{i}.py").parent.mkdir(exist_ok=True)
+        (stdlib / f"mod{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x + {j}\n\n" for j in range(80)))
+    monkeypatch.setattr(datasets, "sysconfig", SimpleNamespace(get_paths=lambda: {"stdlib": str(stdlib)}))
+    monkeypatch.chdir(tmp_path)  # the default run directory, runs/tiny-DATE-TIME, as a user gets it
+    args = ["train", "--data.tokenizer", "bytes", "--data.cache_dir", str(tmp_path / "cache"),
+            "--train.max_steps", "2", "--train.eval_every", "2", "--train.eval_tokens", "512",
+            "--train.batch_size", "2", "--train.progress", "false", "--train.tensorboard", "false"]
+    assert main(args) == 0
+    printed = [m.group(1) for m in re.finditer(r"^ +\w+: +(muse .+)$", capsys.readouterr().out, re.M)]
+    assert [c.split()[:2] for c in printed] == [["muse", "eval"], ["muse", "generate"], ["muse", "train"]]
+    assert all(re.search(r"runs/tiny-\d{8}-\d{6}", c) for c in printed), printed
+    readme = {_normalise(line) for line in (ROOT / "README.md").read_text().splitlines()}
+    missing = [c for c in printed if _normalise(c) not in readme]
+    assert not missing, f"README.md's quickstart must show these commands as `muse train` prints them: {missing}"

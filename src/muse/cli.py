@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import shlex
 import sys
 
 from pathlib import Path
@@ -50,19 +52,58 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _next_commands(run_dir: Path, dataset: str, limit: tuple[str, str, str] | None) -> list[tuple[str, str]]:
+    """(label, command) for what to do with a trained run; README's quickstart shows the same.
+    ``limit``: the budget that stopped training (``Trainer.limit_reached``), raised to continue."""
+    run = shlex.quote(str(run_dir))
+    prompt = shlex.quote("def " if dataset == "pystdlib" else "The ")
+    out = [
+        ("evaluate", f"muse eval {run} --split test"),
+        ("generate", f"muse generate {run} --prompt {prompt} --seed 0"),
+    ]
+    if limit is not None:
+        key, _, more = limit
+        out.append(("continue", f"muse train --resume {run} --{key} {more}"))
+    return out
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import time
 
     from muse.train.trainer import Trainer, load_run_config
 
     if args.resume:
+        if args.run_dir is not None:
+            raise ConfigError(f"--resume continues a run in its own directory ({args.resume}); drop --run-dir")
         run_dir = Path(args.resume)
         cfg = config_from_args(args, base=load_run_config(run_dir))
     else:
         cfg = config_from_args(args)
         run_dir = Path(args.run_dir or Path(cfg.train.out_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
-    if trainer.dist.is_main:
+    main_rank = trainer.dist.is_main
+    reached = trainer.nothing_to_train() if args.resume else None
+    if reached is not None:
+        try:
+            val = trainer.fit()["val_loss"]  # trains nothing: the resumed checkpoint's val loss
+        finally:
+            _destroy_process_group()
+        key, what, more = reached
+        if main_rank:
+            val = f"val loss {val:.4f}" if math.isfinite(val) else "no val loss saved"
+            print(
+                f"muse train: {run_dir} already reached {what}, {val}; nothing to train. "
+                f"Raise --{key} to continue: muse train --resume {shlex.quote(str(run_dir))} --{key} {more}"
+            )
+        return 0
+    if main_rank:
         m, d = trainer.model, trainer.data
         print(
             f"muse train: {cfg.name} ({_human(m.num_params())} parameters, {_human(m.dense_equivalent_params())} "
@@ -74,18 +115,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         summary = trainer.fit()
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    prompt = "def " if cfg.data.dataset == "pystdlib" else "The "
-    if trainer.dist.is_main:
+        _destroy_process_group()
+    if main_rank:
+        commands = _next_commands(run_dir, cfg.data.dataset, summary["limit"])
         print(
             f"\nDone: step {summary['step']}, {summary['tokens']:,} tokens in {summary['seconds']:.0f} s; "
             f"val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f}).\n"
-            f"  evaluate:  muse eval {run_dir} --split test\n"
-            f"  generate:  muse generate {run_dir} --prompt '{prompt}'\n"
-            f"  resume:    muse train --resume {run_dir} --train.max_steps {summary['step'] * 2}"
+            + "\n".join(f"  {label + ':':10s} {cmd}" for label, cmd in commands)
         )
     return 0
 

@@ -274,6 +274,7 @@ class ModelConfig:
 
 
 DATASETS = ("pystdlib", "wikitext-2", "wikitext-103")  # plus "text:PATH"
+DATA_DIR_DATASETS = ("wikitext-2", "wikitext-103")  # the datasets that read data.data_dir
 
 
 @dataclass
@@ -288,6 +289,32 @@ class DataConfig:
         if self.dataset not in DATASETS and not (self.dataset.startswith("text:") and len(self.dataset) > 5):
             raise ConfigError(f"data.dataset must be one of {', '.join(DATASETS)} or text:PATH; got {self.dataset!r}")
         _check_choice("data.tokenizer", self.tokenizer, ("bpe", "gpt2", "bytes"))
+        # a directory the dataset or tokenizer never reads would be ignored without a word
+        if self.data_dir is not None and self.dataset not in DATA_DIR_DATASETS:
+            raise ConfigError(
+                f"data.data_dir (--data-dir) is only read by {' and '.join(DATA_DIR_DATASETS)}, and data.dataset is "
+                f"{self.dataset}; for WikiText files add --dataset wikitext-2 (or wikitext-103), for your own text "
+                f"use --dataset text:PATH instead"
+            )
+        if self.tokenizer_dir is not None and self.tokenizer != "gpt2":
+            raise ConfigError(
+                f"data.tokenizer_dir is only read by data.tokenizer gpt2, and data.tokenizer is {self.tokenizer}; "
+                "add --data.tokenizer gpt2 or drop data.tokenizer_dir"
+            )
+
+    @staticmethod
+    def saved(config: dict) -> dict:
+        """A run's saved config (the whole mapping) as it validates today. Runs saved before the
+        checks above may hold a data_dir (tokenizer_dir) their dataset (tokenizer) never read:
+        it is dropped rather than refused, so those runs still resume, evaluate and generate."""
+        data = config.get("data") if isinstance(config, dict) else None
+        if not isinstance(data, dict):
+            return config
+        unread = {
+            "data_dir": data.get("dataset", "pystdlib") not in DATA_DIR_DATASETS,
+            "tokenizer_dir": data.get("tokenizer", "bpe") != "gpt2",
+        }
+        return {**config, "data": {k: None if unread.get(k) else v for k, v in data.items()}}
 
 
 OPTIMIZERS = ("adamw", "adamw8bit", "adamw-offload")

@@ -88,10 +88,12 @@ def evaluate_checkpoint(
     from muse.data import prepare_data
     from muse.runtime import load_for_inference, resolve_device
 
+    if batch_size < 1:  # _batched would put the whole split into one batch
+        raise ValueError(f"--batch-size must be >= 1; got {batch_size}")
     dev = resolve_device(device)
     model, cfg, tokenizer, ckpt_dir, state = load_for_inference(path, dev, tag, int8=int8)
-    if dataset is not None:
-        cfg.data.dataset = dataset
+    if dataset is not None and dataset != cfg.data.dataset:
+        cfg.data.dataset, cfg.data.data_dir = dataset, None  # the run's data_dir holds its own dataset
     if data_dir is not None:
         cfg.data.data_dir = data_dir
     cfg.data.__post_init__()

@@ -10,13 +10,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from muse.config import Config, from_dict
+from muse.config import Config, DataConfig, from_dict
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:  # torch's message lists two dozen device types
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {name!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --train.device cpu")
     return dev
@@ -132,7 +135,7 @@ def load_for_inference(path: str | Path, device: torch.device, tag: str = "last"
     from muse.train.checkpoint import load_checkpoint, read_file, resolve_checkpoint
 
     ckpt_dir = resolve_checkpoint(path, tag)
-    cfg = from_dict(Config, yaml.safe_load(read_file(ckpt_dir, "config.yaml")))
+    cfg = from_dict(Config, DataConfig.saved(yaml.safe_load(read_file(ckpt_dir, "config.yaml"))))
     model = build_model(cfg)
     _, state = load_checkpoint(ckpt_dir, model, map_location="cpu")
     model.to(device).eval()

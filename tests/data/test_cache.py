@@ -1,6 +1,8 @@
 """The tokenized-split cache: layout, reuse without re-tokenizing, atomic writes, stats."""
 
 import json
+import resource
+import signal
 
 import numpy as np
 import pytest
@@ -149,3 +151,22 @@ def test_pystdlib_quickstart(tmp_path):
     assert first.tokenizer.vocab_size == 4096 and all(first.stats[s]["tokens"] > 0 for s in first.stats)
     second = prepare_data(cfg, 4096)
     assert second.cache_path == first.cache_path and second.timings["tokenize"] < 0.5
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE (POSIX)")
+def test_failed_cache_write_names_the_cache(corpus_dir, tmp_path):
+    """A full disk (here: a file-size limit, the same kind of kernel refusal) while the token
+    files are written: one DataError naming the cache and the option to move it, nothing left."""
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # train.bin needs tens of KiB
+    try:
+        with pytest.raises(DataError) as exc:
+            prepare_data(_cfg(corpus_dir, tmp_path, tokenizer="bytes"), 300)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    msg = str(exc.value)
+    assert msg.startswith(f"cannot write the data cache {tmp_path / 'cache'}/text-corpus-") and "\n" not in msg
+    assert "File too large" in msg and "--data.cache_dir" in msg
+    assert list((tmp_path / "cache").iterdir()) == []  # no half-written entry

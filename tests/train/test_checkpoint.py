@@ -4,6 +4,8 @@ import errno
 import json
 import os
 import random
+import resource
+import signal
 
 import numpy as np
 import pytest
@@ -257,7 +259,7 @@ def test_disk_full_while_writing_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(ck, "save_model", full)
     with pytest.raises(CheckpointError) as exc:
         save(tmp_path, 200)
-    assert_one_line(exc.value, "step-00000200", "No space left on device", "previous checkpoint (step 100")
+    assert_one_line(exc.value, "step-00000200", "No space left on device", "last good checkpoint (step 100")
     monkeypatch.undo()
     assert_previous_intact(tmp_path)
     assert checkpoint_dirs(tmp_path) == ["step-00000100"]
@@ -273,6 +275,72 @@ def test_disk_full_while_writing_trainer_state(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="No space left"):
         save(tmp_path, 200)
     monkeypatch.undo()
+    assert_previous_intact(tmp_path)
+
+
+def _torch_save_out_of_space(obj, f, *args, **kwargs):
+    """What torch.save does on a full disk: part of the file is written, the OSError of the
+    failed write is caught inside torch, and RuntimeError("... unexpected pos ...") is raised."""
+    f.write(b"PK\x03\x04 partial zip")
+    try:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 378368 vs 378256")
+
+
+def _torch_save_broken(obj, f, *args, **kwargs):
+    f.write(b"PK\x03\x04 partial zip")
+    raise RuntimeError("basic_ios::clear: iostream error")
+
+
+def _safetensors_out_of_space(model, filename, *args, **kwargs):
+    with open(filename, "wb") as f:
+        f.write(b"partial")
+    raise ck.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize(
+    "target, writer, needles",
+    [
+        ("torch.save", _torch_save_out_of_space, ["writing trainer.pt failed: [Errno 28] No space left on device"]),
+        ("torch.save", _torch_save_broken, ["writing trainer.pt failed: RuntimeError: basic_ios::clear"]),
+        ("save_model", _safetensors_out_of_space, ["writing model.safetensors failed: [Errno 28] No space left"]),
+    ],
+)
+def test_any_writer_failure_is_a_checkpoint_error(tmp_path, monkeypatch, target, writer, needles):
+    """torch.save and safetensors do not raise OSError for a failed write; every writer's
+    failure must still be one CheckpointError line naming the file, the cause and what is kept."""
+    save(tmp_path, 100)
+    monkeypatch.setattr(ck.torch if target == "torch.save" else ck, target.split(".")[-1], writer)
+    with pytest.raises(CheckpointError) as exc:
+        save(tmp_path, 200)
+    monkeypatch.undo()
+    root = tmp_path / "checkpoints"
+    assert_one_line(exc.value, str(root / "step-00000200"), *needles,
+                    f"the last good checkpoint (step 100, {root / 'step-00000100'}) is intact")
+    assert_previous_intact(tmp_path)  # loads, and no temporary directory or file is left
+    assert checkpoint_dirs(tmp_path) == ["step-00000100"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE (POSIX)")
+@pytest.mark.parametrize("failing", ["model.safetensors", "trainer.pt"])
+def test_real_failed_write_of_each_writer(tmp_path, failing):
+    """The real writers hitting a real write error (a file-size limit stands in for a full
+    disk: the kernel refuses the write with EFBIG where a full disk gives ENOSPC)."""
+    save(tmp_path, 100)
+    model = nn.Linear(64, 64 if failing == "trainer.pt" else 512)  # 16 KiB or 128 KiB of weights
+    state = {"step": 200, "big": torch.zeros(64 * 1024)}  # 256 KiB in trainer.pt
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of killing the process
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(CheckpointError) as exc:
+            save_checkpoint(tmp_path, model, state)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert_one_line(exc.value, f"writing {failing} failed: [Errno {errno.EFBIG}] {os.strerror(errno.EFBIG)}",
+                    "last good checkpoint (step 100")
     assert_previous_intact(tmp_path)
 
 
@@ -316,7 +384,7 @@ def test_failed_pointer_replace_keeps_previous(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(CheckpointError, match="previous checkpoint"):
+    with pytest.raises(CheckpointError, match="last good checkpoint"):
         save(tmp_path, 200)
     monkeypatch.undo()
     assert_previous_intact(tmp_path)

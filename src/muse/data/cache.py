@@ -65,17 +65,22 @@ def _atomic_dir(final: Path, fill) -> Path:
     If another process renamed its copy first, ours is discarded and theirs is used: both hold
     the same content since the folder name is a content hash.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    tmp = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
         fill(tmp)
         try:
             os.replace(tmp, final)
         except OSError:
             if not (final / "meta.json").is_file() and not (final / "tokenizer.json").is_file():
                 raise
+    except OSError as e:  # a full disk or a read-only cache: say where, and how to go elsewhere
+        raise DataError(
+            f"cannot write the data cache {final}: {' '.join(str(e).split())}; --data.cache_dir DIR puts it elsewhere"
+        ) from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
 

@@ -28,7 +28,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -48,6 +48,13 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be written, found or read. The message is one line naming the path."""
+
+
+class _WriteFailed(Exception):
+    """One file of a new checkpoint could not be written; the message names it and the cause."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"writing {name} failed: {reason}")
 
 
 def step_dir_name(step: int) -> str:
@@ -81,6 +88,49 @@ def _write_bytes(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _torch_save(obj: Any, path: Path) -> None:
+    # Through a Python file object, so the OSError (with errno) of a failed write is raised or
+    # chained: for a path, torch reports only "unexpected pos" or "iostream error".
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+# safetensors (Rust) reports an OS error only in its message: "... (os error 28)"
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _write_failure(e: BaseException) -> str:
+    """Why a write failed, in one line, from the OS error behind ``e`` where there is one.
+
+    torch.save reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc]
+    unexpected pos ...`` with the OSError only in its ``__context__``, and safetensors raises its
+    own error type, so the exception itself often does not say what happened.
+    """
+    err: BaseException | None = e
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno is not None:
+            return _one_line(err)
+        m = _RUST_OS_ERROR.search(str(err))
+        if m:
+            code = int(m.group(1))
+            return f"[Errno {code}] {os.strerror(code)}"
+        err = err.__cause__ or err.__context__
+    return _one_line(e) if isinstance(e, OSError) else f"{type(e).__name__}: {_one_line(e)}"
+
+
+def _write_file(path: Path, write: Callable[[Path], None]) -> None:
+    """Write one file of a checkpoint with ``write(path)`` and make it durable. Every failure
+    becomes :class:`_WriteFailed` naming the file and the cause: the writers (torch.save,
+    safetensors) raise RuntimeError or their own types, not only OSError."""
+    try:
+        write(path)
+        _fsync_file(path)
+    except Exception as e:
+        raise _WriteFailed(path.name, _write_failure(e)) from e
+
+
 def _write_pointer(root: Path, tag: str, record: dict) -> None:
     """Atomically point ``tag`` at a checkpoint: temp file + fsync + os.replace."""
     tmp = root / f".{tag}.json.tmp-{os.getpid()}"
@@ -111,7 +161,7 @@ def _describe_previous(root: Path) -> str:
     prev = _read_pointer(root, "last")
     if prev is None:
         return "no previous checkpoint exists"
-    return f"the previous checkpoint (step {prev.get('step')}, {prev['dir']}) is intact"
+    return f"the last good checkpoint (step {prev.get('step')}, {root / prev['dir']}) is intact"
 
 
 def _one_line(err: BaseException) -> str:
@@ -172,17 +222,10 @@ def _collect_garbage(root: Path) -> None:
 def _write_contents(tmp: Path, model: nn.Module, trainer_state: dict, files: dict[str, bytes], meta_json: str) -> None:
     # save_model drops the duplicate names of shared tensors (tied head, shared norms) and
     # load_model restores them, so sharing survives the round trip.
-    save_model(model, str(tmp / WEIGHTS))
-    _fsync_file(tmp / WEIGHTS)
-    # Saving through a Python file object turns write failures into OSError (with errno)
-    # instead of torch's generic RuntimeError for a path.
-    with open(tmp / TRAINER, "wb") as f:
-        torch.save(trainer_state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    for name, data in files.items():
-        _write_bytes(tmp / name, data)
-    _write_bytes(tmp / META, meta_json.encode())
+    _write_file(tmp / WEIGHTS, lambda p: save_model(model, str(p)))
+    _write_file(tmp / TRAINER, lambda p: _torch_save(trainer_state, p))
+    for name, data in [*files.items(), (META, meta_json.encode())]:
+        _write_file(tmp / name, lambda p, data=data: p.write_bytes(data))
     _fsync_dir(tmp)
 
 
@@ -226,7 +269,8 @@ def save_checkpoint(
             the pointers.
 
     Returns the checkpoint directory. Raises :class:`CheckpointError` when the file system
-    refuses (full disk, read-only, permissions); the previous checkpoint then stays intact.
+    refuses (full disk, read-only, permissions) or a file cannot be written for any other
+    reason; the message names the cause and the last good checkpoint, which stays intact.
     """
     files = dict(files or {})
     step, tags = _check_args(trainer_state, files, tags)
@@ -258,7 +302,7 @@ def save_checkpoint(
                 if aside is not None:
                     os.rename(aside, final)
             raise
-    except (OSError, SafetensorError) as e:
+    except (OSError, _WriteFailed) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if written:
             state = f"{final.name} was saved and {', '.join(written)} points to it, the other tags were not moved"

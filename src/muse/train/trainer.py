@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from muse.config import Config, ConfigError, from_dict, to_dict
+from muse.config import Config, ConfigError, DataConfig, from_dict, to_dict
 from muse.data import BatchSampler, Tokenizer, prepare_data
 from muse.evaluate import total_nll
 from muse.model import build_model
 from muse.runtime import apply_cublas_workspace, autocast_context, compile_model, init_distributed
 from muse.train.checkpoint import (
-    load_checkpoint, read_file, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
+    load_checkpoint, read_file, read_meta, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
 from muse.train.graph import CapturedStep, make_capturable, resolve_cuda_graph
 from muse.train.optim import (
@@ -60,8 +60,13 @@ def config_differences(saved: Config, new: Config) -> list[str]:
 
 
 def load_run_config(run_dir: str | Path) -> Config:
+    """The config a run was trained with. ``run_dir`` must be the run directory itself: resuming
+    from a ``checkpoints/`` or ``step-…`` directory would write the continued run inside it."""
     ckpt = resolve_checkpoint(run_dir)
-    return from_dict(Config, yaml.safe_load(read_file(ckpt, "config.yaml")))
+    run = ckpt.parent.parent
+    if run.resolve() != Path(run_dir).expanduser().resolve():
+        raise ConfigError(f"--resume takes a run directory; {run_dir} is inside the run {run}: use --resume {run}")
+    return from_dict(Config, DataConfig.saved(yaml.safe_load(read_file(ckpt, "config.yaml"))))
 
 
 def _peak_memory_mib(device: torch.device) -> float:
@@ -196,26 +201,53 @@ class Trainer:
         if not self.dist.is_main:
             return None
         path = self.run_dir / "metrics.jsonl"
-        if resume and path.exists():
-            # drop what was logged after the checkpoint we resume from: it will be logged again
-            keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= self.step]
-            path.write_text("".join(l + "\n" for l in keep))
         if not resume:
-            (self.run_dir / "config.yaml").write_bytes(self._files["config.yaml"])
-        return path.open("a", buffering=1)
+            with self._writing(self.run_dir / "config.yaml"):
+                (self.run_dir / "config.yaml").write_bytes(self._files["config.yaml"])
+        with self._writing(path):
+            if resume and path.exists():
+                # drop what was logged after the checkpoint we resume from: it will be logged
+                # again; so is a line cut short by a crash or a full disk
+                keep = [l for l in path.read_text().splitlines() if _logged_step(l) <= self.step]
+                tmp = path.with_name(f".{path.name}.tmp")
+                try:  # the old log stays whole until the new one is complete
+                    tmp.write_text("".join(l + "\n" for l in keep))
+                    tmp.replace(path)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            # a new run starts a new log, also where a run that died before its first
+            # checkpoint left one behind
+            return path.open("a" if resume else "w", buffering=1)
+
+    @property
+    def _last_good(self) -> str:
+        return f"{self.ckpt_dir} (step {self._ckpt_step})" if self.ckpt_dir else "none written yet"
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path):
+        """Turn a failed write of the run's logs into one line naming the file and what is kept."""
+        try:
+            yield
+        except OSError as e:
+            started = self.step > 0 or self.ckpt_dir is not None
+            kept = f"; stopped at step {self.step}. Last good checkpoint: {self._last_good}" if started else ""
+            raise TrainingError(f"cannot write {path}: {' '.join(str(e).split())}{kept}") from None
 
     def _log(self, record: dict) -> None:
         if self._metrics is None:
             return
-        self._metrics.write(json.dumps(record) + "\n")
+        with self._writing(Path(self._metrics.name)):
+            self._metrics.write(json.dumps(record) + "\n")
         if self.cfg.train.tensorboard and self._tb is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
             except ImportError:
                 self.cfg.train.tensorboard = False
                 print("muse: tensorboard is not installed; metrics go to metrics.jsonl only", file=sys.stderr)
+            else:
+                _quiet_tensorboard_thread()  # before its thread starts writing
+                with self._writing(self.run_dir / "tensorboard"):
+                    self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         if self.cfg.train.wandb and self._wandb is None:
             try:
                 import wandb
@@ -224,19 +256,48 @@ class Trainer:
             self._wandb = wandb.init(project="muse", name=self.cfg.name, config=to_dict(self.cfg))
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         if self._tb is not None:
-            for k, v in scalars.items():
-                self._tb.add_scalar(k, v, record["step"])
+            with self._writing(self.run_dir / "tensorboard"):
+                for k, v in scalars.items():
+                    self._tb.add_scalar(k, v, record["step"])
         if self._wandb is not None:
             self._wandb.log(scalars, step=record["step"])
 
+    def _close_logs(self, check: bool) -> None:
+        """Flush and close metrics.jsonl and the tensorboard writer. ``check``: report a failed
+        final write (False while another error is on its way out: that one is the news)."""
+        writers = ((self._metrics, self.run_dir / "metrics.jsonl"), (self._tb, self.run_dir / "tensorboard"))
+        self._metrics = self._tb = None
+        for writer, path in writers:
+            if writer is None:
+                continue
+            with self._writing(path) if check else contextlib.suppress(OSError):
+                writer.flush()  # tensorboard's close() would not re-raise its writer thread's error
+                writer.close()
+
     # ------------------------------------------------------------------ loop
-    def _done(self, t_start: float) -> bool:
+    def limit_reached(self, t_start: float | None = None) -> tuple[str, str, str] | None:
+        """The training budget that is used up, as (key, what was reached, a larger budget to
+        continue with), e.g. ``("train.max_steps", "train.max_steps=250 (step 250)", "500")``;
+        None while training may go on. ``t_start``: when this process started training."""
         tc = self.cfg.train
-        done = bool(
-            (tc.max_steps and self.step >= tc.max_steps)
-            or (tc.max_tokens and self.tokens >= tc.max_tokens)
-            or (tc.max_minutes and self.train_seconds + time.perf_counter() - t_start >= 60 * tc.max_minutes)
-        )
+        minutes = (self.train_seconds + (0.0 if t_start is None else time.perf_counter() - t_start)) / 60
+        if tc.max_steps and self.step >= tc.max_steps:
+            return "train.max_steps", f"train.max_steps={tc.max_steps} (step {self.step})", str(2 * self.step)
+        if tc.max_tokens and self.tokens >= tc.max_tokens:
+            what = f"train.max_tokens={tc.max_tokens} ({self.tokens:,} tokens)"
+            return "train.max_tokens", what, str(2 * self.tokens)
+        if tc.max_minutes and minutes >= tc.max_minutes:
+            more = f"{math.ceil(200 * minutes) / 100:g}"  # twice the time, in whole hundredths
+            return "train.max_minutes", f"train.max_minutes={tc.max_minutes:g} ({minutes:.2f} minutes)", more
+        return None
+
+    def nothing_to_train(self) -> tuple[str, str, str] | None:
+        """For a resumed run: :meth:`limit_reached` if the run has already used up its budget (so
+        :meth:`fit` would train nothing), else None. Under DDP every rank must call it."""
+        return self.limit_reached() if self._done(time.perf_counter()) else None
+
+    def _done(self, t_start: float) -> bool:
+        done = self.limit_reached(t_start) is not None
         if self.dist.world_size > 1:  # ranks must agree, or a time budget could deadlock them
             import torch.distributed as dist
 
@@ -290,9 +351,10 @@ class Trainer:
         values = torch.stack(pending).tolist()
         for i, v in enumerate(values):
             if not math.isfinite(v):
-                last = f"{self.ckpt_dir} (step {self._ckpt_step})" if self.ckpt_dir else "none written yet"
                 step = self.step - len(values) + 1 + i
-                raise TrainingError(f"non-finite loss ({v}) at step {step}; stopped. Last good checkpoint: {last}")
+                raise TrainingError(
+                    f"non-finite loss ({v}) at step {step}; stopped. Last good checkpoint: {self._last_good}"
+                )
         return values
 
     def evaluate(self) -> float:
@@ -320,10 +382,26 @@ class Trainer:
             self.ckpt_dir = save_checkpoint(self.run_dir, self.model, state, self._files, tags=tags, meta=meta)
 
     def fit(self) -> dict:
+        """Train until the budget is reached. Returns a summary: ``steps`` trained by this call
+        (0 when a resumed run had already reached its budget), ``val_loss``, the last
+        evaluation's (or, when nothing was trained, the one saved with the checkpoint), and
+        ``limit``, the budget that stopped it (see :meth:`limit_reached`)."""
+        finished = False
+        try:
+            summary = self._fit()
+            finished = True
+        finally:
+            self._close_logs(check=finished)
+        return summary
+
+    def _fit(self) -> dict:
         tc = self.cfg.train
         t_start = time.perf_counter()
+        start_step = self.step
         progress = _Progress(self.total_steps, self.step, enabled=tc.progress and self.dist.is_main)
         val_loss = math.nan
+        if self.ckpt_dir is not None:  # until this call evaluates: the resumed checkpoint's
+            val_loss = float(read_meta(self.ckpt_dir).get("val_loss", math.nan))
         t_last, tok_last = time.perf_counter(), self.tokens
         done = self._done(t_start)
         pending: list[torch.Tensor] = []
@@ -357,14 +435,37 @@ class Trainer:
                     self.save(val_loss, time.perf_counter() - t_start)
                     # the next throughput window covers training steps only
                     t_last, tok_last = time.perf_counter(), self.tokens
-        if self._metrics is not None:
-            self._metrics.close()
-        if self._tb is not None:
-            self._tb.close()
         return {
-            "run_dir": str(self.run_dir), "step": self.step, "tokens": self.tokens, "val_loss": val_loss,
-            "best_val_loss": self.best_val, "seconds": time.perf_counter() - t_start,
+            "run_dir": str(self.run_dir), "step": self.step, "steps": self.step - start_step, "tokens": self.tokens,
+            "val_loss": val_loss, "best_val_loss": self.best_val, "seconds": time.perf_counter() - t_start,
+            "limit": self.limit_reached(t_start),
         }
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a line that is not a whole record."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, TypeError, KeyError):
+        return math.inf
+
+
+def _quiet_tensorboard_thread() -> None:
+    """tensorboard writes from a thread: on a full disk that thread prints a traceback, and the
+    writer raises the same OSError in the training thread at its next call, where ``_writing``
+    reports it in one line. Keep the thread's copy quiet (once per process)."""
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "_muse", False):
+        return
+
+    def hook(args):
+        if not (type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError)):
+            previous(args)
+
+    hook._muse = True
+    threading.excepthook = hook
 
 
 class _Progress:
