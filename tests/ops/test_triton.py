@@ -129,7 +129,8 @@ def test_tuning_is_kept_per_gpu_and_shape_and_announced(disk, monkeypatch, capsy
 @needs_triton
 def test_no_tuning_notice_under_the_interpreter_or_without_the_cache(disk, monkeypatch, capsys):
     bench = []
-    k = _tuned_kernel(bench)  # cache_results off: as with Triton < 3.3 or MUSE_TRITON_AUTOTUNE_CACHE=0
+    k = _tuned_kernel(bench)
+    k.cache_results = False  # as with Triton < 3.3 or MUSE_TRITON_AUTOTUNE_CACHE=0 (and the interpreter)
     _run(k, 40)
     assert len(bench) == 2 and not disk and "(in every process: not kept on disk" in capsys.readouterr().err
     monkeypatch.setattr(_triton, "interpreting", lambda: True)
