@@ -169,8 +169,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt_text = _prompt_text(args.prompt)
     try:
         dev = resolve_device(args.device)
-    except RuntimeError as e:  # torch's message for an unknown device string
-        raise ValueError(f"--device {args.device!r}: {str(e).splitlines()[0]}") from None
+    except ValueError as e:
+        raise ValueError(f"--device {args.device!r}: {e}") from None
     model, cfg, tok, _, _ = load_for_inference(args.run, dev, int8=args.int8)
     ids = tok.encode(prompt_text) if prompt_text else []
     ids = ids or [tok.eos_id]  # an empty prompt starts a new document

@@ -21,7 +21,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     except RuntimeError:  # torch's message lists two dozen device types
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {name!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --train.device cpu")
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use the cpu device")
     return dev
 
 
