@@ -39,6 +39,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from common import RESULTS, _err, environment, pick_device, publish  # noqa: E402
+from inference_tables import decode_markdown  # noqa: E402
 from muse import build_model  # noqa: E402
 from muse.config import load_config, to_dict  # noqa: E402
 from muse.generate import Decoder, generate  # noqa: E402
@@ -184,41 +185,6 @@ def run_preset(preset: str, args, device: torch.device, dtype: torch.dtype) -> d
     return row
 
 
-def markdown(res: dict) -> str:
-    c = res["config"]
-    lines = [
-        f"# Decoding: {res['device']} (commit {res['git_sha'][:7]}, {res['date'][:10]}, torch {res['torch']}, "
-        f"{c['dtype']}, B=1, random weights)",
-        "",
-        "| preset | eager step ms/token | captured step ms/token | `generate` ms/token |",
-        "|---|---:|---:|---:|",
-    ]
-    for r in res["figures"]:
-        if "error" in r:
-            lines.append(f"| `{r['preset']}` | FAILED: {r['error']} | | |")
-            continue
-        d = r["decode"]
-        cap = d.get("captured")
-        gen = cap or d["eager"]
-        lines.append(f"| `{r['preset']}` | {d['eager']['step_ms']:.2f} | {cap['step_ms']:.2f} |" if cap
-                     else f"| `{r['preset']}` | {d['eager']['step_ms']:.2f} | - |")
-        lines[-1] += f" {gen['generate_ms_per_token']:.2f} |"
-    lines += ["", "| preset | prompt tokens | parallel prefill tok/s | stepwise tok/s (path) | speedup |",
-              "|---|---:|---:|---:|---:|"]
-    for r in res["figures"]:
-        for p in r.get("prefill", []):
-            if "skipped" in p or "error" in p:
-                lines.append(f"| `{r['preset']}` | {p['N']:,} | {p.get('skipped') or 'FAILED: ' + p['error']} | | |")
-            else:
-                lines.append(f"| `{r['preset']}` | {p['N']:,} | {p['parallel_tokens_per_s']:,.0f} | "
-                             f"{p['stepwise_tokens_per_s']:,.0f} ({p['stepwise_path']}) | {p['speedup']:,.0f}x |")
-    lines += ["", f"Decode: median of {c['decode_tokens']} timed steps after {c['decode_warmup']} "
-              f"(a {c['decode_prompt']}-token prompt). Prefill: median of {c['prefill_repeats']} "
-              f"(chunks of {c['prefill_chunk']} tokens); stepwise timed once. `generate`: sampling included, the "
-              "step captured where the device is CUDA. `python benchmarks/decode.py`."]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["baseline", "standard"])
@@ -250,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                    "timer": "host clock around each call, a device sync before and after"},
         "figures": rows,
     }
-    publish("decode", res, device, args.out, markdown)
+    publish("decode", res, device, args.out, decode_markdown)
     return 0 if all("error" not in r and all("error" not in q for q in r["prefill"]) for r in rows) else 1
 
 

@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 if str(ROOT / "src") not in sys.path:  # the presets of this checkout (configs/), not of another install
     sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from inference_tables import decode_markdown, startup_markdown  # noqa: E402
 
 
 def _sha(res: dict) -> str:
@@ -177,12 +180,28 @@ def headline() -> str:
                 f"{graph[0][1]:.2f}× `baseline`'s tokens/s at N = {graph[0][0]:,} and {graph[-1][1]:.2f}× at "
                 f"N = {graph[-1][0]:,}")
         for results, how in (
-                ("train_throughput-cudagraph-gpu.json", "eager with the step captured (`train.cuda_graph`)"),
-                ("train_throughput-gpu.json", "eager and uncaptured, bound by kernel launches on the host")):
+                ("train_throughput-cudagraph-gpu.json",
+                 "eager with the step captured (`train.cuda_graph`, on by default on one CUDA device)"),
+                ("train_throughput-gpu.json",
+                 "eager and uncaptured (`train.cuda_graph false`), bound by kernel launches on the host")):
             ratios, _ = _throughput_ratios(results)
             if ratios:
                 text += f"; {how}, at {span(ratios)}"
         parts.append(text + f" ({g['device']}).")
+    dec = _newest("decode-gpu.json")
+    if dec:
+        rows = {r["preset"]: r for r in dec["figures"] if "decode" in r}
+        steps = [f"`{n}` {r['decode']['captured']['step_ms']:.2f} ms" for n, r in rows.items()
+                 if r["decode"].get("captured")]
+        longest = max((p for r in rows.values() for p in r.get("prefill", []) if "speedup" in p),
+                      key=lambda p: p["N"], default=None)
+        if steps:
+            text = f"**Generation.** One decoding step (B=1, bf16, captured as a CUDA graph): {', '.join(steps)}"
+            if longest:
+                text += (f"; a {longest['N']:,}-token prompt is read in one parallel pass at "
+                         f"{longest['parallel_tokens_per_s']:,.0f} tokens/s, {longest['speedup']:.0f}× feeding it "
+                         f"token by token")
+            parts.append(text + f" ({dec['device']}).")
     return "\n\n".join(parts) if parts else "_No results recorded yet._"
 
 
@@ -540,6 +559,24 @@ def claims_table() -> str:
     return "\n".join(rows)
 
 
+def _newest(pattern: str) -> dict | None:
+    runs = _load(pattern)
+    return max(runs, key=lambda r: r["date"]) if runs else None
+
+
+def decode_table() -> str:
+    res = _newest("decode-gpu.json")
+    if res is None:
+        return "Not measured yet."
+    body = decode_markdown(res).split("\n", 2)[2]  # without the title line
+    return f"{body}\n\n{res['device']}, torch {res['torch']}, commit `{_sha(res)}`, {res['date'][:10]}."
+
+
+def _startup(tuning: bool) -> str:
+    res = _newest("startup-gpu.json")
+    return startup_markdown(res, tuning=tuning) if res else "Not measured yet."
+
+
 TABLES = {"presets-table": presets_table, "headline": headline, "claims-table": claims_table,
           "train-eval-table": train_eval_table, "memory-table": memory_table,
           "mixers-table": mixers_table, "throughput-table": _throughput("train_throughput-gpu.json"),
@@ -547,7 +584,8 @@ TABLES = {"presets-table": presets_table, "headline": headline, "claims-table": 
           "throughput-graph-table": _throughput("train_throughput-compile-default-cudagraph-gpu.json"),
           "throughput-eager-graph-table": _throughput("train_throughput-cudagraph-gpu.json"),
           "throughput-graph-repeats-table": _throughput("train_throughput-compile-default-cudagraph-x3-gpu.json"),
-          "lowrank-ffn-table": lowrank_ffn_table}
+          "lowrank-ffn-table": lowrank_ffn_table, "decode-table": decode_table,
+          "startup-table": lambda: _startup(False), "startup-tuning-table": lambda: _startup(True)}
 # The files holding the tables; each table of TABLES sits in one (or more) of them.
 TARGETS = ("README.md", "docs/performance-notes.md", "docs/design.md")
 

@@ -45,6 +45,7 @@ import yaml  # noqa: E402
 
 import muse  # noqa: E402
 from common import environment, pick_device, publish  # noqa: E402
+from inference_tables import startup_markdown  # noqa: E402
 from muse.config import load_config  # noqa: E402
 from muse.data import prepare_data  # noqa: E402
 
@@ -136,34 +137,6 @@ def tuning_files(triton_dir: Path) -> list[dict]:
     return rows
 
 
-def markdown(res: dict) -> str:
-    c = res["config"]
-    lines = [
-        f"`muse train {c['preset']}` for {c['steps']} steps, {res['device']} ({res['git_sha'][:7]}, "
-        f"torch {res['torch']}, triton {res['triton']}); overrides: {c['overrides'] or 'none'}",
-        "",
-        "| run | process s | setup s | header to step K s | steady tok/s | steps at steady rate s | overhead s "
-        "| tuning notices |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in res["figures"]["runs"]:
-        if "error" in r:
-            lines.append(f"| {r['mode']} | {r['process_s']:.1f} | FAILED ({r['error']}) | | | | | |")
-            continue
-        lines.append(f"| {r['mode']} | {r['process_s']:.1f} | {r['setup_s']:.1f} | {r['to_last_step_s']:.1f} "
-                     f"| {r['steady_tokens_per_s']:,.0f} | {r['steady_s']:.1f} | {r['overhead_s']:.1f} "
-                     f"| {r['tuning_notices']} |")
-    tuning = res["figures"]["tuning"]
-    if tuning:
-        lines += ["", "Autotuning of the cold run (Triton's files): first config's time over the best one's", "",
-                  "| kernel | key | configs | best | best ms | first / best |", "|---|---|---:|---|---:|---:|"]
-        for t in tuning:
-            gain = f"{t['first_over_best']:.2f}" if t["first_over_best"] else "–"
-            lines.append(f"| {t['kernel']} | {', '.join(map(str, t['key'] or []))} | {t['configs']} "
-                         f"| {t['best']} | {t['best_ms']:.4f} | {gain} |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="standard")
@@ -216,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                    "command": shlex.join(["python", *cmd[1:]])},
         "figures": {"runs": runs, "tuning": tuning_files(caches / "triton") if "cold" in args.modes else []},
     }
-    publish("startup", res, device, args.out, markdown)
+    publish("startup", res, device, args.out, startup_markdown)
     return 1 if any("error" in r for r in runs) else 0
 
 

@@ -74,7 +74,7 @@ def test_tuning_files(startup, tmp_path):
     assert rows["kernel"] == "_fwd_kernel" and rows["configs"] == 3 and rows["key"][-1].startswith("NVIDIA H100")
     assert rows["best"] == {"BT": 32, "num_warps": 4, "num_stages": 1} and rows["best_ms"] == 0.10
     assert rows["first_over_best"] == pytest.approx(3.0)
-    md = startup.markdown({"config": {"preset": "standard", "steps": 60, "overrides": {}}, "device": "GPU",
+    md = startup.startup_markdown({"config": {"preset": "standard", "steps": 60, "overrides": {}}, "device": "GPU",
                            "git_sha": "abcdef0123", "torch": "2.11", "triton": "3.6",
                            "figures": {"runs": [], "tuning": [rows]}})
     assert "| _fwd_kernel | 64, torch.bfloat16, NVIDIA H100 80GB HBM3 (132 SMs) | 3 |" in md and "| 3.00 |" in md
