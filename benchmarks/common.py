@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from muse.runtime import environment_info as environment  # noqa: F401  (git sha, date, device, torch)
 
@@ -99,3 +100,15 @@ def publish(bench: str, res: dict, device: torch.device, out: str | None, markdo
     print(md)
     print(f"-> {path}")
     return path
+
+
+def parse_set(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` options as config overrides, values read as YAML (as `muse train
+    --KEY VALUE` reads them)."""
+    out = {}
+    for it in items:
+        key, sep, value = it.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes KEY=VALUE; got {it!r}")
+        out[key] = yaml.safe_load(value)
+    return out

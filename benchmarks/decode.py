@@ -36,9 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
-from common import RESULTS, _err, environment, pick_device, publish  # noqa: E402
+from common import RESULTS, _err, environment, parse_set, pick_device, publish  # noqa: E402
 from inference_tables import decode_markdown  # noqa: E402
 from muse import build_model  # noqa: E402
 from muse.config import load_config, to_dict  # noqa: E402
@@ -47,16 +46,6 @@ from muse.model import PREFILL_CHUNK  # noqa: E402
 from muse.ops import record_paths  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def _parse_set(items: list[str]) -> dict:
-    out = {}
-    for it in items:
-        key, sep, value = it.partition("=")
-        if not sep:
-            raise SystemExit(f"--set takes KEY=VALUE; got {it!r}")
-        out[key] = yaml.safe_load(value)  # as `muse train --KEY VALUE` reads it
-    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -146,7 +135,7 @@ def prefill_figures(model, N: int, args, device: torch.device, decoder: Decoder)
 
 
 def run_preset(preset: str, args, device: torch.device, dtype: torch.dtype) -> dict:
-    over = {**_parse_set(args.set)}
+    over = {**parse_set(args.set)}
     row: dict = {"preset": preset}
     try:
         cfg = load_config(preset, over)
@@ -211,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"presets": args.presets, "prompt_lens": args.prompt_lens, "prefill_chunk": args.prefill_chunk,
                    "prefill_repeats": args.prefill_repeats, "decode_prompt": args.decode_prompt,
                    "decode_warmup": args.decode_warmup, "decode_tokens": args.decode_tokens, "dtype": args.dtype,
-                   "batch": 1, "overrides": _parse_set(args.set),
+                   "batch": 1, "overrides": parse_set(args.set),
                    "weights": "random initialisation (torch.manual_seed(0)): speed only",
                    "timer": "host clock around each call, a device sync before and after"},
         "figures": rows,

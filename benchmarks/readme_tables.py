@@ -131,7 +131,7 @@ def presets_table() -> str:
                   f"commit `{_sha(res)}`, {res['date'][:10]})."]
     if own_src:
         ws = own_src.get("cublas_workspace", "default")
-        lines.append(f"- ¹ B=2, N=512, the preset's own precision, optimizer and checkpointing (`muse verify"
+        lines.append("- ¹ B=2, N=512, the preset's own precision, optimizer and checkpointing (`muse verify"
                      + (f" --cublas-workspace {ws}" if ws != "default" else "") + f"`; {_run_note(own_src)}).")
     if budget_src:
         lines.append(f"- ² B=1, N=512, pure bf16, 8-bit AdamW unless another optimizer is named, checkpointing, the "

@@ -41,10 +41,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 import muse  # noqa: E402
-from common import environment, pick_device, publish  # noqa: E402
+from common import environment, parse_set, pick_device, publish  # noqa: E402
 from inference_tables import startup_markdown  # noqa: E402
 from muse.config import load_config  # noqa: E402
 from muse.data import prepare_data  # noqa: E402
@@ -55,12 +54,7 @@ _TUNING = "muse: tuning Triton kernel "
 
 
 def _overrides(args) -> dict:
-    out = {}
-    for it in args.set:
-        key, sep, value = it.partition("=")
-        if not sep:
-            raise SystemExit(f"--set takes KEY=VALUE; got {it!r}")
-        out[key] = yaml.safe_load(value)  # as `muse train --KEY VALUE` reads it
+    out = parse_set(args.set)
     if args.dataset:
         out["data.dataset"] = args.dataset
     if args.data_dir:

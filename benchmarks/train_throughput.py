@@ -27,23 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
-from common import RESULTS, _err, environment, pick_device, publish  # noqa: E402
+from common import RESULTS, _err, environment, parse_set, pick_device, publish  # noqa: E402
 from muse.config import COMPILE_MODES, PRECISIONS, load_config, to_dict  # noqa: E402
 from muse.memory.profile import StepPlan, _build, _step, kernel_paths, measure, plan_config  # noqa: E402
 from muse.runtime import autocast_context  # noqa: E402
 from readme_tables import throughput_markdown  # noqa: E402
-
-
-def _parse_set(items: list[str]) -> dict:
-    out = {}
-    for it in items:
-        key, sep, value = it.partition("=")
-        if not sep:
-            raise SystemExit(f"--set takes KEY=VALUE; got {it!r}")
-        out[key] = yaml.safe_load(value)  # as `muse train --KEY VALUE` reads it
-    return out
 
 
 def host_measure(cfg, plan: StepPlan, warmup: int, steps: int) -> dict:
@@ -77,7 +66,7 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def run_one(preset: str, N: int, B: int, args, device: torch.device) -> dict:
-    over = {**_parse_set(args.set), "model.max_seq_len": N, "train.seq_len": N, "train.batch_size": B,
+    over = {**parse_set(args.set), "model.max_seq_len": N, "train.seq_len": N, "train.batch_size": B,
             "train.precision": args.precision, "train.optimizer": args.optimizer,
             "model.checkpointing": args.checkpointing, "model.mixer.semiseparable.impl": args.impl}
     if args.compile:
@@ -177,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                    "precision": args.precision, "optimizer": args.optimizer, "checkpointing": args.checkpointing,
                    "compile": args.compile, "cuda_graph": args.cuda_graph,
                    "warmup_steps": args.warmup_steps, "steps": args.steps, "repeats": args.repeats,
-                   "overrides": _parse_set(args.set),
+                   "overrides": parse_set(args.set),
                    "timer": "host clock around each step, torch.cuda.synchronize() after it (median)"},
         "figures": rows,
     }

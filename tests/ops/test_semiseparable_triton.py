@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import muse.ops.semiseparable as ss
+from muse.ops import _triton
 from muse.ops.semiseparable import naive_quadratic, semiseparable, triton_chunk_semiseparable
 from muse.ops.semiseparable import triton_fused
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON, triton_supports
@@ -136,10 +137,10 @@ class _FakeCuda:
 
 
 def test_auto_on_cuda_without_triton_notices_once(no_triton, monkeypatch, capsys):
-    monkeypatch.setattr(ss, "HAS_TRITON", True)
+    monkeypatch.setattr(_triton, "HAS_TRITON", True)
     assert ss.resolve_impl("auto", _FakeCuda()) == "triton"
     assert ss.resolve_impl("auto", _FakeCuda(), chunk_size=48) == "chunked"  # not a power of two
-    monkeypatch.setattr(ss, "HAS_TRITON", False)
+    monkeypatch.setattr(_triton, "HAS_TRITON", False)
     assert ss.resolve_impl("auto", _FakeCuda()) == "chunked"
     assert ss.resolve_impl("auto", _FakeCuda()) == "chunked"
     assert capsys.readouterr().err.count("muse: Triton is not installed") == 1

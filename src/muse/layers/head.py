@@ -22,8 +22,9 @@ from muse.config import HeadConfig
 from muse.layers.embedding import DenseEmbedding
 from muse.layers.linear import LowRankLinear, make_linear
 from muse.ops._dispatch import abstract, note_path
+from muse.ops._triton import HAS_TRITON
 from muse.ops.linear_ce import (
-    HAS_TRITON, chunk_linear_cross_entropy, chunked_nll, linear_cross_entropy, resolve_impl, triton_supports,
+    chunk_linear_cross_entropy, chunked_nll, linear_cross_entropy, resolve_impl, triton_supports,
 )
 
 

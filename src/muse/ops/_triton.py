@@ -45,7 +45,7 @@ except ImportError:  # the CPU torch wheel, macOS: the torch paths everywhere
 
 __all__ = [
     "AUTOTUNE", "HAS_TRITON", "HOST_DTYPES", "KERNEL_DTYPES", "OutOfResources", "autotune", "configs",
-    "dot_precision", "interpreting", "notice_no_triton", "tl", "triton", "triton_supports",
+    "dot_precision", "interpreting", "kernels_available", "notice_no_triton", "tl", "triton", "triton_supports",
 ]
 
 HAS_TRITON = triton is not None
@@ -97,6 +97,16 @@ def notice_no_triton() -> None:
         _noticed = True
         print("muse: Triton is not installed, so the ops on CUDA run their slower torch paths "
               "(pip install triton for the fused kernels)", file=sys.stderr, flush=True)
+
+
+def kernels_available(x: Tensor) -> bool:
+    """For an op's "auto" dispatch, once ``x`` qualifies for its kernels: True where Triton is
+    installed or ``x`` is fake (fakes launch nothing: the memory estimate models a GPU install);
+    otherwise the one-time notice (``notice_no_triton``) and False, the torch path."""
+    if HAS_TRITON or fake(x):
+        return True
+    notice_no_triton()
+    return False
 
 
 def configs(extra: list[dict], warps=(4, 8), stages=(1, 2), interp: dict | None = None) -> list:

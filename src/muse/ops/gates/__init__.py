@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from muse.ops._dispatch import assumes_cuda, fake, note_path
-from muse.ops._triton import HAS_TRITON, notice_no_triton
+from muse.ops._dispatch import assumes_cuda, note_path
+from muse.ops._triton import kernels_available
 
 from .naive import naive_gate_inputs
 from .triton_kernel import triton_gate_inputs
@@ -30,11 +30,8 @@ def gate_inputs(u: Tensor, gate_logits: Tensor | None, decay_logits: Tensor | No
     """(u_eff, log_decay, gate_sum, gate_open): see ``naive_gate_inputs``."""
     if impl not in IMPLS:
         raise ValueError(f"gate_inputs: impl must be one of {IMPLS}; got {impl!r}")
-    if impl == "auto" and assumes_cuda(u):
-        if HAS_TRITON or fake(u):  # fakes run no kernel: the estimate models a GPU install
-            impl = "triton"
-        else:
-            notice_no_triton()
+    if impl == "auto" and assumes_cuda(u) and kernels_available(u):
+        impl = "triton"
     if impl == "triton":
         note_path("gate_inputs", "triton")
         return triton_gate_inputs(u, gate_logits, decay_logits, scale)

@@ -24,16 +24,15 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from muse.ops._dispatch import assume_cuda, assumes_cuda, fake, note_path
-from muse.ops._triton import notice_no_triton
+from muse.ops._dispatch import assume_cuda, assumes_cuda, note_path
+from muse.ops._triton import kernels_available
 
 from .chunk import chunk_linear_cross_entropy, chunked_nll
 from .naive import AUTOCAST_CASTABLE, autocast_operands, check_inputs, naive_linear_cross_entropy
-from .triton_kernel import HAS_TRITON, triton_linear_cross_entropy, triton_supports
+from .triton_kernel import triton_linear_cross_entropy, triton_supports
 
 __all__ = [
     "AUTO_MAX_K",
-    "HAS_TRITON",
     "IMPLS",
     "assume_cuda",
     "chunk_linear_cross_entropy",
@@ -71,10 +70,7 @@ def resolve_impl(impl: str, x: Tensor, K: int | None = None) -> str:
     on_gpu = assumes_cuda(x)
     if not (AUTO_ON_GPU and on_gpu and x.dtype in _KERNEL_DTYPES and (K or x.shape[-1]) <= AUTO_MAX_K):
         return "chunked"
-    if not HAS_TRITON and not fake(x):
-        notice_no_triton()
-        return "chunked"
-    return "triton"
+    return "triton" if kernels_available(x) else "chunked"
 
 
 def linear_cross_entropy(

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from muse.ops._dispatch import assumes_cuda, fake, note_path
-from muse.ops._triton import notice_no_triton
+from muse.ops._dispatch import assumes_cuda, note_path
+from muse.ops._triton import kernels_available
 from muse.ops.linear_ce.naive import AUTOCAST_CASTABLE, autocast_operands
 
 from .naive import check_inputs, naive_lowrank_mlp
-from .triton_kernel import HAS_TRITON, MAX_RANK, triton_lowrank_mlp
+from .triton_kernel import MAX_RANK, triton_lowrank_mlp
 
 __all__ = ["IMPLS", "MAX_RANK", "lowrank_mlp", "naive_lowrank_mlp", "resolve_impl", "triton_lowrank_mlp"]
 
@@ -48,10 +48,7 @@ def resolve_impl(impl: str, a: Tensor, ranks: tuple[int, int]) -> str:
         return impl
     if not (AUTO_TRITON and assumes_cuda(a) and a.dtype in AUTOCAST_CASTABLE and max(ranks) <= MAX_RANK):
         return "torch"
-    if not HAS_TRITON and not fake(a):
-        notice_no_triton()
-        return "torch"
-    return "triton"
+    return "triton" if kernels_available(a) else "torch"
 
 
 def lowrank_mlp(a: Tensor, w_up: Tensor, b_up: Tensor | None, w_down: Tensor, impl: str = "auto") -> Tensor:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from muse.ops._dispatch import assumes_cuda, fake, note_path
-from muse.ops._triton import HAS_TRITON, notice_no_triton
+from muse.ops._dispatch import assumes_cuda, note_path
+from muse.ops._triton import kernels_available
 
 from .naive import naive_rms_norm
 from .triton_kernel import triton_rms_norm
@@ -29,11 +29,8 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, impl: str = "auto") -
     """x / sqrt(mean(x², -1) + eps) * weight (see the module docstring for shapes)."""
     if impl not in IMPLS:
         raise ValueError(f"rms_norm: impl must be one of {IMPLS}; got {impl!r}")
-    if impl == "auto" and assumes_cuda(x):
-        if HAS_TRITON or fake(x):  # fakes run no kernel: the estimate models a GPU install
-            impl = "triton"
-        else:
-            notice_no_triton()
+    if impl == "auto" and assumes_cuda(x) and kernels_available(x):
+        impl = "triton"
     if impl == "triton":
         note_path("rms_norm", "triton")
         return triton_rms_norm(x, weight, eps)

@@ -27,12 +27,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from muse.ops._dispatch import assumes_cuda, fake, note_path
-from muse.ops._triton import notice_no_triton
+from muse.ops._dispatch import assumes_cuda, note_path
+from muse.ops._triton import kernels_available
 
 from .chunk import chunk_semiseparable
 from .naive import check_inputs, causal_band, causal_band_matrix, naive_quadratic, naive_recurrent, recurrent_step
-from .triton_chunk import HAS_TRITON, valid_chunk
+from .triton_chunk import valid_chunk
 from .triton_scan import triton_chunk_semiseparable
 
 __all__ = [
@@ -60,10 +60,7 @@ def resolve_impl(impl: str, x: Tensor, chunk_size: int = 64) -> str:
         return impl
     if not (assumes_cuda(x) and x.dtype in _KERNEL_DTYPES and valid_chunk(chunk_size)):
         return "chunked"
-    if not HAS_TRITON and not fake(x):  # fakes run no kernel: the estimate models a GPU install
-        notice_no_triton()
-        return "chunked"
-    return "triton"
+    return "triton" if kernels_available(x) else "chunked"
 
 
 def semiseparable(

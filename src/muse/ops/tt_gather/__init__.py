@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 
 from muse.ops._dispatch import assumes_cuda, fake, note_path
-from muse.ops._triton import interpreting, notice_no_triton
+from muse.ops._triton import interpreting, kernels_available
 
 from .naive import check_inputs, tt_contract
-from .triton_kernel import HAS_TRITON, MAX_RANK, OutOfResources, shape_unsupported, triton_supports, triton_tt_gather
+from .triton_kernel import MAX_RANK, OutOfResources, shape_unsupported, triton_supports, triton_tt_gather
 
 __all__ = [
     "IMPLS", "MAX_RANK", "resolve_impl", "shape_unsupported", "triton_supports", "triton_tt_gather", "tt_contract",
@@ -56,12 +56,9 @@ def resolve_impl(impl: str, ids: Tensor, cores: list[Tensor], col_factors) -> st
         c.dtype in _KERNEL_DTYPES for c in cores)
     if not on_gpu or shape_unsupported(_ranks(cores), list(col_factors)) is not None:
         return "torch"
-    if fake(ids):  # fakes launch nothing: the estimate models a GPU install
-        return "triton"
-    if not HAS_TRITON:
-        notice_no_triton()
+    if not kernels_available(ids):
         return "torch"
-    return "torch" if interpreting() else "triton"
+    return "torch" if interpreting() and not fake(ids) else "triton"
 
 
 def tt_gather(ids: Tensor, cores: list[Tensor], row_factors, col_factors, num_cols: int, impl: str = "auto",
