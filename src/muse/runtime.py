@@ -29,8 +29,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 # Inductor pads a wide output's row stride to 128 bytes, e.g. the semiseparable mixer's fused
 # projection from 1,248 to 1,280 columns; cuBLASLt then refuses the bias epilogue (it needs a
 # contiguous result), so ATen copies the broadcast bias into the output and runs a beta = 1 GEMM
-# instead: two extra passes over a (T, 1248) tensor per layer (0.25 ms of an 8 ms `standard` step
-# at 16K tokens on an H100). MUSE's kernels read strided rows, so they need no padding.
+# instead: two extra passes over a (T, 1248) tensor per layer (what turning the padding off saved
+# is in docs/performance-notes.md §6). MUSE's kernels read strided rows, so they need no padding.
 INDUCTOR_OPTIONS = {"comprehensive_padding": False}
 
 

@@ -335,9 +335,10 @@ class TTMatrix(nn.Module):
 
         W (M×N) costs M·N memory; the output of x @ W costs batch·N. When batch ≥ M (e.g. a
         tied output head over thousands of tokens) one transient W adds no more than the logits
-        already cost and turns a chain of small batched contractions into one large matmul (4× faster
-        for the tiny preset's head on CPU). Otherwise (a TTLinear of a 10 K-wide model over a few
-        hundred tokens) W would dwarf the activations, so the cores are contracted one by one.
+        already cost and turns a chain of small batched contractions into one large matmul, which
+        is faster (e.g. for the tiny preset's head on CPU; docs/performance-notes.md §12).
+        Otherwise (a TTLinear of a 10 K-wide model over a few hundred tokens) W would dwarf the
+        activations, so the cores are contracted one by one.
         """
         return batch >= contracted
 
@@ -409,8 +410,8 @@ class TTMatrix(nn.Module):
         return out.reshape(*idx.shape, self.num_cols)
 
     # Unique ids contracted at a time by ``rows``: enough that a chunk's partial products take
-    # about ROWS_CHUNK_BYTES (a fixed 128 rows made a 16K-token step launch-bound on the host:
-    # 64 chunks, ~150 ms of CPU per step on an H100 box), and no fewer than 128. ROWS_CHUNK
+    # about ROWS_CHUNK_BYTES (a fixed 128 rows gave a 16K-token step 64 chunks and made it
+    # launch-bound on the host; docs/performance-notes.md §8), and no fewer than 128. ROWS_CHUNK
     # overrides it (tests).
     ROWS_CHUNK: int | None = None
     ROWS_CHUNK_BYTES = 8 * 2**20

@@ -73,8 +73,8 @@ def cublaslt_workspace_bytes(config: str = "default", sm90: bool = True) -> int:
 def workspace_bytes(config: str = "default", mode: str = "train", sm90: bool = True) -> int:
     """The cuBLAS + cuBLASLt workspaces a step leaves allocated: one pair per (handle, stream),
     and a training step has two handles (the forward's thread and autograd's backward thread),
-    inference one. H100 measurements: 66-69 MiB unset, 10-14 MiB at ':4096:1', 0.5-6 MiB at
-    ':16:8' (this formula: 66, 10 and 0.5 MiB)."""
+    inference one. For unset, ':4096:1' and ':16:8' this gives 66, 10 and 0.5 MiB, the low end
+    of what a step leaves allocated on an H100 (docs/performance-notes.md §2)."""
     handles = 1 if mode == "infer" else 2
     return handles * (cublas_workspace_bytes(config, sm90) + cublaslt_workspace_bytes(config, sm90))
 

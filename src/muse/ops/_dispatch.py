@@ -9,10 +9,12 @@ backward call the op where ``use_op`` says so, else the launcher directly:
 
     y, ht = present(_fwd_op(*args), flags) if use_op(u) else scan_forward(*args)
 
-A layer at N = 2K is launch-bound on the GPU, and the dispatcher's boxing into Python costs
-~2.7 us more per call than the direct call (CPU, a launcher that returns at once); ``use_op``
-costs ~0.2 us. The op path is taken while compiling and for anything that is not a plain eager
-tensor (fake, meta, other subclasses), where only the dispatcher knows what to do.
+A layer at N = 2K is launch-bound on the GPU, and a call through the dispatcher (which boxes
+its arguments into Python) costs more host time than calling the launcher directly, while
+``use_op`` is only a type check; so plain eager calls go straight to the launcher (figures in
+docs/performance-notes.md §4). The op path is taken while compiling and for anything that is
+not a plain eager tensor (fake, meta, other subclasses), where only the dispatcher knows what
+to do.
 
 Schemas are fixed-arity: an optional input is ``Tensor?``; an output that may be absent
 (no final state, no decay gradient, ...) is returned by the op as an empty (0,) tensor of the
@@ -81,8 +83,8 @@ def note_path(op: str, impl: str) -> str:
 def fake(x: Tensor) -> bool:
     """``is_fake(x)`` that is safe inside compiled code: dynamo cannot trace ``is_fake`` (a call
     breaks the graph, and the TT gather's dispatch split a compiled ``standard`` forward into six
-    graphs, costing ~1.6 ms of idle GPU per step at N=16K on an H100), and a compiled graph runs
-    on real tensors, so while compiling the answer is False."""
+    graphs, with the GPU idle between them; docs/performance-notes.md §6), and a compiled graph
+    runs on real tensors, so while compiling the answer is False."""
     return not _is_compiling() and is_fake(x)
 
 
@@ -133,9 +135,10 @@ def use_op(x: Tensor) -> bool:
     """Whether a call with first tensor argument ``x`` goes through ``torch.ops.muse.*``:
     while compiling, and for anything but a plain eager tensor (fake and other subclasses,
     meta). One tensor stands for all: fake tensors come from one mode, never mixed with real
-    ones. ~0.2 us on a plain tensor (``is_fake`` alone takes ~1.3 us). functorch's wrappers
-    (vmap, grad, functionalize) need no check: they refuse the old-style autograd.Functions
-    that call this before any of their tensors could get here.
+    ones. On a plain tensor it is only a type check (cheaper than ``is_fake`` alone): every
+    eager call pays it. functorch's wrappers (vmap, grad, functionalize) need no check: they
+    refuse the old-style autograd.Functions that call this before any of their tensors could
+    get here.
     """
     return _is_compiling() or abstract(x)
 

@@ -2,11 +2,11 @@
 
 ``kernel[grid](*args)`` goes through Triton's Python binder on every call: it specializes each
 argument (dtype, 16-byte alignment, integer divisibility), hashes the result and looks the
-compiled kernel up; an autotuned kernel adds its own key and dispatch on top. On the H100 box
-that is ~50 us of host time for a launch of ~25 arguments (the driver's own launch call is
-~10 us), more than most of these kernels run on the GPU at N = 2K: eager layers were bound by
-it. ``launch`` does that work once per *specialization* and then calls the compiled kernel
-directly:
+compiled kernel up; an autotuned kernel adds its own key and dispatch on top. For a launch of
+~25 arguments that host work takes far longer than the driver's own launch call, and longer
+than most of these kernels run on the GPU at N = 2K: eager layers were bound by it (figures in
+docs/performance-notes.md §4). ``launch`` does that work once per *specialization* and then
+calls the compiled kernel directly:
 
 - key: the kernel, its keyword arguments, and per positional argument its value (scalars:
   Triton specializes ints on == 1 and % 16 and 32/64 bits, all covered by the value), or for
@@ -36,8 +36,9 @@ _CACHE: dict = {}
 
 
 # Grid and block arithmetic on the host. Triton's ``triton.cdiv`` / ``triton.next_power_of_2``
-# are ``constexpr_function``s that unwrap their arguments on every call: ~2.4 us each on the
-# H100 box (Triton 3.6), ~25 calls per semiseparable layer forward+backward.
+# are ``constexpr_function``s that unwrap their arguments on every call, host time out of all
+# proportion to the arithmetic, and a semiseparable layer makes ~25 such calls per
+# forward+backward (docs/performance-notes.md §4).
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 

@@ -3,8 +3,8 @@
 Kernels that split a reduction over several programs (the FFN kernels, the linear-CE gradients,
 the head norm's and the band's weight gradients) write fp32 (fp64) partials (S, ...) and need
 ``p.sum(0).to(dtype)``. ATen runs that as a reduction plus a cast: two launches, the first a
-generic outer-dimension reduce (~7 us on average for these few-MiB partials on an H100, ~45 of
-them from MUSE's ops per 16K-token `standard` step, each followed by a ~1.5 us cast).
+generic outer-dimension reduce over these few-MiB partials, and MUSE's ops make ~45 such pairs
+per 16K-token `standard` step (their cost is in docs/performance-notes.md §6).
 ``sum_partials`` reads each column's S values in one program and writes the cast result: one
 launch, one pass over the partials.
 """
@@ -23,8 +23,8 @@ if HAS_TRITON:
     def _sum_kernel(p, out, S, M, SB: tl.constexpr, BLOCK: tl.constexpr):
         """out[cols] = sum over s of p[s, cols], SB splits per step loaded as one (SB, BLOCK) tile:
         every load of a step is in flight at once (a loop of one split per step waited on each
-        load in turn: ~10 us per call on an H100 for these 2-18 MiB partials, ~3x their
-        memory time)."""
+        load in turn, so it took several times the partials' memory time; see
+        docs/performance-notes.md §6)."""
         cols = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,)
         mask = cols < M
         acc = tl.zeros((BLOCK,), dtype=p.dtype.element_ty)

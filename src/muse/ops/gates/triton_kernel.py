@@ -2,9 +2,10 @@
 
 In torch it is a dozen small launches per layer and step (scale, sigmoid, slice, multiply,
 concatenate, softplus, negate; twice that backward), over strided column slices of the fused
-projection; on an H100 at N = 32K they took ~0.7 ms of a 4 ms layer. Here each program owns
-BR rows (b, n, h) and all r ranks of u; reads are strided, u_eff is written contiguous. The
-scale is a compile-time constant: a runtime float argument would be fp32 even for fp64 inputs.
+projection; at long N they took a sizeable share of the layer's time (docs/performance-notes.md
+§3). Here each program owns BR rows (b, n, h) and all r ranks of u; reads are strided, u_eff is
+written contiguous. The scale is a compile-time constant: a runtime float argument would be fp32
+even for fp64 inputs.
 """
 
 from __future__ import annotations

@@ -53,8 +53,9 @@ AUTO_MAX_K = 512
 
 
 # "auto" takes the kernels on CUDA: they passed the GPU test run (H100/H200, fp64/fp32/bf16,
-# outputs and all gradients) and, in benchmarks/train_throughput.py, cut the `standard` step at
-# N=16K from 93.4 to 23.5 ms on an H200. False keeps "auto" on the torch loss.
+# outputs and all gradients) and, in benchmarks/train_throughput.py, made the `standard` step at
+# N=16K much shorter than with the torch loss (docs/performance-notes.md §5). False keeps "auto"
+# on the torch loss.
 AUTO_ON_GPU = True
 
 

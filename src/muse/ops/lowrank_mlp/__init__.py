@@ -10,12 +10,11 @@ tolerance:
   gradients) that keep every (T, H) tile in registers and recompute it in the backward; CUDA,
   or the CPU interpreter under TRITON_INTERPRET=1. Saves nothing but the inputs.
 - ``auto``    the Triton kernels for CUDA tensors (fakes under ``assume_cuda()``) of dtype
-  fp32/bf16/fp16 with R, S <= ``MAX_RANK``, the torch path otherwise. On an H100 (T = 16K,
-  d = 512, r = 32, bf16, autotuned; ``benchmarks/results/lowrank_ffn-gpu.md``) they run one FFN's
-  forward+backward in 1.12 ms against 1.31 ms eager torch and 1.61 ms compiled, at 115 MiB of
-  step memory against 247 and 179 MiB; in the compiled ``standard`` model at N = 16K they cut
-  the GPU time of a training step from 9.09 to 8.60 ms. ``AUTO_TRITON`` = False keeps "auto"
-  on the torch path.
+  fp32/bf16/fp16 with R, S <= ``MAX_RANK``, the torch path otherwise. On the GPU they beat
+  both the eager and the compiled torch FFN forward+backward at a fraction of their step memory
+  (no (T, H) tensor is stored), and they shorten the compiled ``standard`` training step
+  (``benchmarks/lowrank_ffn.py``; figures in docs/performance-notes.md §7). ``AUTO_TRITON`` =
+  False keeps "auto" on the torch path.
 
 All take a (T, R), w_up (R, H), b_up (H,) or None, w_down (H, S) and return c (T, S).
 """

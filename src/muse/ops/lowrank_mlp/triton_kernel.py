@@ -49,8 +49,8 @@ if HAS_TRITON:
         """gelu_tanh(h) = h·σ(2u), u = √(2/π)(h + 0.044715 h³), and its derivative. FAST (16-bit
         inputs): through the hardware tanh (relative error 2^-11, below bf16/fp16 rounding) instead
         of an exp and a full-precision division: about half the instructions per (T, H) element,
-        and these kernels do little else per element (H100, d = 512, r = 32: fwd / da / dw went
-        from 71 / 50 / 122 us to 62 / 33 / ~100 us per layer at 16K tokens)."""
+        and these kernels do little else per element, so all three got faster with it
+        (docs/performance-notes.md §6)."""
         if FAST:
             h2 = h * h
             t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f",

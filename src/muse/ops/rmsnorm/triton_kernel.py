@@ -2,10 +2,10 @@
 
     x (M, G, D), weight (G, D)  ->  y = x * rstd * weight,  rstd = 1 / sqrt(mean(x², -1) + eps)
 
-Torch's layer-norm kernels take 0.68 ms forward+backward for the semiseparable mixer's per-head
-norm at N = 32K (524K rows of 64) on an H100, a sixth of the whole layer; this is two passes
-over the data. Programs own BM rows of one group, so each loads its weight row once and its
-weight gradient is a plain column sum (partials per program, summed by the caller).
+Torch's layer-norm kernels took a large share of the semiseparable mixer's time for its
+per-head norm at long N (B·N·H short rows of 64; docs/performance-notes.md §3); this is two
+passes over the data. Programs own BM rows of one group, so each loads its weight row once and
+its weight gradient is a plain column sum (partials per program, summed by the caller).
 """
 
 from __future__ import annotations

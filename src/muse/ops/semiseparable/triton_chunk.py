@@ -17,8 +17,8 @@ Four kernels over chunks of C positions (h_t = the state entering chunk t, fp32)
     bwd_main    grid (NT, B*H):  du, dv, dz and u·du − v·dv per position
 
 Only the element-wise scan is sequential, and it is spread over the state's r*p entries: a
-single chain of (r x p) matmuls over N / C chunks is latency-bound (measured on an H100:
-7.7 ms fwd+bwd at N = 32K, B*H = 16, with that design).
+single chain of (r x p) matmuls over N / C chunks is latency-bound (as an earlier design that
+ran such a chain was; docs/performance-notes.md §3).
 
 where b is the cumulative log decay inside the chunk and D_ts = e^{b_t − b_s} for s <= t.
 The log-decay gradient is the reverse cumulative sum of u·du − v·dv along the sequence plus
@@ -107,8 +107,8 @@ if HAS_TRITON:
 
         Element-wise in the (r x p) state, so the grid spreads each state over many programs.
         TB chunks at a time are loaded together and combined by an associative scan, so only
-        one dependent step per TB chunks is sequential (one chunk per step was latency-bound:
-        0.59 ms per pass at N = 32K, C = 64 on an H100). Forward: X[t] becomes the state
+        one dependent step per TB chunks is sequential (one chunk per step was latency-bound
+        at long N; docs/performance-notes.md §3). Forward: X[t] becomes the state
         entering chunk t. Reverse: the gradient of the state leaving chunk t; the final S is
         then the initial state's gradient.
         """

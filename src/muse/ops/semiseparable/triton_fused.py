@@ -3,10 +3,10 @@
 ``triton_chunk.py`` spreads the scan over four kernels (3 launches forward, 7 backward), which
 is what long sequences need: every chunk is its own program and only an element-wise pass is
 sequential. For a few dozen chunks the GPU work is tiny and an eager forward+backward is bound
-by the host's launches instead (measured on an H100 box at N = 2K, B = 4, H = 16: ~1.5 ms of
-host time per fwd+bwd against ~0.2 ms of GPU time). These kernels do each direction in one
-launch: one program per (batch, head) (and value block, forward) walks the chunks in order
-with the (r x p) state in registers:
+by the host's launches instead: at N = 2K the host spends several times longer launching the
+kernels than the GPU spends running them (docs/performance-notes.md §4). These kernels do each
+direction in one launch: one program per (batch, head) (and value block, forward) walks the
+chunks in order with the (r x p) state in registers:
 
     forward   grid (p / BV, B*H):  y_t = (u v^T ⊙ D) z + (u e^b) h_t + band,
                                    h_{t+1} = e^{b_last} h_t + (v e^{b_last-b})^T z
@@ -35,10 +35,10 @@ if HAS_TRITON:
 __all__ = ["FUSED_MAX_CHUNKS", "fused_backward", "fused_forward", "use_fused"]
 
 # At most this many chunks per sequence take the single-launch kernels (eager calls; see
-# use_fused). Measured on an H100 (r = 32, p = 64, bf16, C = 64): at 32 chunks (N = 2K) the eager
-# `standard` step was faster with them (30–35 ms against 36–41 ms, same session); at 64 chunks
-# their GPU time (~0.51 ms fwd+bwd, B*H = 32) exceeds the chunk-parallel kernels' host time
-# (~0.26 ms) and GPU time (~0.21 ms) together.
+# use_fused). At 32 chunks (N = 2K at C = 64) the launches they save outweigh their sequential
+# walk over the chunks, and the eager `standard` step is faster with them; at 64 chunks that
+# walk's GPU time alone exceeds the chunk-parallel kernels' host and GPU time together
+# (measurements in docs/performance-notes.md §4).
 FUSED_MAX_CHUNKS = 32
 
 

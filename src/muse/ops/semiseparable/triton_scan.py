@@ -84,7 +84,7 @@ def _pick(fused, chunked, z, C, args):
         return chunked(*args)
     if z.is_cuda:
         # what the chunk-parallel launches specialize on (``muse.ops._launch``), as plain values
-        # (a key of torch.Size objects cost ~50 us per call to compare): all sizes but B, the
+        # (a key of torch.Size objects was slow to compare on every call): all sizes but B, the
         # row strides, the dtypes, which optional tensors are there, the flags
         key = (fused, N, H, *map(_spec, args))
         if key not in _PRIMED:

@@ -38,8 +38,8 @@ def _ranks(cores: list[Tensor]) -> list[int]:
 
 
 # "auto" takes the kernel on CUDA: it passed the GPU test run (H100) and benchmarks/tt_embedding.py
-# (H100: 6-34x faster than the torch path forward+backward at L=16K tokens, every shape checked).
-# False keeps "auto" on the torch path.
+# (faster than the torch path forward+backward at every shape checked; docs/performance-notes.md
+# §8). False keeps "auto" on the torch path.
 AUTO_ON_GPU = True
 
 
