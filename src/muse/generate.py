@@ -15,6 +15,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from muse.runtime import side_stream_call
+
 __all__ = ["Decoder", "check_sampling", "generate", "sample_next"]
 
 
@@ -153,15 +155,9 @@ class Decoder:
         return logits
 
     def _eager(self) -> Tensor:
-        main = torch.cuda.current_stream()
         if self._side is None:
-            self._side = torch.cuda.Stream(device=main.device)
-        self._side.wait_stream(main)
-        with torch.cuda.stream(self._side):
-            logits = self._run()
-        main.wait_stream(self._side)
-        logits.record_stream(main)
-        return logits
+            self._side = torch.cuda.Stream(device=torch.cuda.current_stream().device)
+        return side_stream_call(self._run, self._side)
 
     def _capture(self) -> None:
         global _warned_capture

@@ -34,6 +34,19 @@ def resolve_device(name: str = "auto") -> torch.device:
 INDUCTOR_OPTIONS = {"comprehensive_padding": False}
 
 
+def side_stream_call(fn, side: torch.cuda.Stream):
+    """``fn()`` on the CUDA stream ``side``, ordered after and before the current stream's work.
+    The warm-up before a CUDA-graph capture runs there (PyTorch's CUDA-graph notes ask for a side
+    stream, so that autograd and the allocator settle the streams the capture will use)."""
+    main = torch.cuda.current_stream()
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        out = fn()
+    main.wait_stream(side)
+    out.record_stream(main)
+    return out
+
+
 def compile_model(model: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
     """``torch.compile(model, mode=mode)`` with ``INDUCTOR_OPTIONS`` (those this torch knows)."""
     import torch._inductor as inductor

@@ -328,10 +328,10 @@ def test_captured_training_equals_eager_training(preset, extra):
         assert native == pytest.approx(eager_losses, rel=1e-3 + 3 * spread)
 
 
-@gpu
-@pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit"])
-def test_captured_step_reads_the_learning_rate_every_replay(optimizer):
-    cfg, model, opt = _model_and_opt("tiny", {**SMALL, "train.optimizer": optimizer}, True)
+def _tiny_update(extra: dict):
+    """A capturable `tiny` (SMALL + extra) on the GPU, one batch of random ids and its update step
+    (forward, backward, optimizer step; gradients left for the CapturedStep to zero)."""
+    _, model, opt = _model_and_opt("tiny", {**SMALL, **extra}, True)
     b = torch.randint(0, 512, (2, 97), device="cuda")
     x, y = b[:, :-1].contiguous(), b[:, 1:].contiguous()
 
@@ -341,6 +341,13 @@ def test_captured_step_reads_the_learning_rate_every_replay(optimizer):
         opt.step()
         return loss.detach()
 
+    return model, opt, x, y, update
+
+
+@gpu
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit"])
+def test_captured_step_reads_the_learning_rate_every_replay(optimizer):
+    model, opt, x, y, update = _tiny_update({"train.optimizer": optimizer})
     run = CapturedStep(update, lambda: opt.zero_grad(set_to_none=True))
     for _ in range(WARMUP_STEPS + 1):
         run(x, y)
@@ -363,16 +370,7 @@ def test_captured_step_reads_the_learning_rate_every_replay(optimizer):
 def test_a_step_that_syncs_with_the_host_stays_uncaptured_under_auto():
     # the TT embedding's torch row gather (torch.unique) cannot be captured: under auto the step
     # runs on uncaptured after its warm-up, saying why once; under true that is an error
-    cfg, model, opt = _model_and_opt("tiny", {**SMALL, "model.embedding.gather_impl": "torch"}, True)
-    b = torch.randint(0, 512, (2, 97), device="cuda")
-    x, y = b[:, :-1].contiguous(), b[:, 1:].contiguous()
-
-    def update(x, y):
-        loss = model(x, y).loss
-        loss.backward()
-        opt.step()
-        return loss.detach()
-
+    model, opt, x, y, update = _tiny_update({"model.embedding.gather_impl": "torch"})
     zero = lambda: opt.zero_grad(set_to_none=True)  # noqa: E731
     notes = []
     run = CapturedStep(update, zero, strict=False, notify=notes.append)

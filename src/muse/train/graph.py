@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from muse.config import Config, ConfigError
+from muse.runtime import side_stream_call
 
 __all__ = [
     "HOST_SYNC_PATHS", "WARMUP_STEPS", "CapturedStep", "capture_blocker", "make_capturable", "resolve_cuda_graph",
@@ -230,16 +231,15 @@ class CapturedStep:
         return loss
 
     def _eager(self, batch: tuple[Tensor, ...]) -> Tensor:
-        main = torch.cuda.current_stream()
         if self._side is None:
-            self._side = torch.cuda.Stream(device=main.device)
-        self._side.wait_stream(main)
-        with torch.cuda.stream(self._side):
+            self._side = torch.cuda.Stream(device=torch.cuda.current_stream().device)
+
+        def step() -> Tensor:
             loss = self.step(*batch)
             self.zero_grad()
-        main.wait_stream(self._side)
-        loss.record_stream(main)
-        return loss
+            return loss
+
+        return side_stream_call(step, self._side)
 
     def _capture(self, batch: tuple[Tensor, ...]) -> None:
         self._static = tuple(t.clone() for t in batch)
