@@ -10,6 +10,7 @@ import sys
 
 from pathlib import Path
 
+from muse.compare.cli import add_commands as add_compare_commands
 from muse.config import OPTIMIZERS, PRECISIONS, ConfigError, list_presets, load_raw
 from muse.configargs import add_alias, add_config_arguments, check_unknown, config_from_args
 
@@ -343,6 +344,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                         "(torch's size, or the exported variable) | :SIZE_KiB:COUNT..., e.g. :4096:1 or :16:8")
     p.set_defaults(func=cmd_verify)
 
+    add_compare_commands(sub)  # compare, ablate
+
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)
     subs["presets"] = p
@@ -356,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser, _ = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: results record their command
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0

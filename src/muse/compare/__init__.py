@@ -1,0 +1,68 @@
+"""``muse compare`` and ``muse ablate``: models side by side under one recipe (DESIGN.md §1.9, §2).
+
+- :mod:`muse.compare.spec`: model specs, the shared recipe, ablation grids (no torch);
+- :mod:`muse.compare.run`: one run from memory measurement through training to test scores;
+- :mod:`muse.compare.report`: results.json / .csv / .md, ranking and the equal-memory verdict;
+- :mod:`muse.compare.plots`: the figures (matplotlib, optional).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from muse.compare.spec import Recipe, Run, Spec, grid_specs, one_at_a_time, parse_grid, parse_spec, resolve
+
+__all__ = ["Recipe", "Run", "Spec", "compare", "grid_specs", "one_at_a_time", "parse_grid", "parse_spec", "resolve"]
+
+
+def _say(text: str) -> None:
+    print(f"muse compare: {text}", flush=True)
+
+
+def _summary(row: dict) -> str:
+    from muse.compare.report import fmt
+
+    t = row.get("test") or {}
+    mem = row.get("peak_memory_mib")
+    mem = f"{mem:,.1f} MiB {row['peak_memory_method']}" if mem is not None else "no peak"
+    return (f"{row['status']} ({row['status_detail']}); test ppl {fmt(t.get('perplexity'), '.2f')}, "
+            f"word ppl {fmt(t.get('word_perplexity'), '.2f')}; full-step peak {mem}; "
+            f"{fmt(row.get('tokens_per_s_median'))} tok/s")
+
+
+def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
+    """Train and score every run not already in ``opts.out`` (resolved by :func:`resolve`),
+    then write the reports and plots from all of them; returns results.json's payload."""
+    from muse.compare.plots import available, write_plots
+    from muse.compare.report import select, write_reports
+    from muse.compare.run import load_row, row_path, selected_now, train_and_score, write_json
+
+    opts.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, run in enumerate(runs, 1):
+        head = f"[{i}/{len(runs)}] {run.label}"
+        row = load_row(opts.out, run)
+        if row is not None and not (opts.retry_failed and row["status"] == "failed"):
+            _say(f"{head}: kept from an earlier invocation: {_summary(row)}")
+        elif not selected_now(opts, run):
+            _say(f"{head}: not run now (--only); left out of the reports")
+            continue
+        else:
+            _say(f"{head}: measuring the step's memory, then training ({run.config.train.batch_size} x "
+                 f"{run.seq_len} tokens per step, lr {run.lr:g})")
+            row = train_and_score(run, opts)
+            write_json(row_path(opts.out, run), row)
+            _say(f"{head}: {_summary(row)}")
+        rows.append(row)
+    if not rows:
+        _say("no run is done yet: no reports written")
+        return {"rows": [], "pareto": {"summary": "no runs"}}
+    payload = write_reports(opts.out, meta, rows)
+    written = [opts.out / n for n in ("results.json", "results.csv", "results.md")]
+    if plots and available():
+        written += write_plots(opts.out, rows, select(rows), tuple(meta["recipe"]["seq_lens"]), meta.get("title", "compare"))
+    elif plots:
+        print("muse compare: matplotlib is not installed; plots skipped (pip install 'muse[plot]')", file=sys.stderr)
+    _say(payload["pareto"]["summary"])
+    _say("wrote " + ", ".join(str(p) for p in written))
+    return payload

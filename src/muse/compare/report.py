@@ -1,0 +1,187 @@
+"""results.json / results.csv / results.md of a comparison, and the equal-memory verdict.
+
+Ranking rules (DESIGN.md §2): only *complete* runs (the whole token or time budget) are ranked
+against each other; incomplete and failed runs are listed apart with what stopped them. With a
+learning-rate sweep, each model is represented by its run with the lowest best validation loss
+(the test split never chooses). The Pareto verdict compares, for each compressed (MUSE) model,
+the best dense GPT-2-style model whose full-step peak fits in the same memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+from muse.compare.run import ppl, write_json
+
+CSV_COLUMNS = (
+    "label", "group", "family", "status", "status_detail", "selected", "seq_len", "lr", "batch_size", "precision",
+    "optimizer", "checkpointing", "actual_params", "dense_equivalent_params", "peak_memory_mib",
+    "peak_memory_method", "tokens_per_s_median", "tokens_seen", "steps", "train_seconds", "best_val_loss",
+    "test_loss", "test_perplexity", "test_word_perplexity", "test_bits_per_byte", "device", "git_sha", "date",
+)
+
+
+def select(rows: list[dict]) -> list[dict]:
+    """One row per group (model @ length): its complete run with the lowest best validation loss,
+    else its least bad run. Order: the groups' order of appearance."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+
+    def val(r):
+        v = r.get("best_val_loss")
+        return v if isinstance(v, (int, float)) and math.isfinite(v) else math.inf
+
+    out = []
+    for runs in groups.values():
+        complete = [r for r in runs if r["status"] == "complete"]
+        out.append(min(complete or runs, key=val))
+    return out
+
+
+def pareto(selected: list[dict]) -> dict:
+    """For every complete MUSE row: the best complete dense row whose peak fits in its memory,
+    and whether MUSE's test perplexity is lower there (MUSE *dominates at budget M*)."""
+    ok = [r for r in selected if r["status"] == "complete" and r.get("peak_memory_mib") and ppl(r) < math.inf]
+    dense = [r for r in ok if r["family"] == "dense"]
+    out = []
+    for m in sorted((r for r in ok if r["family"] == "muse"), key=lambda r: r["peak_memory_mib"]):
+        fits = [d for d in dense if d["peak_memory_mib"] <= m["peak_memory_mib"]]
+        best = min(fits, key=ppl) if fits else None
+        out.append({
+            "muse": m["label"], "budget_mib": m["peak_memory_mib"], "muse_perplexity": ppl(m),
+            "dense": best["label"] if best else None, "dense_perplexity": ppl(best) if best else None,
+            "dense_peak_mib": best["peak_memory_mib"] if best else None,
+            "verdict": "no dense model fits" if best is None else ("MUSE dominates" if ppl(m) < ppl(best) else "dense wins"),
+        })
+    wins = sum(v["verdict"] == "MUSE dominates" for v in out)
+    losses = sum(v["verdict"] == "dense wins" for v in out)
+    alone = sum(v["verdict"] == "no dense model fits" for v in out)
+    if not out:
+        summary = "no complete MUSE row with a peak memory: no equal-memory verdict"
+    else:
+        summary = (f"MUSE beats the best dense model that fits in the same memory at {wins} of {len(out)} budgets, "
+                   f"loses at {losses}" + (f", and no dense model fits at {alone}" if alone else ""))
+    methods = {r.get("peak_memory_method") for r in ok}
+    return {"budgets": out, "summary": summary, "memory": "measured" if methods == {"measured"} else "estimate"}
+
+
+def fmt(v, spec: str = ",.0f", none: str = "-") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return none
+    return format(v, spec)
+
+
+def _test(r: dict, key: str):
+    return (r.get("test") or {}).get(key)
+
+
+def csv_text(rows: list[dict], selected: list[dict]) -> str:
+    chosen = {id(r) for r in selected}
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        flat = {**r, "selected": id(r) in chosen, **{f"test_{k}": _test(r, k) for k in
+                                                     ("loss", "perplexity", "word_perplexity", "bits_per_byte")}}
+        w.writerow([flat.get(c) for c in CSV_COLUMNS])
+    return buf.getvalue()
+
+
+def _table(rows: list[dict], mem_label: str) -> list[str]:
+    lines = [
+        f"| model | family | parameters | dense-equivalent | {mem_label} | tokens/s | test ppl | word ppl | bits/byte | tokens |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['family']} | {fmt(r.get('actual_params'))} | {fmt(r.get('dense_equivalent_params'))} "
+            f"| {fmt(r.get('peak_memory_mib'), ',.1f')} | {fmt(r.get('tokens_per_s_median'))} "
+            f"| {fmt(_test(r, 'perplexity'), '.2f')} | {fmt(_test(r, 'word_perplexity'), '.2f')} "
+            f"| {fmt(_test(r, 'bits_per_byte'), '.4f')} | {fmt(r.get('tokens_seen'))} |"
+        )
+    return lines
+
+
+def markdown(meta: dict, rows: list[dict], selected: list[dict], verdict: dict) -> str:
+    complete = sorted((r for r in selected if r["status"] == "complete"), key=ppl)
+    apart = [r for r in selected if r["status"] != "complete"]
+    est = verdict["memory"] != "measured"
+    mem = "full-step peak MiB" + (" (estimate)" if est else "")
+    rc = meta["recipe"]
+    budget = (f"{rc['max_tokens']:,} tokens" if rc.get("max_tokens") else f"{rc.get('max_minutes'):g} minutes")
+    lines = [
+        f"# {meta.get('title', 'muse compare')}",
+        "",
+        f"{meta['dataset']}, {rc['tokenizer']} tokenizer; B={rc['batch_size']}, N={', '.join(map(str, rc['seq_lens']))}, "
+        f"{budget} per run, seed {rc['seed']}, lr {', '.join(f'{x:g}' for x in rc['lrs'])} "
+        f"(warm-up {rc['warmup_steps']} steps, cosine to {rc['min_lr_ratio']:g}x), identical batches. "
+        f"Each model trains with its own memory features (precision, optimizer, checkpointing) unless the command "
+        f"set them for all; the best-validation checkpoint is scored on the test split.",
+        "",
+        "## Ranked (complete runs, by test perplexity)",
+        "",
+        *_table(complete, mem),
+        "",
+    ]
+    if apart:
+        lines += ["## Not ranked: stopped before the budget or failed", "",
+                  "| model | status | what happened |", "|---|---|---|"]
+        lines += [f"| {r['label']} | {r['status']} | {r['status_detail']} |" for r in apart]
+        lines += ["", *_table(apart, mem), ""]
+    if verdict["budgets"]:
+        lines += ["## Equal memory: MUSE against the best dense model that fits", "", verdict["summary"] + ".", "",
+                  "| MUSE model | its peak MiB | test ppl | best dense within that memory | its peak MiB | test ppl | verdict |",
+                  "|---|---:|---:|---|---:|---:|---|"]
+        for v in verdict["budgets"]:
+            lines.append(
+                f"| {v['muse']} | {fmt(v['budget_mib'], ',.1f')} | {fmt(v['muse_perplexity'], '.2f')} | "
+                f"{v['dense'] or '-'} | {fmt(v['dense_peak_mib'], ',.1f')} | {fmt(v['dense_perplexity'], '.2f')} | "
+                f"{v['verdict']} |"
+            )
+        lines.append("")
+    if len(rc["lrs"]) > 1:
+        lines += ["## Learning-rate sweep (best validation loss; the chosen run in bold)", "",
+                  "| model | " + " | ".join(f"lr {x:g}" for x in rc["lrs"]) + " |",
+                  "|---|" + "---:|" * len(rc["lrs"])]
+        chosen = {id(r) for r in selected}
+        for group in dict.fromkeys(r["group"] for r in rows):
+            cells = []
+            for lr in rc["lrs"]:
+                r = next((x for x in rows if x["group"] == group and x["lr"] == lr), None)
+                v = fmt(r.get("best_val_loss") if r else None, ".4f")
+                v += "" if r is None or r["status"] == "complete" else f" ({r['status']})"
+                cells.append(f"**{v}**" if r is not None and id(r) in chosen else v)
+            lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        lines.append("")
+    devices = sorted({r.get("device", "?") for r in selected})
+    shas = sorted({r.get("git_sha", "?")[:7] for r in selected})
+    dates = sorted({r.get("date", "?")[:10] for r in selected})
+    lines += [
+        f"Device: {', '.join(devices)}; commit {', '.join(shas)}; {', '.join(dates)}; "
+        f"torch {', '.join(sorted({r.get('torch', '?') for r in selected}))}. "
+        f"Peak memory is `muse memory`'s full step at the comparison's B and N "
+        + ("(an estimate: no CUDA device)." if est else "(measured, `torch.cuda.max_memory_allocated`).")
+        + " Tokens/s is the median of the training run's logged windows after warm-up.",
+        "",
+        f"Command: `{meta.get('command', '')}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_reports(out, meta: dict, rows: list[dict]) -> dict:
+    """results.json, results.csv, results.md under ``out``; returns the results payload."""
+    selected = select(rows)
+    verdict = pareto(selected)
+    chosen = {id(r) for r in selected}
+    payload = {**meta, "rows": [{**r, "selected": id(r) in chosen} for r in rows],
+               "selected": [r["label"] for r in selected], "pareto": verdict}
+    write_json(out / "results.json", payload)
+    for name, text in (("results.csv", csv_text(rows, selected)), ("results.md", markdown(meta, rows, selected, verdict))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
+    return payload

@@ -1,0 +1,270 @@
+"""muse compare / muse ablate: specs, recipe checks, ranking rules, and whole runs on tiny models."""
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from muse.cli import main
+from muse.compare import report
+from muse.compare.spec import (
+    COMPONENTS, Recipe, grid_specs, one_at_a_time, parse_grid, parse_spec, resolve, split_values,
+)
+from muse.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "tiny+model.d_model=32+model.n_layers=1+model.n_heads=2"
+
+
+# ----------------------------------------------------------------------------- specs and grids
+def test_parse_spec_overrides_and_label():
+    s = parse_spec("baseline+model.d_model=256+model.n_layers=4+model.init_std=1.5e+0")
+    assert s.source == "baseline"
+    assert s.overrides == {"model.d_model": 256, "model.n_layers": 4, "model.init_std": 1.5}  # 1.5e+0 stays one value
+    assert s.label == "baseline+d_model=256+n_layers=4+init_std=1.5"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("baseline+model.d_modle=256", "unknown config key 'model.d_modle'; did you mean model.d_model"),
+    ("=3", "expected PRESET_OR_YAML"),
+])
+def test_parse_spec_errors_name_the_part(text, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        parse_spec(text)
+
+
+def test_split_values_keeps_brackets():
+    assert split_values("1,[2,3],{a: 1, b: 2}, x") == ["1", "[2,3]", "{a: 1, b: 2}", "x"]
+
+
+def test_grid_is_the_cartesian_product_in_order():
+    grid = parse_grid(["model.ffn.rank=8,16", "model.mixer.semiseparable.max_rank=4,8"])
+    specs = grid_specs(parse_spec("standard"), grid)
+    assert [(s.overrides["model.ffn.rank"], s.overrides["model.mixer.semiseparable.max_rank"]) for s in specs] == [
+        (8, 4), (8, 8), (16, 4), (16, 8)]
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("model.ffn.rank", "expected key=value1,value2"),
+    ("model.ffn.rank=", "expected key=value1,value2"),
+    ("=1,2", "expected key=value1,value2"),
+    ("model.ffn.rnak=1,2", "unknown config key 'model.ffn.rnak'; did you mean model.ffn.rank"),
+    ("model.ffn.rank=1,,2", "empty value"),
+])
+def test_grid_errors(item, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_grid([item])
+
+
+def test_one_at_a_time_swaps_each_differing_component():
+    specs = one_at_a_time(parse_spec("standard"), parse_spec("baseline"))
+    labels = [s.label for s in specs]
+    assert labels[:2] == ["standard", "baseline"]
+    swapped = {lab.split("'s ")[-1]: s for lab, s in zip(labels[2:], specs[2:])}
+    assert set(swapped) == {"embedding", "mixer", "ffn", "head", "memory features"}  # the norms agree
+    mixer = swapped["mixer"].overrides
+    assert mixer["model.mixer"]["kind"] == "attention" and mixer["model.positions"] == "learned"
+    assert swapped["embedding"].overrides == {"model.embedding": swapped["embedding"].overrides["model.embedding"]}
+    assert swapped["embedding"].overrides["model.embedding"]["kind"] == "dense"
+    assert set(COMPONENTS["memory features"]) == set(swapped["memory features"].overrides)
+    # every variant is a valid config
+    runs = resolve(specs, Recipe({"train.max_tokens": 1000, "train.max_steps": 0}, seq_lens=(512,), lrs=(1e-3,)))
+    assert [r.config.model.embedding.kind for r in runs[2:]] == ["dense", "tt", "tt", "tt", "tt"]
+
+
+def test_resolve_refuses_recipe_overrides_and_disagreeing_configs():
+    recipe = Recipe({"train.max_tokens": 1000, "train.max_steps": 0}, seq_lens=(64,), lrs=(1e-3,))
+    with pytest.raises(ConfigError, match="overrides train.batch_size, which is part of the shared recipe"):
+        resolve([parse_spec("tiny+train.batch_size=4")], recipe)
+    with pytest.raises(ConfigError, match=r"differ in model.vocab_size \(4096 vs 10000\).*--set model.vocab_size"):
+        resolve([parse_spec("tiny"), parse_spec("baseline")], recipe)
+    with pytest.raises(ConfigError, match="given twice"):
+        resolve([parse_spec("tiny"), parse_spec("tiny")], recipe)
+
+
+def test_resolve_runs_every_length_and_lr_with_distinct_keys():
+    recipe = Recipe({"train.max_tokens": 1000, "train.max_steps": 0}, seq_lens=(64, 128), lrs=(1e-3, 3e-3))
+    runs = resolve([parse_spec("tiny")], recipe)
+    assert [(r.seq_len, r.lr) for r in runs] == [(64, 1e-3), (64, 3e-3), (128, 1e-3), (128, 3e-3)]
+    assert len({r.key for r in runs}) == 4
+    assert [r.group for r in runs] == ["tiny@64", "tiny@64", "tiny@128", "tiny@128"]
+    assert runs[1].label == "tiny@64 lr=0.003"
+    # where a run is and how it logs is not part of its identity
+    again = resolve([parse_spec("tiny")], Recipe({**recipe.values, "train.progress": False}, {}, (64,), (1e-3,)))
+    assert again[0].key == runs[0].key
+
+
+# ----------------------------------------------------------------------------- ranking rules
+def _row(label, family, peak, test_ppl, status="complete", val=None, group=None, lr=1e-3):
+    return {
+        "label": label, "group": group or label, "spec_label": group or label, "family": family, "status": status,
+        "status_detail": status, "peak_memory_mib": peak, "peak_memory_method": "measured", "lr": lr,
+        "best_val_loss": val if val is not None else math.log(test_ppl), "seq_len": 512,
+        "test": {"perplexity": test_ppl, "word_perplexity": 2 * test_ppl, "bits_per_byte": 1.0, "loss": math.log(test_ppl)},
+        "tokens_seen": 100, "actual_params": 10, "dense_equivalent_params": 20, "tokens_per_s_median": 1.0,
+        "device": "d", "git_sha": "abcdef0", "date": "2026-12-06",
+    }
+
+
+def test_pareto_verdict_uses_only_complete_rows_that_fit():
+    rows = [
+        _row("dense-small", "dense", 100, 80.0), _row("dense-big", "dense", 300, 50.0),
+        _row("dense-cut-short", "dense", 120, 10.0, status="incomplete"),  # never the frontier
+        _row("muse-a", "muse", 150, 70.0), _row("muse-b", "muse", 90, 60.0), _row("muse-c", "muse", 400, 55.0),
+        _row("muse-failed", "muse", 50, 1.0, status="failed"),
+    ]
+    v = report.pareto(report.select(rows))
+    by = {b["muse"]: b for b in v["budgets"]}
+    assert set(by) == {"muse-a", "muse-b", "muse-c"}
+    assert by["muse-a"]["dense"] == "dense-small" and by["muse-a"]["verdict"] == "MUSE dominates"
+    assert by["muse-b"]["verdict"] == "no dense model fits"
+    assert by["muse-c"]["dense"] == "dense-big" and by["muse-c"]["verdict"] == "dense wins"
+    assert v["summary"].startswith("MUSE beats the best dense model that fits in the same memory at 1 of 3 budgets")
+
+
+def test_lr_sweep_selects_by_validation_not_test():
+    rows = [
+        _row("m lr=0.001", "muse", 1, 50.0, val=3.0, group="m", lr=1e-3),
+        _row("m lr=0.003", "muse", 1, 40.0, val=3.5, group="m", lr=3e-3),  # better test, worse validation
+        _row("m lr=0.01", "muse", 1, 30.0, val=1.0, group="m", lr=1e-2, status="incomplete"),
+    ]
+    assert [r["label"] for r in report.select(rows)] == ["m lr=0.001"]
+
+
+def test_markdown_keeps_incomplete_rows_out_of_the_ranking():
+    rows = [_row("ok", "dense", 10, 50.0), _row("short", "muse", 5, 20.0, status="incomplete")]
+    meta = {"recipe": {"tokenizer": "bpe", "batch_size": 2, "seq_lens": [8], "max_tokens": 100, "seed": 0,
+                       "lrs": [1e-3, 3e-3], "warmup_steps": 1, "min_lr_ratio": 0.1}, "dataset": "x", "torch": "t"}
+    md = report.markdown(meta, rows, report.select(rows), report.pareto(report.select(rows)))
+    ranked, apart = md.split("## Not ranked")
+    assert "| ok |" in ranked and "| short |" not in ranked
+    assert "| short | incomplete |" in apart
+    csv_lines = report.csv_text(rows, report.select(rows)).splitlines()
+    assert csv_lines[0].startswith("label,group,family,status") and len(csv_lines) == 3
+
+
+# ----------------------------------------------------------------------------- whole runs (CPU)
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A small text corpus (documents of random words) that trains a BPE tokenizer in a blink."""
+    rng = random.Random(0)
+    words = [w.strip(",.") for w in (ROOT / "README.md").read_text().split() if w.isalpha()][:400]
+    root = tmp_path_factory.mktemp("corpus")
+    for i in range(40):
+        (root / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(words) for _ in range(300)) + "\n")
+    return root
+
+
+def _common(corpus: Path, cache: Path, out: Path) -> list[str]:
+    return [
+        "--dataset", f"text:{corpus}", "--max-tokens", "4096", "--seq-len", "32", "--batch-size", "8",
+        "--eval-every", "8", "--eval-tokens", "2048", "--warmup-steps", "2", "--out", str(out),
+        "--set", "model.vocab_size=384", "--set", "model.max_seq_len=64", "--set", f"data.cache_dir={cache}",
+        "--set", "train.progress=false", "--set", "train.tensorboard=false", "--set", "train.log_every=2",
+    ]
+
+
+def test_compare_two_models_writes_everything_and_resumes(corpus, tmp_path, capsys, monkeypatch):
+    out, cache = tmp_path / "cmp", tmp_path / "cache"
+    argv = ["compare", TINY, TINY + "+model.mixer.kind=attention+model.positions=learned", *_common(corpus, cache, out)]
+    assert main(argv) == 0
+    for name in ("results.json", "results.csv", "results.md", "val_loss.png", "ppl_vs_memory.png", "ppl_vs_params.png"):
+        assert (out / name).stat().st_size > 0, name
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["rows"]) == 2 and res["recipe"]["max_tokens"] == 4096
+    for r in res["rows"]:
+        assert r["status"] == "complete" and r["tokens_seen"] >= 4096
+        assert r["actual_params"] > 0 and r["dense_equivalent_params"] > r["actual_params"]
+        assert r["peak_memory_method"] == "estimate" and r["peak_memory_mib"] > 0  # no CUDA here: labelled
+        assert r["tokens_per_s_median"] > 0 and r["device"].startswith("cpu") and r["git_sha"] and r["date"]
+        t = r["test"]
+        assert t["split"] == "test" and math.isfinite(t["perplexity"]) and t["word_perplexity"] > t["perplexity"] > 1
+        assert t["bits_per_byte"] > 0 and t["step"] * 256 in [x for x, _ in r["val_curve"]]  # a checkpoint's step
+        assert r["val_curve"] and r["best_val_loss"] == min(v for _, v in r["val_curve"])
+    md = (out / "results.md").read_text()
+    assert "estimate" in md and "Command: `muse compare" in md
+
+    # a second invocation with the same folder trains nothing
+    import muse.compare.run as run_mod
+
+    def boom(*a, **k):
+        raise AssertionError("retrained a finished run")
+
+    monkeypatch.setattr(run_mod, "train_and_score", boom)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("kept from an earlier invocation") == 2
+
+
+def test_ablate_2x2_and_a_time_cap_row(corpus, tmp_path, capsys):
+    out, cache = tmp_path / "abl", tmp_path / "cache"
+    argv = ["ablate", TINY, "--grid", "model.ffn.rank=4,8", "--grid", "model.mixer.semiseparable.max_rank=4,8",
+            *_common(corpus, cache, out)]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["label"].split("+", 4)[-1] for r in res["rows"]] == [
+        "ffn.rank=4+mixer.semiseparable.max_rank=4", "ffn.rank=4+mixer.semiseparable.max_rank=8",
+        "ffn.rank=8+mixer.semiseparable.max_rank=4", "ffn.rank=8+mixer.semiseparable.max_rank=8"]
+    assert all(r["status"] == "complete" for r in res["rows"])
+
+    # a time cap that stops the run before its token budget: marked, kept out of the ranking, exit 1
+    capped = tmp_path / "capped"
+    argv = ["compare", TINY, *_common(corpus, cache, capped)]
+    argv[argv.index("--max-tokens") + 1] = "10000000"
+    assert main(argv + ["--max-minutes", "0.0001"]) == 1
+    row = json.loads((capped / "results.json").read_text())["rows"][0]
+    assert row["status"] == "incomplete" and "train.max_minutes" in row["status_detail"]
+    ranked = (capped / "results.md").read_text().split("## Not ranked")[0]
+    assert TINY.split("+")[0] + "+d_model" not in ranked.split("|---|")[-1]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["ablate", "tiny", "--grid", "model.ffn.rank"], "muse: error: --grid 'model.ffn.rank': expected key=value1,value2"),
+    (["ablate", "tiny", "--grid", "model.fnn.rank=1,2"], "unknown config key 'model.fnn.rank'"),
+    (["ablate", "tiny"], "needs either --grid"),
+    (["compare", "tiny+model.d_model=32", "--set", "train.lr"], "--set 'train.lr': expected KEY=VALUE"),
+    (["compare", "nosuchpreset"], "unknown preset 'nosuchpreset'"),
+])
+def test_bad_input_is_one_line(argv, needle, capsys, tmp_path):
+    assert main(argv + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_plots_are_optional(corpus, tmp_path, capsys, monkeypatch):
+    import muse.compare.plots as plots
+
+    monkeypatch.setattr(plots, "available", lambda: False)
+    out = tmp_path / "np"
+    argv = ["compare", TINY, *_common(corpus, tmp_path / "cache", out)]
+    argv[argv.index("--max-tokens") + 1] = "512"
+    assert main(argv) == 0
+    assert "matplotlib is not installed; plots skipped" in capsys.readouterr().err
+    assert (out / "results.md").exists() and not list(out.glob("*.png"))
+
+
+def test_shipped_experiments_resolve(monkeypatch):
+    """Every committed experiment file (``<command>-NAME.args``) parses, and every model in it is a
+    valid config under its recipe; nothing is trained."""
+    import shlex
+
+    from muse.cli import build_parser
+    from muse.compare import cli as ccli
+
+    files = sorted((ROOT / "configs" / "experiments").glob("*.args"))
+    assert files
+    seen = []
+    monkeypatch.setattr(ccli, "run_specs", lambda args, specs, title: seen.append((args, specs)) or 0)
+    for f in files:
+        command = f.name.split("-", 1)[0]
+        assert command in ("compare", "ablate"), f
+        parser, _ = build_parser()
+        args = parser.parse_args([command, *shlex.split(f.read_text(), comments=True)])
+        assert args.func(args) == 0
+        a, specs = seen[-1]
+        runs = resolve(specs, ccli.recipe_from_args(a, specs[0]))
+        assert len(runs) >= 2, f
+        assert all(r.config.train.max_tokens == 20_000_000 for r in runs), f
