@@ -197,6 +197,12 @@ def test_compare_two_models_writes_everything_and_resumes(corpus, tmp_path, caps
     assert main(argv) == 0
     assert capsys.readouterr().out.count("kept from an earlier invocation") == 2
 
+    # --only: a third model not matched is neither trained nor reported; the done ones still are
+    assert main(argv[:3] + [TINY + "+model.ffn.rank=4"] + argv[3:] + ["--only", "nothing*"]) == 0
+    printed = capsys.readouterr().out
+    assert "not run now (--only)" in printed and printed.count("kept from an earlier invocation") == 2
+    assert len(json.loads((out / "results.json").read_text())["rows"]) == 2
+
 
 def test_ablate_2x2_and_a_time_cap_row(corpus, tmp_path, capsys):
     out, cache = tmp_path / "abl", tmp_path / "cache"
