@@ -37,6 +37,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     title = (
         f"{report['name']}: V={m.vocab_size}, d={m.d_model}, L={m.n_layers}, heads={m.n_heads}, N={m.max_seq_len} "
         f"(mixer {m.mixer.kind}, embedding {m.embedding.kind}, ffn {m.ffn.kind}, head {m.head.kind})"
+        + (" as transformers' GPT2LMHeadModel" if m.kind == "hf-gpt2" else "")
     )
     table = Table(title=title)
     for col in ("component", "actual", "dense-equivalent", "compression"):
@@ -53,15 +54,17 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
-def _next_commands(run_dir: Path, dataset: str, limit: tuple[str, str, str] | None) -> list[tuple[str, str]]:
+def _next_commands(
+    run_dir: Path, dataset: str, limit: tuple[str, str, str] | None, decodes: bool = True
+) -> list[tuple[str, str]]:
     """(label, command) for what to do with a trained run; README's quickstart shows the same.
-    ``limit``: the budget that stopped training (``Trainer.limit_reached``), raised to continue."""
+    ``limit``: the budget that stopped training (``Trainer.limit_reached``), raised to continue.
+    ``decodes``: the model can generate (model.kind muse; hf-gpt2 cannot)."""
     run = shlex.quote(str(run_dir))
     prompt = shlex.quote("def " if dataset == "pystdlib" else "The ")
-    out = [
-        ("evaluate", f"muse eval {run} --split test"),
-        ("generate", f"muse generate {run} --prompt {prompt} --seed 0"),
-    ]
+    out = [("evaluate", f"muse eval {run} --split test")]
+    if decodes:
+        out.append(("generate", f"muse generate {run} --prompt {prompt} --seed 0"))
     if limit is not None:
         key, _, more = limit
         out.append(("continue", f"muse train --resume {run} --{key} {more}"))
@@ -88,6 +91,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = config_from_args(args)
         run_dir = Path(args.run_dir or Path(cfg.train.out_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if cfg.model.kind == "hf-gpt2":  # before a run directory is made and the data prepared
+        from muse.hf import import_transformers
+
+        import_transformers("model.kind hf-gpt2")
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
     main_rank = trainer.dist.is_main
     reached = trainer.nothing_to_train() if args.resume else None
@@ -118,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         _destroy_process_group()
     if main_rank:
-        commands = _next_commands(run_dir, cfg.data.dataset, summary["limit"])
+        commands = _next_commands(run_dir, cfg.data.dataset, summary["limit"], decodes=cfg.model.kind == "muse")
         print(
             f"\nDone: step {summary['step']}, {summary['tokens']:,} tokens in {summary['seconds']:.0f} s; "
             f"val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f}).\n"
@@ -128,12 +135,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from muse.evaluate import evaluate_checkpoint
+    from muse.evaluate import evaluate_checkpoint, evaluate_hf
 
-    res = evaluate_checkpoint(
-        args.run, split=args.split, dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
-        device=args.device, max_tokens=args.max_tokens, tag=args.tag, int8=args.int8,
-    )
+    if (args.run is None) == (args.hf is None):
+        raise ValueError("muse eval scores a MUSE run or checkpoint (RUN_OR_CKPT) or a Hugging Face folder "
+                         "(--hf PATH): give exactly one")
+    if args.hf is not None:
+        for flag, given in (("--tag", args.tag is not None), ("--int8", args.int8)):
+            if given:
+                raise ValueError(f"{flag} applies to a MUSE run, not to --hf")
+        if args.dataset is None:
+            raise ValueError("--hf needs --dataset (e.g. --dataset wikitext-2 --data-dir DIR): a Hugging Face "
+                             "folder names no dataset")
+        res = evaluate_hf(
+            args.hf, args.dataset, data_dir=args.data_dir, split=args.split, seq_len=args.seq_len or 0,
+            batch_size=args.batch_size, device=args.device, max_tokens=args.max_tokens, cache_dir=args.cache_dir,
+        )
+    else:
+        if args.seq_len is not None:
+            raise ValueError("--seq-len applies to --hf; a run is scored at its own train.seq_len")
+        res = evaluate_checkpoint(
+            args.run, split=args.split, dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
+            device=args.device, max_tokens=args.max_tokens, tag=args.tag or "last", int8=args.int8,
+            cache_dir=args.cache_dir,
+        )
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -293,10 +318,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_alias(p, "--cublas-workspace", "train.cublas_workspace", type=str)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="perplexity, word-level perplexity, bits per byte of a run or checkpoint")
-    p.add_argument("run", metavar="RUN_OR_CKPT")
+    p = sub.add_parser("eval", help="perplexity, word-level perplexity, bits per byte of a run or checkpoint "
+                                    "(or of a Hugging Face folder: --hf)")
+    p.add_argument("run", metavar="RUN_OR_CKPT", nargs="?")
+    p.add_argument("--hf", metavar="PATH",
+                   help="score a local Hugging Face checkpoint folder zero-shot instead (needs --dataset; the "
+                        "transformers package: pip install 'muse[hf]')")
+    p.add_argument("--seq-len", type=int, help="--hf: tokens per window, at most the model's n_positions "
+                                                "(default: n_positions)")
+    p.add_argument("--cache-dir", help="the tokenized-data cache (default: the run's data.cache_dir, or ~/.cache/muse)")
     p.add_argument("--split", default="test")
-    p.add_argument("--tag", default="last", choices=("last", "best"), help="which checkpoint of a run dir")
+    p.add_argument("--tag", choices=("last", "best"), help="which checkpoint of a run dir (default last)")
     p.add_argument("--dataset", help="evaluate on another dataset (default: the run's)")
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=int, default=8)

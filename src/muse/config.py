@@ -228,8 +228,39 @@ class NormConfig:
             raise ConfigError(f"norm.eps must be > 0; got {self.eps!r}")
 
 
+MODEL_KINDS = ("muse", "hf-gpt2")
+
+
+def hf_gpt2_conflicts(m: ModelConfig) -> list[str]:
+    """The fields of ``m`` that transformers' ``GPT2LMHeadModel`` cannot express (model.kind
+    hf-gpt2), each as "field value (needs X)"; empty when the config is a GPT-2 shape."""
+    checks = [
+        ("embedding.kind", m.embedding.kind, ("dense",)),
+        ("mixer.kind", m.mixer.kind, ("attention",)),
+        ("mixer.linear.kind", m.mixer.linear.kind, ("dense",)),
+        ("mixer.linear.bias", m.mixer.linear.bias, (True,)),  # GPT-2's c_attn and c_proj have biases
+        ("model.positions", m.positions, ("learned",)),
+        ("norm.kind", m.norm.kind, ("layernorm",)),
+        ("norm.shared", m.norm.shared, (False,)),
+        ("ffn.kind", m.ffn.kind, ("dense",)),
+        ("ffn.activation", m.ffn.activation, ("gelu",)),
+        ("ffn.bias", m.ffn.bias, (True,)),
+        ("ffn.token_chunk", m.ffn.token_chunk, (0,)),
+        ("head.kind", m.head.kind, ("dense", "tied")),
+        ("head.bias", m.head.bias, (False,)),  # GPT-2's lm_head has no bias
+        # the transformers model's own logits and one cross-entropy: no fused or chunked MUSE loss
+        ("head.loss_impl", m.head.loss_impl, ("auto",)),
+    ]
+    fmt = lambda v: str(v).lower() if isinstance(v, bool) else repr(v)
+    return [f"{k} {fmt(v)} (needs {' or '.join(map(fmt, ok))})" for k, v, ok in checks if v not in ok]
+
+
 @dataclass
 class ModelConfig:
+    # muse: MuseLM, assembled from the parts below | hf-gpt2: transformers' GPT2LMHeadModel of the
+    # same shape (vocab, d, layers, heads, max_seq_len, ffn.mult, dropout, norm.eps, init_std, tied
+    # or dense head), built from scratch: the external reference (needs the hf extra)
+    kind: str = "muse"
     vocab_size: int = 4096
     d_model: int = 128
     n_layers: int = 4
@@ -246,6 +277,7 @@ class ModelConfig:
     norm: NormConfig = field(default_factory=NormConfig)
 
     def __post_init__(self):
+        _check_choice("model.kind", self.kind, MODEL_KINDS)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
             _check_positive(f"model.{name}", getattr(self, name))
         if self.d_model % self.n_heads:
@@ -266,6 +298,11 @@ class ModelConfig:
             raise ConfigError(
                 f"head.loss_impl 'fused' needs a head ending in a plain matrix (dense, lowrank, or tied to a "
                 f"dense embedding); this head is {what}: use head.loss_impl 'auto' or 'chunked'"
+            )
+        if self.kind == "hf-gpt2" and (bad := hf_gpt2_conflicts(self)):
+            raise ConfigError(
+                f"model.kind hf-gpt2 (transformers' GPT2LMHeadModel) cannot apply {'; '.join(bad)}; "
+                "set those fields or use model.kind muse"
             )
 
     @property
@@ -475,6 +512,12 @@ class Config:
         if conflict := self.train.cuda_graph_conflict():
             return conflict
         m, emb = self.model, self.model.embedding
+        if m.kind == "hf-gpt2":
+            return (
+                "model.kind hf-gpt2 (capturing the transformers model's step is not verified)",
+                "train.cuda_graph true does not combine with model.kind hf-gpt2 (capturing the transformers "
+                "model's step is not verified); set train.cuda_graph auto or false",
+            )
         if m.checkpointing and m.dropout > 0:
             return (
                 "activation checkpointing with dropout (saves and restores the CUDA RNG state on the host)",

@@ -73,6 +73,26 @@ def metrics(nll: float, count: int, seconds: float, words: int | None, nbytes: i
     }
 
 
+def _device_name(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+
+
+def score(model, tokens: np.ndarray, stats: dict, seq_len: int, dev: torch.device, batch_size: int,
+          max_tokens: int) -> dict:
+    """``metrics`` of ``model`` on one prepared split (its token memmap and its ``stats``), plus
+    the peak GPU memory: what ``muse eval`` reports for a run and for ``--hf`` alike."""
+    if batch_size < 1:  # _batched would put the whole split into one batch
+        raise ValueError(f"--batch-size must be >= 1; got {batch_size}")
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    nll, count, seconds = total_nll(model, tokens, seq_len, dev, batch_size, max_tokens)
+    full = max_tokens == 0
+    # word and byte normalisers only apply when the whole split was scored
+    out = metrics(nll, count, seconds, stats["words"] if full else None, stats["bytes"] if full else None)
+    out["peak_memory_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    return out
+
+
 def evaluate_checkpoint(
     path: str | Path,
     split: str = "test",
@@ -83,12 +103,13 @@ def evaluate_checkpoint(
     max_tokens: int = 0,
     tag: str = "last",
     int8: bool = False,
+    cache_dir: str | None = None,
 ) -> dict:
     """Load a run or checkpoint dir and evaluate it on a split (``muse eval``)."""
     from muse.data import prepare_data
     from muse.runtime import load_for_inference, resolve_device
 
-    if batch_size < 1:  # _batched would put the whole split into one batch
+    if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1; got {batch_size}")
     dev = resolve_device(device)
     model, cfg, tokenizer, ckpt_dir, state = load_for_inference(path, dev, tag, int8=int8)
@@ -96,15 +117,12 @@ def evaluate_checkpoint(
         cfg.data.dataset, cfg.data.data_dir = dataset, None  # the run's data_dir holds its own dataset
     if data_dir is not None:
         cfg.data.data_dir = data_dir
+    if cache_dir is not None:
+        cfg.data.cache_dir = cache_dir
     cfg.data.__post_init__()
     data = prepare_data(cfg.data, cfg.model.vocab_size, tokenizer=tokenizer)
     if split not in data.tokens:
         raise ValueError(f"--split must be one of {', '.join(data.tokens)}; got {split!r}")
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    nll, count, seconds = total_nll(model, data.tokens[split], cfg.seq_len, dev, batch_size, max_tokens)
-    stats = data.stats[split]
-    full = max_tokens == 0
     out = {
         "checkpoint": str(ckpt_dir),
         "step": state.get("step"),
@@ -113,11 +131,65 @@ def evaluate_checkpoint(
         "tokenizer": tokenizer.kind,
         "vocab_size": tokenizer.vocab_size,
         "seq_len": cfg.seq_len,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "device": _device_name(dev),
         "torch": torch.__version__,
         "int8": int8,
     }
-    # word and byte normalisers only apply when the whole split was scored
-    out.update(metrics(nll, count, seconds, stats["words"] if full else None, stats["bytes"] if full else None))
-    out["peak_memory_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    out.update(score(model, data.tokens[split], data.stats[split], cfg.seq_len, dev, batch_size, max_tokens))
+    return out
+
+
+def evaluate_hf(
+    path: str | Path,
+    dataset: str,
+    data_dir: str | None = None,
+    split: str = "test",
+    seq_len: int = 0,
+    batch_size: int = 8,
+    device: str = "auto",
+    max_tokens: int = 0,
+    cache_dir: str | None = None,
+) -> dict:
+    """Score a local Hugging Face checkpoint folder zero-shot on a split (``muse eval --hf``), with
+    its own tokenizer, through the same windows and metrics as a MUSE run. ``seq_len`` 0: the
+    model's position table (n_positions); otherwise at most that."""
+    from muse.config import DataConfig
+    from muse.data import SPLITS, DataError, prepare_data
+    from muse.hf import load_pretrained
+    from muse.runtime import resolve_device
+
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1; got {batch_size}")
+    if seq_len < 0:
+        raise ValueError(f"--seq-len must be >= 0 (0: the model's n_positions); got {seq_len}")
+    data_cfg = DataConfig(dataset=dataset, data_dir=data_dir, **({"cache_dir": cache_dir} if cache_dir else {}))
+    dev = resolve_device(device)
+    model, tokenizer, facts = load_pretrained(path, dev)
+    n = model.max_context
+    seq = min(n, seq_len) if n and seq_len else (seq_len or n)
+    if not seq:
+        raise ValueError(f"--hf {path}: the model's config gives no n_positions; set --seq-len")
+    if tokenizer.vocab_size > model.vocab_size:
+        raise DataError(
+            f"--hf {path}: its tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary holds "
+            f"{model.vocab_size}"
+        )
+    # only the scored split: the others (WikiText's train) would be tokenized for nothing
+    data = prepare_data(data_cfg, model.vocab_size, tokenizer=tokenizer, splits=(split,))
+    out = {
+        "checkpoint": str(Path(path).expanduser()),
+        "step": None,
+        **facts,
+        "dataset": dataset,
+        "split": split,
+        "tokenizer": tokenizer.kind,
+        "vocab_size": tokenizer.vocab_size,
+        "seq_len": seq,
+        "device": _device_name(dev),
+        "torch": torch.__version__,
+        "int8": False,
+    }
+    out.update(score(model, data.tokens[split], data.stats[split], seq, dev, batch_size, max_tokens))
     return out

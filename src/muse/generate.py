@@ -210,6 +210,9 @@ def generate(
     if prompt.dim() != 2 or prompt.size(0) != 1 or prompt.size(1) == 0:
         raise ValueError(f"prompt must be a (1, T ≥ 1) tensor of token ids; got shape {tuple(prompt.shape)}")
     check_sampling(max_new_tokens, temperature, top_k, top_p)
+    if not callable(getattr(model, "prefill", None)):  # muse.hf.HFCausalLM: no incremental decoding
+        kind = getattr(getattr(model, "cfg", None), "kind", type(model).__name__)
+        raise ValueError(f"muse generate decodes MUSE models only (prefill and step); this model is {kind}")
     if model.max_context is not None and prompt.size(1) + max_new_tokens > model.max_context:
         raise ValueError(
             f"prompt ({prompt.size(1)} tokens) + --max-new-tokens ({max_new_tokens}) exceeds "

@@ -201,6 +201,16 @@ class MuseLM(nn.Module):
 
         return dense_equivalent(self.cfg)["total"]
 
+    def component_modules(self) -> dict[str, list[nn.Module | None]]:
+        """The modules of each ``muse.memory.params.COMPONENTS`` entry (``muse params``)."""
+        return {
+            "embedding": [self.embed, self.pos],
+            "mixers": [b.mixer for b in self.blocks],
+            "ffns": [b.ffn for b in self.blocks],
+            "norms": [m for b in self.blocks for m in (b.norm1, b.norm2)] + [self.norm],
+            "head": [self.head],
+        }
+
     def mixer_stats(self) -> dict[str, float]:
         stats = [b.mixer.stats() for b in self.blocks]
         keys = {k for s in stats for k in s}
@@ -209,17 +219,25 @@ class MuseLM(nn.Module):
 
 def build_model(
     cfg: Config | ModelConfig, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-) -> MuseLM:
-    """Build a model; ``device='meta'`` allocates nothing (parameter accounting of 100 B shapes).
+) -> nn.Module:
+    """Build the model ``model.kind`` names: a ``MuseLM``, or for ``hf-gpt2`` transformers'
+    ``GPT2LMHeadModel`` of the same shape behind ``muse.hf.HFCausalLM`` (same interface for
+    training and evaluation). ``device='meta'`` allocates nothing (parameter accounting of 100 B
+    shapes).
 
     ``dtype`` builds the parameters in that dtype directly (pure bf16 training): casting an fp32
     model afterwards would briefly hold both copies.
     """
+    m = cfg.model if isinstance(cfg, Config) else cfg
+    if m.kind == "hf-gpt2":
+        from muse.hf import build_hf_gpt2, import_transformers
+
+        import_transformers("model.kind hf-gpt2")  # fail before touching the default dtype
     old = torch.get_default_dtype()
     if dtype is not None:
         torch.set_default_dtype(dtype)
     try:
         with torch.device(device) if device is not None else contextlib.nullcontext():
-            return MuseLM(cfg)
+            return build_hf_gpt2(m) if m.kind == "hf-gpt2" else MuseLM(m)
     finally:
         torch.set_default_dtype(old)

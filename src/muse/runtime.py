@@ -149,6 +149,10 @@ def load_for_inference(path: str | Path, device: torch.device, tag: str = "last"
 
     ckpt_dir = resolve_checkpoint(path, tag)
     cfg = from_dict(Config, DataConfig.saved(yaml.safe_load(read_file(ckpt_dir, "config.yaml"))))
+    if int8 and cfg.model.kind != "muse":
+        # transformers' GPT-2 projections are Conv1D modules, not nn.Linear: only its head would be
+        # quantized (and a tied head would lose its tie), so the figures would mean nothing
+        raise ValueError(f"--int8 quantizes MUSE models only; {ckpt_dir} is model.kind {cfg.model.kind}")
     model = build_model(cfg)
     _, state = load_checkpoint(ckpt_dir, model, map_location="cpu")
     model.to(device).eval()

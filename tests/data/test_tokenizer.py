@@ -136,6 +136,22 @@ def test_piecewise_encoding_fuzz(bpe):
         assert ids == bpe._hf.encode(text, add_special_tokens=False).ids, repr(text)
 
 
+@pytest.mark.parametrize("pre", [dict(add_prefix_space=True), dict(use_regex=False)])
+def test_foreign_byte_level_tokenizer_is_not_cut(tmp_path, bpe, pre):
+    """A tokenizer.json from elsewhere (muse eval --hf) whose byte-level pre-tokenizer adds a
+    prefix space or skips GPT-2's regex would encode each piece differently: it is encoded whole."""
+    from tokenizers import Tokenizer as HFTokenizer, pre_tokenizers
+
+    hf = HFTokenizer.from_str(bpe._hf.to_str())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(**pre)
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.load(tmp_path)
+    # several pieces, and ones that start with "\n", where a prefix space would be added
+    text = "".join(f"line {i} of text\n" for i in range(12_000))
+    assert len(_pieces(text)) > 1
+    assert tok.encode(text) == hf.encode(text, add_special_tokens=False).ids
+
+
 def test_encode_batch_matches_encode(bpe, corpus):
     texts = [corpus[-1], "", SAMPLE, corpus[0]]
     assert bpe.encode_batch(texts) == [bpe._hf.encode(t).ids for t in texts]

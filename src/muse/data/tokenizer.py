@@ -85,10 +85,14 @@ class Tokenizer:
             if eos is None:
                 raise DataError(f"tokenizer has no {EOS_TOKEN} token")
             self.vocab_size, self.eos_id = hf.get_vocab_size(with_added_tokens=True), eos
-        # Piece-wise encoding is exact only for the GPT-2 byte-level pre-tokenizer without a
-        # normalizer (see _pieces); a foreign tokenizer.json is encoded text by text.
+        # Piece-wise encoding is exact only for the GPT-2 byte-level pre-tokenizer (its regex, no
+        # prefix space: each piece would get one) without a normalizer (see _pieces); a foreign
+        # tokenizer.json (e.g. beside a Hugging Face checkpoint, muse eval --hf) may differ, and is
+        # then encoded text by text.
+        pre = hf.pre_tokenizer if hf is not None else None
         self._can_cut = (
-            hf is not None and hf.normalizer is None and isinstance(hf.pre_tokenizer, pre_tokenizers.ByteLevel)
+            hf is not None and hf.normalizer is None and isinstance(pre, pre_tokenizers.ByteLevel)
+            and pre.use_regex and not pre.add_prefix_space
         )
 
     def __repr__(self) -> str:

@@ -3,7 +3,9 @@
 *Actual parameters* are ``sum(p.numel())`` of the built model (shared tensors once), counted on
 the ``meta`` device so a 100 B-shaped preset costs no memory. *Dense-equivalent* is the count of
 the same-shape GPT-2-style model: learned positions, LayerNorm, GELU MLP ×4 with biases, dense
-attention with biases, untied dense head without bias.
+attention with biases, untied dense head without bias. A ``model.kind: hf-gpt2`` config
+(transformers' ``GPT2LMHeadModel``) of such a shape has exactly that many parameters; transformers
+< 5 also gives each layer a causal-mask buffer, and buffers are not parameters.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class ComponentCount:
 
 
 def count_components(model) -> dict[str, int]:
-    """Actual parameters of a built ``MuseLM`` per component; each tensor counted once."""
+    """Actual parameters of a built model per component (its ``component_modules()``: MuseLM or
+    the hf-gpt2 adapter); each tensor counted once, buffers never."""
     seen: set[int] = set()
 
     def count(modules) -> int:
@@ -56,13 +59,8 @@ def count_components(model) -> dict[str, int]:
                     n += p.numel()
         return n
 
-    out = {
-        "embedding": count([model.embed, model.pos]),
-        "mixers": count([b.mixer for b in model.blocks]),
-        "ffns": count([b.ffn for b in model.blocks]),
-        "norms": count([m for b in model.blocks for m in (b.norm1, b.norm2)] + [model.norm]),
-        "head": count([model.head]),
-    }
+    modules = model.component_modules()
+    out = {c: count(modules[c]) for c in COMPONENTS}
     rest = sum(p.numel() for p in model.parameters() if id(p) not in seen)
     assert rest == 0, f"{rest} parameters belong to no component"
     out["total"] = sum(out.values())
