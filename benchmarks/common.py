@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - no Triton: CUDA events
     do_bench = None
 
 
-def _err(e: BaseException) -> str:
+def error_line(e: BaseException) -> str:
     """One line for a failed benchmark row."""
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import RESULTS, _err, environment, parse_set, pick_device, publish  # noqa: E402
+from common import RESULTS, environment, error_line, parse_set, pick_device, publish  # noqa: E402
 from inference_tables import decode_markdown  # noqa: E402
 from muse import build_model  # noqa: E402
 from muse.config import load_config, to_dict  # noqa: E402
@@ -158,14 +158,14 @@ def run_preset(preset: str, args, device: torch.device, dtype: torch.dtype) -> d
             try:
                 r = prefill_figures(model, N, args, device, decoder)
             except Exception as e:  # noqa: BLE001 - an OOM or a failure is recorded per row
-                r = {"N": N, "error": _err(e)}
+                r = {"N": N, "error": error_line(e)}
             row["prefill"].append(r)
             print(f"{preset:>10} prefill N={N:>6}: " + (
                 f"parallel {r['parallel_tokens_per_s']:,.0f} tok/s, stepwise ({r['stepwise_path']}) "
                 f"{r['stepwise_tokens_per_s']:,.0f} tok/s, {r['speedup']:,.0f}x" if "error" not in r
                 else f"FAILED {r['error']}") + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
     except Exception as e:  # noqa: BLE001
-        row["error"] = _err(e)
+        row["error"] = error_line(e)
         print(f"{preset:>10}: FAILED {row['error']}", flush=True)
     finally:
         gc.collect()

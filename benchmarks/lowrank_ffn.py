@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import _err, environment, median_ms, pick_device, publish  # noqa: E402
+from common import environment, error_line, median_ms, pick_device, publish  # noqa: E402
 from muse.config import FFNConfig  # noqa: E402
 from muse.layers.ffn import FFN  # noqa: E402
 from muse.runtime import autocast_context  # noqa: E402
@@ -76,7 +76,7 @@ def run_shape(T: int, d: int, r: int, device: torch.device, impls: tuple[str, ..
             ms, timer = median_ms(step, leaves, device, 25, 200)
             row[name] = {"ms": ms, "peak_mib": peak, "timer": timer}
         except Exception as e:  # noqa: BLE001 - recorded per row
-            row[name] = {"ms": None, "peak_mib": None, "error": _err(e)}
+            row[name] = {"ms": None, "peak_mib": None, "error": error_line(e)}
         print(f"T={T} d={d} r={r} {name:>15}: " + (f"{row[name]['ms']:.3f} ms" if row[name]["ms"] else
                                                   f"FAILED {row[name].get('error')}")
               + (f", peak {row[name]['peak_mib']:.1f} MiB" if row[name].get("peak_mib") is not None else ""), flush=True)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common import RESULTS, _err, do_bench, environment, median_ms, pick_device, publish  # noqa: E402
+from common import RESULTS, do_bench, error_line, environment, median_ms, pick_device, publish  # noqa: E402
 from muse.config import load_config, to_dict  # noqa: E402
 from muse.mixers import build_mixer  # noqa: E402
 from muse.ops.semiseparable import semiseparable  # noqa: E402
@@ -72,7 +72,7 @@ def graph_ms(run, inputs, leaves, args) -> dict:
         del graph
         return {"graph_ms": ms}
     except Exception as e:  # noqa: BLE001 - not capturable: record why
-        return {"graph_ms": None, "graph_error": _err(e)}
+        return {"graph_ms": None, "graph_error": error_line(e)}
 
 
 def bench(make_set, run, params, device, args) -> dict:
@@ -102,7 +102,7 @@ def bench(make_set, run, params, device, args) -> dict:
             out.update(graph_ms(run, first, leaves, args))
         return out
     except Exception as e:  # noqa: BLE001 - OOM or a kernel failure: record, go on
-        return {"ms": None, "peak_mib": None, "error": _err(e)}
+        return {"ms": None, "peak_mib": None, "error": error_line(e)}
     finally:
         gc.collect()
         if device.type == "cuda":
@@ -142,7 +142,7 @@ def check_scan(B, N, H, r, p, device, args) -> dict:
         errs = {k: rel(a, b) for k, a, b in zip(("y", "du", "dv", "dz", "dlog_decay"), got, ref)}
         out.update(errors=errs, ok=all(math.isfinite(e) and e <= args.tol for e in errs.values()))
     except Exception as e:  # noqa: BLE001
-        out.update(errors={}, ok=False, error=_err(e))
+        out.update(errors={}, ok=False, error=error_line(e))
     finally:
         gc.collect()
         if device.type == "cuda":
@@ -184,7 +184,7 @@ def run_shape(N: int, args, device) -> dict:
             torch.manual_seed(0)
             layer = build_mixer(cfg, 0).to(device=device, dtype=bf).train()
         except Exception as e:  # noqa: BLE001
-            row[name] = {"ms": None, "peak_mib": None, "error": _err(e)}
+            row[name] = {"ms": None, "peak_mib": None, "error": error_line(e)}
             continue
 
         def layer_set():

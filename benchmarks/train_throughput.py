@@ -6,8 +6,8 @@ On one H100 (writes benchmarks/results/train_throughput-gpu.json and .md; about 
 
 For every N in ``--seqs`` (default 2K, 8K, 16K) and each preset (same width and depth; the preset
 loaded by name with ``model.max_seq_len`` = ``train.seq_len`` = N), B = max(1, --tokens // N)
-sequences of random token ids: full training steps (forward, backward, optimizer step) run by
-``muse.memory.profile.measure`` — the trainer's model, optimizer and precision context — with one
+sequences of random token ids: full training steps (forward, backward, clipping, optimizer step)
+run by ``muse.memory.profile.measure`` — the trainer's own step (``muse.train.step``) — with one
 recipe for both presets (default bf16 autocast, fused AdamW, no checkpointing: the presets' own
 memory settings would change the comparison). Figures: median step time over --steps timed steps
 after --warmup-steps, tokens/s = B·N / median step, peak = ``torch.cuda.max_memory_allocated``
@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import RESULTS, _err, environment, parse_set, pick_device, publish  # noqa: E402
+from common import RESULTS, environment, error_line, parse_set, pick_device, publish  # noqa: E402
 from muse.config import COMPILE_MODES, PRECISIONS, load_config, to_dict  # noqa: E402
-from muse.memory.profile import StepPlan, _build, _step, kernel_paths, measure, plan_config  # noqa: E402
+from muse.memory.profile import StepPlan, build_plan, kernel_paths, measure, plan_config, plan_step  # noqa: E402
 from muse.runtime import autocast_context  # noqa: E402
 from readme_tables import throughput_markdown  # noqa: E402
 
@@ -38,16 +38,17 @@ from readme_tables import throughput_markdown  # noqa: E402
 def host_measure(cfg, plan: StepPlan, warmup: int, steps: int) -> dict:
     """The same steps on the CPU (for tests): host-clock median, no peak memory."""
     cpu = torch.device("cpu")
-    model, opt = _build(plan_config(cfg, plan), plan, cpu)
-    autocast = autocast_context(plan.precision, cpu)
+    cfg = plan_config(cfg, plan)
+    model, opt = build_plan(cfg, plan, cpu)
     idx = torch.randint(0, cfg.model.vocab_size, (plan.batch, plan.seq + 1))
-    paths = kernel_paths(model, autocast, idx)
+    paths = kernel_paths(model, autocast_context(plan.precision, cpu), idx)
+    step = plan_step(cfg, plan, model, opt, idx)  # the trainer's TrainStep, as `measure` runs it
     for _ in range(warmup):
-        _step(model, opt, autocast, idx, plan.mode)
+        step()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        _step(model, opt, autocast, idx, plan.mode)
+        step()
         times.append(time.perf_counter() - t0)
     return {"tokens_per_s": plan.batch * plan.seq / statistics.median(times), "timed_steps": steps, "peak": None,
             "paths": paths}
@@ -81,7 +82,7 @@ def run_one(preset: str, N: int, B: int, args, device: torch.device) -> dict:
         else:
             r = host_measure(cfg, plan, args.warmup_steps, args.steps)
     except Exception as e:  # noqa: BLE001 - anything but an OOM (measure records those itself)
-        return {"tokens_per_s": None, "step_ms": None, "peak_mib": None, "error": _err(e)}
+        return {"tokens_per_s": None, "step_ms": None, "peak_mib": None, "error": error_line(e)}
     finally:
         gc.collect()
         if device.type == "cuda":

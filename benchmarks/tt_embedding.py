@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from common import RESULTS, _err, do_bench, environment, median_ms, pick_device, publish  # noqa: E402
+from common import RESULTS, do_bench, error_line, environment, median_ms, pick_device, publish  # noqa: E402
 from muse.layers.embedding import TTEmbedding  # noqa: E402
 from muse.ops.tt_gather import triton_kernel  # noqa: E402
 
@@ -81,7 +81,7 @@ def bench(module: nn.Module, id_sets, grad, device, args) -> dict:
             peak = (torch.cuda.max_memory_allocated() - base) / 2**20
         return {"ms": median_ms(step, params, device, args.warmup, args.rep)[0], "peak_mib": peak}
     except Exception as e:  # noqa: BLE001 - OOM or a kernel failure: record, go on
-        return {"ms": None, "peak_mib": None, "error": _err(e)}
+        return {"ms": None, "peak_mib": None, "error": error_line(e)}
     finally:
         for p in params:
             p.grad = None
@@ -109,7 +109,7 @@ def check(fast: TTEmbedding, ids, grad, dname: str, args) -> dict:
         errs = {name: rel(a, b) for name, a, b in zip(["out"] + [f"core{i}" for i in range(len(params))], got, ref)}
         out.update(errors=errs, ok=all(math.isfinite(e) and e <= TOL[dname] for e in errs.values()))
     except Exception as e:  # noqa: BLE001
-        out.update(errors={}, ok=False, error=_err(e))
+        out.update(errors={}, ok=False, error=error_line(e))
     return out
 
 
@@ -130,12 +130,11 @@ def run_case(V: int, d: int, rank: int, dname: str, bw: float, device, args) -> 
     try:
         tt.tt.gather_impl = tt.tt._check_gather_impl("triton")
         row["tt_triton"] = bench(tt, id_sets, grad, device, args)
-        row["triton_configs"] = {k: str(getattr(kern, "best_config", None)) for k, kern in
-                                 (("forward", triton_kernel._fwd_kernel), ("backward", triton_kernel._bwd_kernel))}
+        row["triton_configs"] = {k: str(v) for k, v in triton_kernel.best_configs().items()}
         row["check"] = check(tt, id_sets[0], grad, dname, args)
     except Exception as e:  # noqa: BLE001 - e.g. a shape the kernels do not take
-        row["tt_triton"] = {"ms": None, "peak_mib": None, "error": _err(e)}
-        row["check"] = {"ok": False, "errors": {}, "error": _err(e)}
+        row["tt_triton"] = {"ms": None, "peak_mib": None, "error": error_line(e)}
+        row["check"] = {"ok": False, "errors": {}, "error": error_line(e)}
     elem = torch.empty(0, dtype=dtype).element_size()
     floor_bytes = 2 * L * d * elem + 2 * L * 8 + 3 * row["tt_params"] * elem
     row["floor_bytes"], row["floor_ms"] = floor_bytes, 1e3 * floor_bytes / bw

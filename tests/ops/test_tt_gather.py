@@ -75,6 +75,15 @@ def test_matches_torch(case, dtype):
     check(ids.to(DEVICE), make_cores(rf, cf, ranks, dtype), rf, cf, N, dtype)
 
 
+def test_best_configs_name_what_the_autotuner_chose():
+    """What benchmarks/tt_embedding.py records beside its timings (the kernels' chosen BT)."""
+    rf, cf, ranks, N = CASES[0]
+    cores = [c.requires_grad_() for c in make_cores(rf, cf, ranks, torch.float64)]
+    tt_gather(torch.tensor([1, 2, 3], device=DEVICE), cores, rf, cf, N, impl="triton").sum().backward()
+    chosen = tk.best_configs()
+    assert set(chosen) == {"forward", "backward"} and all(c.startswith("BT: ") for c in chosen.values())
+
+
 def test_long_runs_and_every_row():
     """One id repeated across many backward programs, then every row once: the per-run sums and
     the accumulate-then-flush of core slices across digit changes."""

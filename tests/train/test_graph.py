@@ -398,7 +398,7 @@ def test_muse_train_with_cuda_graph(tmp_path, monkeypatch, capsys, setting, opti
             super().__init__(*a, **k)
             steps.append(self)
 
-    monkeypatch.setattr("muse.train.trainer.CapturedStep", Spy)
+    monkeypatch.setattr("muse.train.step.CapturedStep", Spy)
 
     def run(name: str, graph: str) -> list[float]:
         rc = main(["train", "tiny", "--run-dir", str(tmp_path / name), "--train.device", device,

@@ -1,11 +1,12 @@
 """Peak memory of one training step, split into parameters, gradients, optimizer state and
 activations + temporaries: *measured* on CUDA, *estimated* elsewhere (DESIGN.md §1.8, §2).
 
-Both paths run the same step as the trainer (``build_model``, ``build_optimizer``,
-``autocast_context``). The measurement reads ``torch.cuda.max_memory_allocated`` over timed
-steps after warm-up (CUDA context excluded); the estimate runs that step on fake tensors under
-PyTorch's ``MemTracker`` (no memory, no data), and adds the optimizer state computed exactly
-from the parameter shapes. Breakdown, in both:
+Both paths run the trainer's own step (:mod:`muse.train.step`: the model and optimizer of
+``build_training``, one ``TrainStep`` with its autocast, loss scaling and clipping). The
+measurement reads ``torch.cuda.max_memory_allocated`` over timed steps after warm-up (CUDA
+context excluded); the estimate runs that step up to the update on fake tensors under PyTorch's
+``MemTracker`` (no memory, no data), and adds the optimizer state computed exactly from the
+parameter shapes. Breakdown, in both:
 
 - parameters, gradients, optimizer state: the resident bytes of those tensors;
 - cuBLAS workspace: the cuBLAS + cuBLASLt workspaces PyTorch allocates through its caching
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import gc
 import math
 import os
@@ -34,7 +34,7 @@ import re
 import statistics
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +43,7 @@ from muse.config import OPTIMIZERS, PRECISIONS, Config, ConfigError
 from muse.memory.budget import fmt_bytes
 from muse.train.graph import WARMUP_STEPS
 from muse.train.optim import OFFLOAD_MIN_NUMEL  # torchao's minimal_size: smaller tensors stay on the GPU
+from muse.train.step import TrainStep, build_training, capture, training_loss
 
 MODES = ("train", "fwdbwd", "infer")
 CUDA_GRAPH_MODES = ("reduce-overhead",)  # train.compile_mode values that replay CUDA graphs
@@ -196,63 +197,58 @@ def expected_optimizer_bytes(model: torch.nn.Module, optimizer: str, device_type
     return total
 
 
-def _build(cfg: Config, plan: StepPlan, device: torch.device):
-    from muse.model import build_model
-    from muse.train.optim import build_optimizer
-
+def build_plan(cfg: Config, plan: StepPlan,
+               device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer | None]:
+    """The model and (for ``train``) the optimizer of ``cfg`` (a :func:`plan_config`), built as the
+    trainer builds them (:func:`muse.train.step.build_training`) from seed 0, directly on ``device``."""
     torch.manual_seed(0)
-    # pure bf16 is built in bf16: an fp32 copy first would double the peak (and break budgets)
-    model = build_model(cfg, device=device, dtype=torch.bfloat16 if plan.precision == "bf16-pure" else None)
-    model.train()
-    opt = build_optimizer(model, cfg.train, device.type) if plan.mode == "train" else None
-    return model, opt
+    return build_training(cfg, device, optimizer=plan.mode == "train", init_on_device=True)
 
 
-def _loss(model, autocast, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The training objective of one forward: the loss plus the auxiliary loss, if any."""
-    with autocast:
-        out = model(x, y)
-        return out.loss if out.aux_loss is None else out.loss + out.aux_loss
+def plan_step(cfg: Config, plan: StepPlan, model: torch.nn.Module, opt, idx: torch.Tensor,
+              forward_model: torch.nn.Module | None = None, captured: bool = False) -> Callable[[], int]:
+    """The step ``plan.mode`` profiles on the sequences ``idx`` (B, N + 1), as a callable that runs
+    it once and returns the gradient bytes it produced (0 for inference).
 
+    ``train``: the trainer's :class:`~muse.train.step.TrainStep` (one micro-batch; clipping, loss
+    scaling and the optimizer step as ``cfg.train`` says; ``opt`` None runs all but the update),
+    ``captured``: under :func:`~muse.train.step.capture` as ``train.cuda_graph`` runs it (the
+    gradients count once the step is captured: the eager warm-up steps drop theirs). ``fwdbwd``:
+    that step's forward and backward only. ``infer``: its forward under ``no_grad``.
+    ``forward_model``: what runs the forward (a compiled ``model``).
+    """
+    forward_model = model if forward_model is None else forward_model
+    x, y = idx[None, :, :-1], idx[None, :, 1:]  # (1, B, N): one micro-batch, views of idx
+    train = plan.mode == "train"
+    step = TrainStep(model, opt if train else None, idx.device, precision=plan.precision,
+                     grad_clip=cfg.train.grad_clip if train else 0.0, forward_model=forward_model)
+    if plan.mode == "infer":
+        def infer() -> int:
+            with torch.no_grad():
+                training_loss(forward_model, x[0], y[0], step.autocast)
+            return 0
 
-def _step(model, opt, autocast, idx: torch.Tensor, mode: str) -> int:
-    """One step; returns the gradient bytes it produced (0 for inference)."""
-    x, y = idx[:, :-1], idx[:, 1:]
-    if mode == "infer":
-        with torch.no_grad(), autocast:
-            model(x, y)
-        return 0
-    _loss(model, autocast, x, y).backward()
-    grads = tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
-    if opt is not None:
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    else:
-        model.zero_grad(set_to_none=True)
-    return grads
+        return infer
 
+    def grads() -> int:
+        return tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
 
-def _captured(model, opt, autocast, idx: torch.Tensor, device: torch.device):
-    """The training step as the trainer runs it under ``train.cuda_graph``: eager warm-up steps,
-    then one CUDA-graph replay per call; returns a callable giving the gradient bytes."""
-    from muse.train.graph import CapturedStep, make_capturable
+    if captured:
+        run = capture(step)
 
-    def update(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = _loss(model, autocast, x, y)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        def replay() -> int:
+            run(x, y)
+            return grads() if run.captured else 0
 
-    make_capturable(opt, device)
-    run = CapturedStep(update, lambda: opt.zero_grad(set_to_none=True))
-    x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
+        return replay
 
-    def step() -> int:
-        run(x, y)
-        # eager warm-up steps zero their gradients; once captured, they live in the graph's pool
-        return tensor_bytes(p.grad for p in model.parameters() if p.grad is not None) if run.captured else 0
+    def eager() -> int:
+        step(x, y)
+        n = grads()
+        step.zero_grad()
+        return n
 
-    return step
+    return eager
 
 
 def kernel_paths(model, autocast, idx: torch.Tensor) -> dict[str, list[str]]:
@@ -298,7 +294,7 @@ def estimate(cfg: Config, plan: StepPlan) -> dict:
     except ImportError as e:  # pragma: no cover - torch < 2.5
         raise ValueError(f"memory estimates need torch >= 2.5 (MemTracker): {e}") from None
     from muse.ops import assume_cuda, record_paths
-    from muse.runtime import autocast_context, effective_cublas_workspace
+    from muse.runtime import effective_cublas_workspace
 
     cfg = plan_config(cfg, plan)
     cpu = torch.device("cpu")
@@ -307,7 +303,7 @@ def estimate(cfg: Config, plan: StepPlan) -> dict:
     cublas = effective_cublas_workspace(cfg.train.cublas_workspace)
     workspace = workspace_bytes(cublas, plan.mode)  # assumes an sm90 (Hopper) GPU for "default"
     with FakeTensorMode():
-        model, _ = _build(cfg, fb_plan, cpu)
+        model, _ = build_plan(cfg, fb_plan, cpu)
         if offload:
             _offload_like_torchao(model)
         params = tensor_bytes(list(model.parameters()) + list(model.buffers()))
@@ -320,7 +316,7 @@ def estimate(cfg: Config, plan: StepPlan) -> dict:
         with tracker, warnings.catch_warnings(), assume_cuda(), record_paths() as paths:
             # MemTracker looks for the gradients the offload hook has just dropped: expected, not news
             warnings.filterwarnings("ignore", message="Expected a tensor or a traceable wrapper-subclass")
-            grads = _step(model, None, autocast_context(plan.precision, cpu), idx, fb_plan.mode)
+            grads = plan_step(cfg, plan, model, None, idx)()
         peak = sum(d["Total"] for d in tracker.get_tracker_snapshot("peak").values())
         state = expected_optimizer_bytes(model, plan.optimizer, "cuda") if plan.mode == "train" else 0
         host = expected_offload_bytes(model) if offload else None
@@ -369,22 +365,23 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
     torch.cuda.set_per_process_memory_fraction(budget / total if budget else 1.0, device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    model = opt = idx = None
+    model = opt = idx = forward_model = step = None
     params = grads = state = expected_state = workspace = 0
     host = expected_host = paths = None
     times: list[float] = []
     error = None
     try:
-        model, opt = _build(cfg, plan, device)
+        model, opt = build_plan(cfg, plan, device)
         params = tensor_bytes(list(model.parameters()) + list(model.buffers()))
-        autocast = autocast_context(plan.precision, device)
         idx = torch.randint(0, cfg.model.vocab_size, (plan.batch, plan.seq + 1), device=device)
-        paths = kernel_paths(model, autocast, idx)
+        paths = kernel_paths(model, autocast_context(plan.precision, device), idx)
+        forward_model = model
         if cfg.train.compile:  # as the trainer runs it; the warm-up steps compile
-            model = compile_model(model, cfg.train.compile_mode)
-        step = functools.partial(_step, model, opt, autocast, idx, plan.mode)
-        if cfg.train.cuda_graph is True and plan.mode == "train":  # "auto" measures the uncaptured step
-            step, warmup = _captured(model, opt, autocast, idx, device), max(warmup, WARMUP_STEPS + 1)
+            forward_model = compile_model(model, cfg.train.compile_mode)
+        captured = cfg.train.cuda_graph is True and plan.mode == "train"  # "auto" measures the uncaptured step
+        step = plan_step(cfg, plan, model, opt, idx, forward_model, captured)
+        if captured:
+            warmup = max(warmup, WARMUP_STEPS + 1)
         for _ in range(warmup):  # a captured step: its eager warm-up steps, then the capture
             grads = step()
         state = optimizer_state_bytes(opt) if opt is not None else 0
@@ -405,7 +402,7 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
         error = str(e).splitlines()[0][:200]
     finally:
         peak = torch.cuda.max_memory_allocated(device) - base
-        del model, opt, idx
+        model = opt = idx = forward_model = step = None  # the step holds them too
         if cfg.train.compile:
             torch._dynamo.reset()
         gc.collect()

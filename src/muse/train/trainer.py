@@ -22,16 +22,15 @@ import yaml
 from muse.config import Config, ConfigError, DataConfig, from_dict, to_dict
 from muse.data import BatchSampler, Tokenizer, prepare_data
 from muse.evaluate import total_nll
-from muse.model import build_model
 from muse.runtime import apply_cublas_workspace, autocast_context, compile_model, init_distributed
 from muse.train.checkpoint import (
     load_checkpoint, read_file, read_meta, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
-from muse.train.graph import CapturedStep, make_capturable, resolve_cuda_graph
+from muse.train.graph import resolve_cuda_graph
 from muse.train.optim import (
-    build_optimizer, build_scheduler, check_offload_device, clip_grad_norm, is_offloaded, load_optimizer_state,
-    sync_offloaded_params,
+    build_scheduler, check_offload_device, is_offloaded, load_optimizer_state, sync_offloaded_params,
 )
+from muse.train.step import TrainStep, build_training, capture
 
 # train.* keys that may change on --resume without changing what the run computes
 RESUMABLE_TRAIN_KEYS = {
@@ -116,9 +115,7 @@ class Trainer:
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         # pure bf16: parameters, gradients and optimizer states in bf16, built so from the start
         # (see README: update rounding). CPU init keeps runs identical across devices.
-        pure = torch.bfloat16 if tc.precision == "bf16-pure" else None
-        self.model = build_model(cfg, dtype=pure).to(self.device)
-        self.optimizer = build_optimizer(self.model, tc, self.device.type)
+        self.model, self.optimizer = build_training(cfg, self.device)
         self.cuda_graph, why = resolve_cuda_graph(cfg, self.device, self.dist.world_size, self.optimizer)
         if tc.cuda_graph == "auto":
             self._note(f"train.cuda_graph auto -> {'on' if self.cuda_graph else 'off'} ({why})")
@@ -152,11 +149,12 @@ class Trainer:
             self.train_model = DDP(self.model, device_ids=ids)
         if tc.compile:
             self.train_model = compile_model(self.train_model, tc.compile_mode)
+        self.update = TrainStep(self.model, self.optimizer, self.device, precision=tc.precision,
+                                grad_clip=tc.grad_clip, forward_model=self.train_model, scaler=self.scaler)
         self._captured = None
-        if self.cuda_graph:
-            make_capturable(self.optimizer, self.device)  # after loading state: that restores host LRs and steps
-            self._captured = CapturedStep(
-                self._update, lambda: self.optimizer.zero_grad(set_to_none=True), strict=tc.cuda_graph is True,
+        if self.cuda_graph:  # after loading state: that restores host LRs and step counters
+            self._captured = capture(
+                self.update, strict=tc.cuda_graph is True,
                 notify=lambda why: self._note(f"train.cuda_graph auto -> off after the warm-up steps ({why})"),
             )
         self.sampler = BatchSampler(
@@ -316,34 +314,12 @@ class Trainer:
         if self._captured is not None:
             loss = self._captured(x, y)  # eager warm-up steps, then one CUDA-graph replay per step
         else:
-            loss = self._update(x, y)
-            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.update(x, y)
+            self.update.zero_grad()
         self.scheduler.step()
         self.step += 1
         self.tokens += self.tokens_per_step
         return loss
-
-    def _update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Forward and backward over the micro-batches x[i], y[i] (accum, B, N), clipping and the
-        optimizer step; leaves the gradients in place. No host syncs (``train.cuda_graph``
-        captures it) except fp16 loss scaling's, which that config refuses."""
-        tc, accum = self.cfg.train, self.cfg.train.grad_accum
-        loss_sum = torch.zeros((), device=self.device)
-        for micro in range(accum):
-            sync = contextlib.nullcontext()
-            if self.dist.world_size > 1 and micro < accum - 1:
-                sync = self.train_model.no_sync()  # all-reduce gradients once per step
-            with sync, self.autocast:
-                out = self.train_model(x[micro], y[micro])
-                loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
-            self.scaler.scale(loss / accum).backward()
-            loss_sum += out.loss.detach().float()
-        if tc.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            clip_grad_norm(self.model, self.optimizer, tc.grad_clip)  # host-side gradients too (adamw-offload)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss_sum / accum
 
     def _read_losses(self, pending: list[torch.Tensor]) -> list[float]:
         """The losses of the last len(pending) steps; a non-finite one stops training before

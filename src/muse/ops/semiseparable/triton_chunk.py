@@ -261,7 +261,7 @@ if HAS_TRITON:
         tl.store(dg + (i_b * N + rows) * H + i_h, (rc + after).to(dg.dtype.element_ty), mask=rows < N)
 
 
-def _rows(t: Tensor) -> Tensor:
+def kernel_rows(t: Tensor) -> Tensor:
     """t (B, N, H, D) as the kernels read it: unit stride in D, heads adjacent, rows evenly
     spaced (so column slices of one fused projection need no copy); else a contiguous copy."""
     B, N, H, D = t.shape
@@ -300,7 +300,7 @@ def _scan(a, x, g, init, C, *, read: bool, store_final: bool):
 def scan_forward(u, v, z, g, h0, band, output_final_state: bool, C: int):
     """Forward launcher (``muse::semiseparable_fwd``): y (B, N, H, p) in z's dtype and the
     final state (B, H, r, p) in fp32/fp64, or None. Inputs as ``triton_chunk_semiseparable``
-    leaves them: u, v, z in one dtype laid out as ``_rows`` accepts, g and h0 fp32/fp64
+    leaves them: u, v, z in one dtype laid out as ``kernel_rows`` accepts, g and h0 fp32/fp64
     contiguous or None, band (H*p, W) contiguous or None. Writes only fresh tensors."""
     B, N, H, K = u.shape
     V = z.shape[-1]

@@ -34,7 +34,7 @@ from torch import Tensor
 from muse.ops._dispatch import absent, contiguous, define_op, present, use_op
 
 from .naive import check_inputs
-from .triton_chunk import HAS_TRITON, _rows, scan_backward, scan_forward, triton_supports, valid_chunk
+from .triton_chunk import HAS_TRITON, kernel_rows, scan_backward, scan_forward, triton_supports, valid_chunk
 from .triton_fused import fused_backward, fused_forward, use_fused
 
 __all__ = ["triton_chunk_semiseparable"]
@@ -104,11 +104,13 @@ def _backward(dy, dht, u, v, z, g, h0, band, C):
 
 
 def _fwd_kernel(u, v, z, g, h0, band, output_final_state, C):
-    return _forward(_rows(u), _rows(v), _rows(z), contiguous(g), contiguous(h0), contiguous(band), output_final_state, C)
+    u, v, z = kernel_rows(u), kernel_rows(v), kernel_rows(z)
+    return _forward(u, v, z, contiguous(g), contiguous(h0), contiguous(band), output_final_state, C)
 
 
 def _bwd_kernel(dy, dht, u, v, z, g, h0, band, C):
-    return _backward(dy, dht, _rows(u), _rows(v), _rows(z), contiguous(g), contiguous(h0), contiguous(band), C)
+    u, v, z = kernel_rows(u), kernel_rows(v), kernel_rows(z)
+    return _backward(dy, dht, u, v, z, contiguous(g), contiguous(h0), contiguous(band), C)
 
 
 # the placeholders take z's dtype: z is argument 2 of the forward, argument 4 of the backward
@@ -181,7 +183,7 @@ def triton_chunk_semiseparable(
     if not valid_chunk(C):
         raise ValueError(f"chunk_size must be a power of two >= 16 for impl='triton'; got {C!r}")
     acc = _acc(z.dtype)
-    u, v, z = (_rows(t.to(z.dtype)) for t in (u, v, z))
+    u, v, z = (kernel_rows(t.to(z.dtype)) for t in (u, v, z))
     # the kernels read 16-bit decays as they are (a cast would be two more launches per call)
     g = log_decay.to(_decay_dtype(log_decay.dtype, acc)).contiguous() if log_decay is not None else None
     h0 = initial_state.to(acc).contiguous() if initial_state is not None else None

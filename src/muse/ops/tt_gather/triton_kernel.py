@@ -47,7 +47,9 @@ from muse.ops._triton import (
 
 from .naive import tt_contract
 
-__all__ = ["HAS_TRITON", "MAX_RANK", "MAX_TILE", "shape_unsupported", "triton_supports", "triton_tt_gather"]
+__all__ = [
+    "HAS_TRITON", "MAX_RANK", "MAX_TILE", "best_configs", "shape_unsupported", "triton_supports", "triton_tt_gather",
+]
 
 MAX_RANK = 64  # largest bond rank the kernels take
 # Largest tile (elements) of one token's chain: beyond it registers spill heavily and shared memory
@@ -262,6 +264,15 @@ if HAS_TRITON:
             _add(dC + o2, acc2, cur2, m2, n2, r1, r2, RP1, NP2, RP2, True)
         if K == 4:
             _add(dC + o3, acc3, cur3, m3, n3, r2, r3, RP2, NP3, RP3, False)
+
+
+def best_configs() -> dict[str, str | None]:
+    """The launch configs Triton's autotuner picked for the forward and backward kernels, as text
+    (None before a kernel's first launch or without Triton): benchmarks record them beside timings."""
+    if not HAS_TRITON:
+        return {"forward": None, "backward": None}
+    chosen = {k: getattr(kern, "best_config", None) for k, kern in (("forward", _fwd_kernel), ("backward", _bwd_kernel))}
+    return {k: None if c is None else str(c) for k, c in chosen.items()}
 
 
 def _kernel_args(cores: list[Tensor], row_factors, col_factors) -> tuple[list, dict]:
