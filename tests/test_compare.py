@@ -274,3 +274,21 @@ def test_shipped_experiments_resolve(monkeypatch):
         runs = resolve(specs, ccli.recipe_from_args(a, specs[0]))
         assert len(runs) >= 2, f
         assert all(r.config.train.max_tokens == 20_000_000 for r in runs), f
+
+
+def test_plots_from_rows_include_throughput_vs_length(tmp_path):
+    pytest.importorskip("matplotlib")
+    from muse.compare.plots import write_plots
+
+    rows = []
+    for n in (256, 512):
+        for fam, label in (("dense", "d"), ("muse", "m")):
+            r = _row(f"{label}@{n}", fam, 100.0 if fam == "dense" else 50.0, 40.0 if fam == "dense" else 45.0,
+                     group=f"{label}@{n}")
+            r.update(spec_label=label, seq_len=n, tokens_per_s_median=1000.0 * n / 256, val_curve=[[1, 5.0], [2, 4.0]])
+            rows.append(r)
+    rows.append({**_row("cut", "muse", 30.0, 20.0, status="incomplete"), "val_curve": [[1, 6.0]]})
+    written = write_plots(tmp_path, rows, report.select(rows), (256, 512), "t")
+    assert sorted(p.name for p in written) == ["ppl_vs_memory.png", "ppl_vs_params.png", "tokens_per_s_vs_seq_len.png",
+                                               "val_loss.png"]
+    assert all(p.stat().st_size > 1000 for p in written)

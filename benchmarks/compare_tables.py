@@ -1,0 +1,110 @@
+"""README / docs tables from `muse compare` and `muse ablate` results (no torch import).
+
+The committed comparisons live in ``benchmarks/results/<experiment>/results.json``, written by
+``muse compare @configs/experiments/<command>-<experiment>.args --out benchmarks/results/<experiment>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PARETO = "compare-wikitext2-pareto"
+ABLATION = "ablate-standard-components"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / name / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def selected(res: dict) -> list[dict]:
+    chosen = set(res["selected"])
+    return [r for r in res["rows"] if r["label"] in chosen]
+
+
+def by_label(res: dict | None) -> dict[str, dict]:
+    return {r["label"]: r for r in selected(res)} if res else {}
+
+
+def ppl(r: dict) -> float:
+    v = (r.get("test") or {}).get("perplexity")
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else math.inf
+
+
+def human(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return str(int(n))
+
+
+def recipe_note(res: dict) -> str:
+    rc, rows = res["recipe"], selected(res)
+    sets = ", ".join(f"`{k}={v}`" for k, v in rc.get("set", {}).items())
+    devices = ", ".join(sorted({r["device"] for r in rows}))
+    shas = ", ".join(sorted({r["git_sha"][:7] for r in rows}))
+    dates = ", ".join(sorted({r["date"][:10] for r in rows}))
+    return (f"WikiText-2, byte-level BPE {rows[0].get('vocab_size', '?'):,} trained on the train split; "
+            f"B={rc['batch_size']}, N={', '.join(map(str, rc['seq_lens']))}, {human(rc['max_tokens'])} tokens per "
+            f"model on identical batches, lr {', '.join(f'{x:g}' for x in rc['lrs'])} (warm-up {rc['warmup_steps']}, "
+            f"cosine), {sets}; test = the best-validation checkpoint on the whole test split. Peak = `muse memory`'s "
+            f"full step at that B and N with that recipe. {devices}; commit {shas}; {dates}.")
+
+
+def _row_cells(r: dict) -> str:
+    t = r.get("test") or {}
+    peak = r.get("peak_memory_mib")
+    return (f"{human(r['actual_params'])} | {f'{peak:,.0f} MiB' if peak else '–'} | "
+            f"{r['tokens_per_s_median']:,.0f} | {t.get('perplexity', math.nan):.2f} | {t.get('word_perplexity', math.nan):.2f}")
+
+
+def pareto_table() -> str:
+    res = load(PARETO)
+    if res is None:
+        return "_Not measured yet: `muse compare @configs/experiments/compare-wikitext2-pareto.args` on a GPU._"
+    rows = sorted(selected(res), key=lambda r: (r["status"] != "complete", ppl(r)))
+    lines = ["| model | kind | parameters | full-step peak | train tokens/s | test ppl | word ppl | status |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        status = "" if r["status"] == "complete" else f"**{r['status']}**: {r['status_detail']}"
+        lines.append(f"| `{r['label']}` | {r['family']} | {_row_cells(r)} | {status} |")
+    lines += ["", res["pareto"]["summary"] + ".", "", recipe_note(res), "",
+              f"![test perplexity against full-step peak memory](benchmarks/results/{PARETO}/ppl_vs_memory.png)"]
+    return "\n".join(lines)
+
+
+def ablation_table() -> str:
+    res = load(ABLATION)
+    if res is None:
+        return "_Not measured yet: `muse ablate @configs/experiments/ablate-standard-components.args` on a GPU._"
+    rows = by_label(res)
+    base = next(iter(rows.values()))
+    lines = ["| model | parameters | full-step peak | train tokens/s | test ppl | test ppl vs `standard` |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for label, r in rows.items():
+        rel = ppl(r) / ppl(base) if math.isfinite(ppl(base)) else math.nan
+        note = "" if r["status"] == "complete" else f" (**{r['status']}**)"
+        lines.append(f"| `{label}`{note} | {_row_cells(r).rsplit(' | ', 1)[0]} | ×{rel:.3f} |")
+    lines += ["", recipe_note(res)]
+    return "\n".join(lines)
+
+
+def quality_headline() -> str | None:
+    """The README's quality sentence, from the Pareto comparison."""
+    res = load(PARETO)
+    rows = by_label(res)
+    if not {"baseline", "standard"} <= rows.keys():
+        return None
+    b, s = rows["baseline"], rows["standard"]
+    text = (f"**Quality.** On WikiText-2, each trained on the same {human(res['recipe']['max_tokens'])} tokens with one "
+            f"recipe, `standard` has {b['actual_params'] / s['actual_params']:.1f}× fewer parameters than the dense "
+            f"`baseline` of the same shape and **×{ppl(s) / ppl(b):.2f} its test perplexity** ({ppl(s):.2f} against "
+            f"{ppl(b):.2f}). ")
+    return text + res["pareto"]["summary"] + " (the comparison below)."
+
+
+def preset_quality(name: str) -> dict | None:
+    return by_label(load(PARETO)).get(name)
