@@ -96,6 +96,8 @@ def quality_headline() -> str | None:
     """The README's quality sentence, from the Pareto comparison."""
     res = load(PARETO)
     rows = by_label(res)
+    if res is None:
+        return _legacy_headline()
     if not {"baseline", "standard"} <= rows.keys():
         return None
     b, s = rows["baseline"], rows["standard"]
@@ -108,3 +110,78 @@ def quality_headline() -> str | None:
 
 def preset_quality(name: str) -> dict | None:
     return by_label(load(PARETO)).get(name)
+
+
+# ----------------------------------------------------------------------------- legacy runs
+# Before `muse compare`, benchmarks/train_eval.py (since replaced by it) wrote one
+# train_eval-PRESET-gpu.json per preset; they are shown until the comparison has been run.
+LEGACY = "train_eval-*-gpu.json"
+LEGACY_HOW = "`benchmarks/train_eval.py` (since replaced by `muse compare`)"
+
+
+def _legacy() -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(RESULTS.glob(LEGACY))]
+
+
+def quality() -> tuple[dict[str, dict], str, str]:
+    """({preset: row with test, tokens_per_s_median, actual_params, tokens_seen}, a footnote, how
+    it was measured), from the Pareto comparison, else the legacy runs."""
+    res = load(PARETO)
+    if res is not None:
+        from muse.config import list_presets
+
+        presets = set(list_presets())
+        rows = {k: v for k, v in by_label(res).items() if k in presets and v["status"] == "complete"}
+        return rows, "WikiText-2, " + recipe_note(res).split("; ", 1)[1] + " See the comparison below.", "`muse compare`"
+    runs = _legacy()
+    rows = {r["preset"]: r["figures"] for r in runs}
+    if not runs:
+        return {}, "", LEGACY_HOW
+    r = runs[0]
+    return rows, (f"WikiText-2, {human(r['figures']['tokens_seen'])} training tokens per model on identical batches "
+                  f"({LEGACY_HOW}; {r['device']}, torch {r['torch']}, commit `{r['git_sha'][:7]}`, {r['date'][:10]}): "
+                  f"see the quality table below."), LEGACY_HOW
+
+
+def quality_table() -> str:
+    if load(PARETO) is not None:
+        return pareto_table()
+    runs = _legacy()
+    if not runs:
+        return pareto_table()
+    lines = [
+        "| preset | actual params | train tokens | test loss | test ppl | word ppl | bits/byte "
+        "| train tokens/s (median) | peak train memory |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        f, t = r["figures"], r["figures"]["test"]
+        lines.append(
+            f"| `{r['preset']}` | {human(f['actual_params'])} | {human(f['tokens_seen'])} | {t['loss']:.3f} "
+            f"| {t['perplexity']:.2f} | {t['word_perplexity']:.2f} | {t['bits_per_byte']:.4f} "
+            f"| {f['tokens_per_s_median']:,.0f} | {f['peak_train_memory_mib']:,.0f} MiB |"
+        )
+    r, c = runs[0], runs[0]["config"]
+    lines += ["", (
+        f"WikiText-2 (tokenized files), byte-level BPE {c['model']['vocab_size']:,} trained on the train split; "
+        f"B={c['train']['batch_size']}, N={c['train']['seq_len']}, {c['train']['precision']} autocast, "
+        f"AdamW lr {c['train']['lr']:g} (warm-up {c['train']['warmup_steps']}, cosine), dropout "
+        f"{c['model']['dropout']:g}, identical batches; test = best-validation checkpoint, whole test split. "
+        f"{r['device']}, torch {r['torch']}, commit `{r['git_sha'][:7]}`, {r['date'][:10]} ({LEGACY_HOW}). "
+        "The `standard` row ran the mixer on its plain PyTorch scan, before the GPU kernels existed. The "
+        "comparison against smaller dense models (`muse compare @configs/experiments/compare-wikitext2-pareto.args`) "
+        "has not been run on a GPU yet.")]
+    return "\n".join(lines)
+
+
+def _legacy_headline() -> str | None:
+    q = {r["preset"]: r["figures"] for r in _legacy()}
+    if not {"baseline", "standard"} <= q.keys():
+        return None
+    b, s = q["baseline"], q["standard"]
+    bp, sp = b["test"]["perplexity"], s["test"]["perplexity"]
+    return (f"**Quality.** On WikiText-2, each trained on the same {human(s['tokens_seen'])} tokens, `standard` has "
+            f"{b['actual_params'] / s['actual_params']:.1f}× fewer parameters than the dense `baseline` of the same "
+            f"shape and **×{sp / bp:.2f} its test perplexity** ({sp:.2f} against {bp:.2f}). By the one quality "
+            f"comparison measured so far, the dense model is the better language model for the same training "
+            f"tokens; MUSE has not yet been compared with smaller dense models at equal memory on a GPU.")

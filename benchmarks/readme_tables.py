@@ -22,6 +22,7 @@ if str(ROOT / "src") not in sys.path:  # the presets of this checkout (configs/)
     sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from compare_tables import ablation_table, quality, quality_headline, quality_table  # noqa: E402
 from inference_tables import decode_markdown, startup_markdown  # noqa: E402
 
 
@@ -51,8 +52,8 @@ def _run_note(res: dict) -> str:
 
 
 def _quality() -> dict[str, dict]:
-    """{preset: train_eval result} of the WikiText-2 runs."""
-    return {r["preset"]: r for r in _load("train_eval-*-gpu.json")}
+    """{preset: figures} of the WikiText-2 quality runs (``compare_tables.quality``)."""
+    return quality()[0]
 
 
 def _throughput_ratios(results: str) -> tuple[list[tuple[int, float]], dict | None]:
@@ -110,7 +111,7 @@ def presets_table() -> str:
     names = [n for n in PRESET_ORDER if n in rows] + sorted(set(rows) - set(PRESET_ORDER))
     own, own_src = _own_recipe_peaks()
     budget, budget_src = _budget_cells({n: r["actual_params"] for n, r in rows.items()})
-    quality = _quality()
+    quality_rows, quality_note, _ = quality()
     lines = [
         "| preset | V · d · L | mixer · embedding · FFN · head | parameters (dense-equivalent) "
         "| full-step peak memory | WikiText-2 test ppl³ | train tokens/s³ |",
@@ -119,7 +120,7 @@ def presets_table() -> str:
     for n in names:
         r, m = rows[n], rows[n]["model"]
         peak = ([f"{_bytes(own[n])}¹"] if n in own else []) + budget.get(n, [])
-        q = quality[n]["figures"] if n in quality else None
+        q = quality_rows.get(n)
         lines.append(
             f"| `{n}` | {m['vocab_size']:,} · {m['d_model']} · {m['n_layers']} | {m['mixer']['kind']} · "
             f"{m['embedding']['kind']} · {m['ffn']['kind']} · {m['head']['kind']} | {_human(r['actual_params'])} "
@@ -136,27 +137,17 @@ def presets_table() -> str:
     if budget_src:
         lines.append(f"- ² B=1, N=512, pure bf16, 8-bit AdamW unless another optimizer is named, checkpointing, the "
                      f"process capped at 8 GiB: PASS if every step ran (`muse verify`; {_run_note(budget_src)}).")
-    if quality:
-        r = next(iter(quality.values()))
-        lines.append(f"- ³ WikiText-2, {_human(r['figures']['tokens_seen'])} training tokens per model on identical "
-                     f"batches (`benchmarks/train_eval.py`; {_run_note(r)}): see the quality table below.")
+    if quality_rows:
+        lines.append(f"- ³ {quality_note}")
     return "\n".join(lines)
 
 
 def headline() -> str:
     """The README's answer to "is it worth it?", in sentences computed from the results."""
     parts = []
-    q = {n: r["figures"] for n, r in _quality().items()}
-    if {"baseline", "standard"} <= q.keys():
-        b, s = q["baseline"], q["standard"]
-        bp, sp = b["test"]["perplexity"], s["test"]["perplexity"]
-        parts.append(
-            f"**Quality.** On WikiText-2, each trained on the same {_human(s['tokens_seen'])} tokens, `standard` has "
-            f"{b['actual_params'] / s['actual_params']:.1f}× fewer parameters than the dense `baseline` of the same "
-            f"shape and **×{sp / bp:.2f} its test perplexity** ({sp:.2f} against {bp:.2f}). By the one quality "
-            f"comparison measured so far, the dense model is the better language model for the same training "
-            f"tokens; MUSE has not yet been compared with smaller dense models at equal memory."
-        )
+    text = quality_headline()
+    if text:
+        parts.append(text)
     src = _verify_sources()
     if "full_model" in src:
         rows = {r["label"]: r["train"] for r in src["full_model"][1]["full_model"]}
@@ -203,49 +194,6 @@ def headline() -> str:
                          f"token by token")
             parts.append(text + f" ({dec['device']}).")
     return "\n\n".join(parts) if parts else "_No results recorded yet._"
-
-
-def train_eval_table() -> str:
-    runs = _load("train_eval-*-gpu.json")
-    if not runs:
-        return "_No GPU run recorded yet._"
-    lines = [
-        "| preset | actual params | train tokens | test loss | test ppl | word ppl | bits/byte "
-        "| train tokens/s (median) | peak train memory |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in runs:
-        f, t = r["figures"], r["figures"]["test"]
-        lines.append(
-            f"| `{r['preset']}` | {_human(f['actual_params'])} | {_human(f['tokens_seen'])} | {t['loss']:.3f} "
-            f"| {t['perplexity']:.2f} | {t['word_perplexity']:.2f} | {t['bits_per_byte']:.4f} "
-            f"| {f['tokens_per_s_median']:,.0f} | {f['peak_train_memory_mib']:,.0f} MiB |"
-        )
-    by = {r["preset"]: r["figures"] for r in runs}
-    if "baseline" in by and len(by) > 1:
-        b = by["baseline"]
-        lines.append("")
-        for name, f in by.items():
-            if name == "baseline":
-                continue
-            lines.append(
-                f"`{name}` vs `baseline`: {b['actual_params'] / f['actual_params']:.1f}× fewer parameters, "
-                f"test perplexity ×{f['test']['perplexity'] / b['test']['perplexity']:.2f}, "
-                f"training throughput ×{f['tokens_per_s_median'] / b['tokens_per_s_median']:.2f}, "
-                f"peak training memory ×{f['peak_train_memory_mib'] / b['peak_train_memory_mib']:.2f}."
-            )
-    r = runs[0]
-    c = r["config"]
-    lines.append("")
-    lines.append(
-        f"WikiText-2 (tokenized files), byte-level BPE {c['model']['vocab_size']:,} trained on the train split; "
-        f"B={c['train']['batch_size']}, N={c['train']['seq_len']}, {c['train']['precision']} autocast, "
-        f"AdamW lr {c['train']['lr']:g} (warm-up {c['train']['warmup_steps']}, cosine), dropout "
-        f"{c['model']['dropout']:g}, identical batches; test = best-validation checkpoint, whole test split, "
-        f"non-overlapping {c['train']['seq_len']}-token windows. {r['device']}, torch {r['torch']}, "
-        f"commit `{_sha(r)}`, {r['date'][:10]} (`benchmarks/train_eval.py`)."
-    )
-    return "\n".join(lines)
 
 
 # The memory table's sources, newest first: each section comes from the first run holding it.
@@ -488,7 +436,7 @@ def _throughput(results: str):
 
 def claims_table() -> str:
     """docs/design.md: the original reports' claims and what the committed results say about them."""
-    src, q = _verify_sources(), {n: r["figures"] for n, r in _quality().items()}
+    src, q = _verify_sources(), _quality()
     p = {r["name"]: r for res in _load("params.json") for r in res["figures"]}
     rows = ["| claim | original figure | measured here | how |", "|---|---|---|---|"]
     def add(claim: str, orig: str, got: str | None, how: str) -> None:
@@ -516,12 +464,14 @@ def claims_table() -> str:
             f"(−{100 * u['fwdbwd_reduction']:.1f} %); full step {_bytes(b['train']['peak'])} → "
             f"{_bytes(u['train']['peak'])} (−{100 * u['train_reduction']:.1f} %); against the fp32 AdamW `baseline`, "
             f"B=2, N=512", "`muse verify`")
-    both = {"baseline", "standard"} <= q.keys()
-    ppl = q["standard"]["test"]["perplexity"] / q["baseline"]["test"]["perplexity"] if both else None
-    add("Quality cost", '"1–2 %" (never measured)', both and f"`standard` vs `baseline`: test perplexity ×{ppl:.2f} "
-        f"(+{100 * (ppl - 1):.0f} %) at equal training tokens", "`benchmarks/train_eval.py`")
+    both, how = {"baseline", "standard"} <= q.keys(), quality()[2]
+    rel = {n: q[n]["test"]["perplexity"] / q["baseline"]["test"]["perplexity"] for n in ("standard", "ultra")
+           if both and n in q}
+    add("Quality cost", '"1–2 %" (never measured)', both and "; ".join(
+        f"`{n}` vs `baseline`: test perplexity ×{x:.2f} (+{100 * (x - 1):.0f} %)" for n, x in rel.items())
+        + " at equal training tokens", how)
     speed = [f"×{q['standard']['tokens_per_s_median'] / q['baseline']['tokens_per_s_median']:.2f} tokens/s at N=512 "
-             "(the WikiText-2 run, torch scan)"] if both else []
+             "(the WikiText-2 runs)"] if both else []
     for name, how in (("train_throughput-compile-default-cudagraph-gpu.json", "compiled + captured"),
                       ("train_throughput-gpu.json", "eager")):
         ratios, _ = _throughput_ratios(name)
@@ -530,7 +480,7 @@ def claims_table() -> str:
                          f"N={ratios[0][0]:,}–{ratios[-1][0]:,}")
     add("Speed cost", "training 2–3× slower, inference 1.5–2× slower",
         speed and "training (`standard` / `baseline`): " + "; ".join(speed) + "; inference: not measured yet",
-        "`benchmarks/train_eval.py`, `benchmarks/train_throughput.py`")
+        f"{how}, `benchmarks/train_throughput.py`")
     budget = src.get("budget_8gib", (None, {"budget_8gib": []}))[1]["budget_8gib"]
 
     def facts(name: str, first: str) -> str:  # the preset's parameters and its 8 GiB check rows
@@ -578,7 +528,7 @@ def _startup(tuning: bool) -> str:
 
 
 TABLES = {"presets-table": presets_table, "headline": headline, "claims-table": claims_table,
-          "train-eval-table": train_eval_table, "memory-table": memory_table,
+          "quality-table": quality_table, "ablation-table": ablation_table, "memory-table": memory_table,
           "mixers-table": mixers_table, "throughput-table": _throughput("train_throughput-gpu.json"),
           "throughput-compiled-table": _throughput("train_throughput-compile-reduce-overhead-gpu.json"),
           "throughput-graph-table": _throughput("train_throughput-compile-default-cudagraph-gpu.json"),
