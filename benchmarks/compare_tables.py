@@ -71,7 +71,8 @@ def pareto_table() -> str:
     for r in rows:
         status = "" if r["status"] == "complete" else f"**{r['status']}**: {r['status_detail']}"
         lines.append(f"| `{r['label']}` | {r['family']} | {_row_cells(r)} | {status} |")
-    lines += ["", res["pareto"]["summary"] + ".", "", recipe_note(res), "",
+    not_run = f" Not run yet: {', '.join(f'`{x}`' for x in res['not_run'])}." if res.get("not_run") else ""
+    lines += ["", res["pareto"]["summary"] + "." + not_run, "", recipe_note(res), "",
               f"![test perplexity against full-step peak memory](benchmarks/results/{PARETO}/ppl_vs_memory.png)"]
     return "\n".join(lines)
 
@@ -105,7 +106,19 @@ def quality_headline() -> str | None:
             f"recipe, `standard` has {b['actual_params'] / s['actual_params']:.1f}× fewer parameters than the dense "
             f"`baseline` of the same shape and **×{ppl(s) / ppl(b):.2f} its test perplexity** ({ppl(s):.2f} against "
             f"{ppl(b):.2f}). ")
-    return text + res["pareto"]["summary"] + " (the comparison below)."
+    budgets = res["pareto"]["budgets"]
+    losses = [v for v in budgets if v["verdict"] == "dense wins"]
+    wins = [v for v in budgets if v["verdict"] == "MUSE dominates"]
+    for v in losses:
+        text += (f"At equal memory a smaller dense model is better: `{v['muse']}` peaks at {v['budget_mib']:,.0f} MiB "
+                 f"with test perplexity {v['muse_perplexity']:.2f}, the dense `{v['dense']}` at {v['dense_peak_mib']:,.0f} "
+                 f"MiB with {v['dense_perplexity']:.2f}. ")
+    for v in wins:
+        text += (f"`{v['muse']}` ({v['budget_mib']:,.0f} MiB, {v['muse_perplexity']:.2f}) beats every dense model that "
+                 f"fits in its memory (best: `{v['dense']}`, {v['dense_perplexity']:.2f}). ")
+    if res.get("not_run"):
+        text += f"Not run yet: {', '.join(f'`{x}`' for x in res['not_run'])}. "
+    return text + "See the comparison below."
 
 
 def preset_quality(name: str) -> dict | None:

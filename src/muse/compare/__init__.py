@@ -38,7 +38,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     from muse.compare.run import load_row, row_path, selected_now, train_and_score, write_json
 
     opts.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, not_run = [], []
     for i, run in enumerate(runs, 1):
         head = f"[{i}/{len(runs)}] {run.label}"
         row = load_row(opts.out, run)
@@ -46,6 +46,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
             _say(f"{head}: kept from an earlier invocation: {_summary(row)}")
         elif not selected_now(opts, run):
             _say(f"{head}: not run now (--only); left out of the reports")
+            not_run.append(run.label)
             continue
         else:
             _say(f"{head}: measuring the step's memory, then training ({run.config.train.batch_size} x "
@@ -57,7 +58,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     if not rows:
         _say("no run is done yet: no reports written")
         return {"rows": [], "pareto": {"summary": "no runs"}}
-    payload = write_reports(opts.out, meta, rows)
+    payload = write_reports(opts.out, {**meta, "not_run": not_run}, rows)
     written = [opts.out / n for n in ("results.json", "results.csv", "results.md")]
     if plots and available():
         written += write_plots(opts.out, rows, select(rows), tuple(meta["recipe"]["seq_lens"]), meta.get("title", "compare"))

@@ -36,7 +36,7 @@ def _scatter(ax, rows: list[dict], x_key: str) -> None:
         color, marker = STYLE[r["family"]]
         if r["status"] == "complete":
             ax.scatter([x], [y], color=color, marker=marker, zorder=3)
-            ax.annotate(r["label"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.annotate(r["label"], (x, y), fontsize=6, xytext=(4, 3), textcoords="offset points")
         else:
             ax.scatter([x], [y], facecolors="none", edgecolors="grey", marker=marker, zorder=3)
             ax.annotate(f"{r['label']} ({r['status']})", (x, y), fontsize=7, color="grey", xytext=(4, 3),
@@ -65,6 +65,9 @@ def write_plots(out: Path, rows: list[dict], selected: list[dict], seq_lens: tup
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 60, not 6x10^1, on the log axes
 
     written = []
 
@@ -96,6 +99,8 @@ def write_plots(out: Path, rows: list[dict], selected: list[dict], seq_lens: tup
         ax.step(xs + [right], ys + ys[-1:], where="post", color="tab:blue", alpha=0.5, label="dense frontier")
     ax.set(xlabel=f"full-step peak memory, MiB {mem}", ylabel="test perplexity", title="test perplexity vs full-step peak memory")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.legend(fontsize=7)
     save(fig, "ppl_vs_memory.png")
 
@@ -104,6 +109,8 @@ def write_plots(out: Path, rows: list[dict], selected: list[dict], seq_lens: tup
     ax.set(xlabel="actual parameters", ylabel="test perplexity", title="test perplexity vs parameters")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.legend(fontsize=7)
     save(fig, "ppl_vs_params.png")
 

@@ -119,7 +119,8 @@ def markdown(meta: dict, rows: list[dict], selected: list[dict], verdict: dict) 
         f"{budget} per run, seed {rc['seed']}, lr {', '.join(f'{x:g}' for x in rc['lrs'])} "
         f"(warm-up {rc['warmup_steps']} steps, cosine to {rc['min_lr_ratio']:g}x), identical batches. "
         f"Each model trains with its own memory features (precision, optimizer, checkpointing) unless the command "
-        f"set them for all; the best-validation checkpoint is scored on the test split.",
+        f"set them for all" + (" (set for every model here: " + ", ".join(f"`{k}={v}`" for k, v in rc["set"].items())
+                                + ")" if rc.get("set") else "") + "; the best-validation checkpoint is scored on the test split.",
         "",
         "## Ranked (complete runs, by test perplexity)",
         "",
@@ -131,6 +132,9 @@ def markdown(meta: dict, rows: list[dict], selected: list[dict], verdict: dict) 
                   "| model | status | what happened |", "|---|---|---|"]
         lines += [f"| {r['label']} | {r['status']} | {r['status_detail']} |" for r in apart]
         lines += ["", *_table(apart, mem), ""]
+    if meta.get("not_run"):
+        lines += ["## Not run yet", "", "Part of this comparison, but not trained yet (`--only` left them out): "
+                  + ", ".join(f"`{x}`" for x in meta["not_run"]) + ".", ""]
     if verdict["budgets"]:
         lines += ["## Equal memory: MUSE against the best dense model that fits", "", verdict["summary"] + ".", "",
                   "| MUSE model | its peak MiB | test ppl | best dense within that memory | its peak MiB | test ppl | verdict |",

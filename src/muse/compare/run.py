@@ -70,7 +70,7 @@ def family(cfg: Config) -> str:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-")[:80] or "run"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "run"
 
 
 def row_path(out: Path, run: Run) -> Path:
