@@ -274,3 +274,15 @@ def test_bad_impl_and_chunk_size():
     with pytest.raises(ValueError, match="alpha_t must be a 2-D"):
         q, k, v, a, b, lg, _ = inputs
         recurrent_step(q[:, 0], k[:, 0], v[:, 0], a, b[:, 0], lg, None)
+
+
+def test_autocast_does_not_lower_the_accumulation():
+    """Under CPU bf16 autocast the scan's matmuls would run in bf16; the op turns autocast off, so
+    float32 inputs keep float32 accuracy."""
+    inputs = make_inputs(2, 40, 16, 4, seed=2)
+    r_ref, S_ref = naive_quadratic(*inputs, output_final_state=True)
+    f32 = [t.float() for t in inputs]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for impl in ("chunked", "quadratic", "recurrent"):
+            r, S = holographic(*f32, output_final_state=True, impl=impl, chunk_size=16)
+            assert r.dtype == torch.float32 and rel_rms(r, r_ref) < F32_TOL and rel_rms(S, S_ref) < F32_TOL, impl

@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor
 
-from .naive import accumulation_dtype, check_inputs, read_out, spectra
+from .naive import accumulation_dtype, check_inputs, full_precision, read_out, spectra
 
 __all__ = ["chunk_holographic"]
 
 
+@full_precision
 def chunk_holographic(
     q: Tensor,
     k: Tensor,

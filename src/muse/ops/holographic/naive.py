@@ -31,12 +31,16 @@ loops over ``recurrent_step``, the decoding primitive (state O(S·D), constant i
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 from torch import Tensor
 
 __all__ = [
     "accumulation_dtype",
     "check_inputs",
+    "full_precision",
     "naive_quadratic",
     "naive_recurrent",
     "num_freqs",
@@ -112,6 +116,22 @@ def check_inputs(
     return B, N, D, S, F
 
 
+def full_precision(fn):
+    """Run ``fn`` with autocast off on the device of its first tensor argument: autocast would run
+    the scan's matmuls in bf16, and the memory must accumulate in fp32 (the inputs are cast to
+    the accumulation dtype explicitly)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        device = next(a for a in args if isinstance(a, Tensor)).device.type
+        if not torch.is_autocast_enabled(device):
+            return fn(*args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return fn(*args, **kwargs)
+
+    return run
+
+
 def _unit(z: Tensor) -> Tensor:
     """z / |z| per frequency: unbinding with a unit-modulus key is its exact inverse, where the
     plain HRR inverse 1/K blows up at small |K| (and so does its gradient)."""
@@ -136,6 +156,7 @@ def read_out(Q: Tensor, memory: Tensor, D: int) -> Tensor:
     return torch.fft.irfft(Q.conj() * M, n=D, dim=-1)  # (..., D)
 
 
+@full_precision
 def naive_quadratic(
     q: Tensor,
     k: Tensor,
@@ -179,6 +200,7 @@ def naive_quadratic(
     return r, final_state
 
 
+@full_precision
 def recurrent_step(
     q_t: Tensor,
     k_t: Tensor,
