@@ -118,7 +118,7 @@ def test_aux_loss_trains_the_projections():
 def test_aux_weight_zero_still_measures_fidelity():
     torch.manual_seed(0)
     mixer = build_mixer(hcfg(aux_weight=0.0), 0)
-    y, aux = mixer(torch.randn(2, 9, 24))
+    _, aux = mixer(torch.randn(2, 9, 24))
     assert aux is None and 0 < mixer.stats()["memory_fidelity"] <= 1
 
 

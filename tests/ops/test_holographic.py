@@ -108,7 +108,7 @@ def test_reference_matches_definition_by_slot():
 @pytest.mark.parametrize("unitary", [True, False])
 def test_reference_gradients_by_finite_differences(unitary):
     inputs = make_inputs(1, 5, 5, 2, seed=3)
-    fn = lambda *x: naive_quadratic(*x, output_final_state=True, unitary=unitary)  # noqa: E731
+    fn = lambda *x: naive_quadratic(*x, output_final_state=True, unitary=unitary)
     leaves = tuple(t.clone().requires_grad_(True) for t in inputs)
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
 

@@ -23,7 +23,15 @@ from torch import Tensor
 from muse.ops._dispatch import note_path
 
 from .chunk import chunk_holographic
-from .naive import check_inputs, naive_quadratic, naive_recurrent, num_freqs, read_out, recurrent_step, spectra
+from .naive import (
+    check_inputs,
+    naive_quadratic,
+    naive_recurrent,
+    num_freqs,
+    read_out,
+    recurrent_step,
+    spectra,
+)
 
 __all__ = [
     "IMPLS",

@@ -31,7 +31,6 @@ loops over ``recurrent_step``, the decoding primitive (state O(S·D), constant i
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
@@ -173,7 +172,7 @@ def naive_quadratic(
     Args: see the module docstring for shapes. unitary: unit-modulus keys and queries.
     Returns: r (B, N, D) in v's dtype; final_state (B, S, 2F) in the accumulation dtype, or None.
     """
-    B, N, D, S, F = check_inputs(q, k, v, alpha, beta, log_gamma, initial_state)
+    _, N, D, _, _ = check_inputs(q, k, v, alpha, beta, log_gamma, initial_state)
     acc = accumulation_dtype(q, k, v)
     Q, bound = spectra(q, k, v, unitary, acc)  # (B, N, F), (B, N, 2F)
     a, b, lg = alpha.to(acc), beta.to(acc), log_gamma.to(acc)
