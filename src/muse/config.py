@@ -142,7 +142,7 @@ class SemiseparableConfig:
         _check_positive(f"{p}.chunk_size", self.chunk_size)
 
 
-HOLOGRAPHIC_IMPLS = ("auto", "chunked", "quadratic", "recurrent")  # muse.ops.holographic.IMPLS
+HOLOGRAPHIC_IMPLS = ("auto", "triton", "chunked", "quadratic", "recurrent")  # muse.ops.holographic.IMPLS
 
 
 @dataclass
@@ -158,7 +158,8 @@ class HolographicConfig:
     aux_weight: float = 0.1  # λ_aux of the reconstruction loss 1 − cos(unbind(memory, k_t), v_t)
     unitary: bool = True  # unit-modulus keys and queries per frequency: exact, stable unbinding
     out_norm: bool = True  # RMS-normalise the read before W_o (its scale grows with the slots' memory length)
-    # auto (chunked) | chunked | quadratic (reference, O(N²)) | recurrent
+    # auto: the Triton scan on CUDA (chunk a power of two in [16, 128]), the torch chunked scan
+    # elsewhere | triton (CUDA only) | chunked | quadratic (reference, O(N²)) | recurrent
     impl: str = "auto"
     chunk_size: int = 64
 

@@ -8,7 +8,11 @@ Pure-torch implementations that agree to float64 tolerance:
   spectra with S features and per-feature decay; the default.
 - ``recurrent``  (``naive_recurrent`` / ``recurrent_step``): one position at a time with an
   (S, 2F) memory, the decoding path (constant memory in the context length).
-- ``auto``       ``chunked``.
+- ``triton``     (``triton_chunk_holographic``): the chunked scan as Triton kernels, forward and
+  backward, between torch FFTs (CUDA, or the CPU interpreter under TRITON_INTERPRET=1).
+- ``auto``       ``triton`` for CUDA tensors (and fake ones under ``muse.ops.assume_cuda()``) with
+  a power-of-two chunk in [16, 128], ``chunked`` otherwise (with a one-time notice when Triton is
+  missing on CUDA).
 
 All take q, k, v: (B, N, D), alpha, beta: (B, N, S) slot write/read weights, log_gamma: (S,)
 per-slot log decays <= 0, initial_state: (B, S, 2F) or None (F = D // 2 + 1), and return
@@ -18,9 +22,11 @@ every input through ordinary autograd.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from muse.ops._dispatch import note_path
+from muse.ops._dispatch import assumes_cuda, note_path
+from muse.ops._triton import kernels_available
 
 from .chunk import chunk_holographic
 from .naive import (
@@ -32,6 +38,7 @@ from .naive import (
     recurrent_step,
     spectra,
 )
+from .triton_scan import triton_chunk_holographic, valid_chunk
 
 __all__ = [
     "IMPLS",
@@ -45,16 +52,23 @@ __all__ = [
     "recurrent_step",
     "resolve_impl",
     "spectra",
+    "triton_chunk_holographic",
 ]
 
-IMPLS = ("auto", "chunked", "quadratic", "recurrent")
+IMPLS = ("auto", "triton", "chunked", "quadratic", "recurrent")
 
 
 def resolve_impl(impl: str, x: Tensor, chunk_size: int = 64) -> str:
-    """The implementation ``impl`` means for tensor ``x``: "auto" is "chunked"."""
+    """The implementation ``impl`` means for tensor ``x``: "auto" becomes "triton" for CUDA
+    tensors (fake ones too under ``muse.ops.assume_cuda()``) with a kernel chunk size, else
+    "chunked". The scan runs in fp32 whatever x's dtype, so any float dtype qualifies."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got impl={impl!r}")
-    return "chunked" if impl == "auto" else impl
+    if impl != "auto":
+        return impl
+    if assumes_cuda(x) and x.dtype != torch.float64 and valid_chunk(chunk_size) and kernels_available(x):
+        return "triton"
+    return "chunked"
 
 
 def holographic(
@@ -76,8 +90,8 @@ def holographic(
         q, k, v: (B, N, D). alpha, beta: (B, N, S). log_gamma: (S,), values <= 0.
         initial_state: (B, S, 2F) or None. output_final_state: also return the memory after N.
         unitary: make keys and queries unit-modulus per frequency (exact unbinding).
-        impl: one of ``IMPLS`` = ("auto", "chunked", "quadratic", "recurrent").
-        chunk_size: chunk length C of the chunked form (ignored otherwise).
+        impl: one of ``IMPLS`` = ("auto", "triton", "chunked", "quadratic", "recurrent").
+        chunk_size: chunk length C of the chunked and Triton forms (ignored otherwise).
 
     Returns:
         (r: (B, N, D) in v's dtype, final_state: (B, S, 2F) or None).
@@ -87,6 +101,8 @@ def holographic(
     """
     impl = note_path("holographic", resolve_impl(impl, v, chunk_size))
     args = (q, k, v, alpha, beta, log_gamma, initial_state, output_final_state, unitary)
+    if impl == "triton":
+        return triton_chunk_holographic(*args, chunk_size=chunk_size)
     if impl == "chunked":
         return chunk_holographic(*args, chunk_size=chunk_size)
     if impl == "quadratic":
