@@ -40,11 +40,16 @@ def cotangents(r_shape, s_shape, seed, dtype=torch.float64):
     return torch.randn(r_shape, generator=g, dtype=dtype), torch.randn(s_shape, generator=g, dtype=dtype)
 
 
-def run_with_grads(fn, inputs, gr, gs, **kw):
-    """Forward with the final state and torch.autograd.grad of <r, gr> + <S, gs> over every input."""
+def run_with_grads(fn, inputs, gr, gs, recall=False, **kw):
+    """Forward with the final state and torch.autograd.grad of <r, gr> + <S, gs> over every input;
+    with ``recall`` the recall v̂ joins r (returned as a pair, with cotangent gr flipped on D)."""
     leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in inputs]
-    r, S = fn(*leaves, output_final_state=True, **kw)
+    out = fn(*leaves, output_final_state=True, recall=True, **kw) if recall else fn(*leaves, output_final_state=True, **kw)
+    r, S = out[0], out[1]
     loss = (r * gr.to(r.dtype)).sum() + (S * gs.to(S.dtype)).sum()
+    if recall:
+        loss = loss + (out[2] * gr.flip(-1).to(r.dtype)).sum()
+        r = torch.stack([r, out[2]])
     grads = torch.autograd.grad(loss, [t for t in leaves if t is not None])
     return r.detach(), S.detach(), grads
 
@@ -80,10 +85,14 @@ def test_reference_is_circular_convolution_and_correlation():
 
 
 def test_unitary_unbinding_is_exact():
-    """With unit-modulus keys, reading a single write with its own key returns the value exactly."""
-    _, k, v, a, b, lg, _ = make_inputs(3, 1, 10, 4, init=False)
+    """With unit-modulus keys, reading a single write with its own key returns the value exactly;
+    so does the recall (read with the write weights) of every implementation."""
+    q, k, v, a, b, lg, _ = make_inputs(3, 1, 10, 4, init=False)
     r, _ = naive_quadratic(k, k, v, a, b, lg)
     assert rel_err(r, (a * b).sum(-1, keepdim=True) * v) < F64_TOL
+    for fn in (naive_quadratic, *IMPLS.values()):
+        _, _, v_hat = fn(q, k, v, a, b, lg, recall=True)
+        assert rel_err(v_hat, (a * a).sum(-1, keepdim=True) * v) < F64_TOL
     r, _ = naive_quadratic(k, k, v, a, b, lg, unitary=False)  # plain HRR is only approximate
     assert rel_err(r, (a * b).sum(-1, keepdim=True) * v) > 0.1
 
@@ -96,19 +105,20 @@ def test_reference_matches_definition_by_slot():
     Q, K, V = (torch.fft.rfft(x, dim=-1) for x in (q, k, v))
     Q, K = Q / Q.abs(), K / K.abs()
     M = torch.complex(S0[..., 0::2], S0[..., 1::2])  # (B, S, F)
-    rs = []
+    rs, recalls = [], []
     for t in range(9):
         M = lg.exp()[:, None] * M + a[:, t, :, None] * (K[:, t] * V[:, t])[:, None]
         rs.append(torch.fft.irfft(Q[:, t].conj() * (b[:, t, :, None] * M).sum(1), n=8))
-    r, S = naive_quadratic(q, k, v, a, b, lg, S0, True)
-    assert rel_err(r, torch.stack(rs, 1)) < F64_TOL
+        recalls.append(torch.fft.irfft(K[:, t].conj() * (a[:, t, :, None] * M).sum(1), n=8))
+    r, S, v_hat = naive_quadratic(q, k, v, a, b, lg, S0, True, recall=True)
+    assert rel_err(r, torch.stack(rs, 1)) < F64_TOL and rel_err(v_hat, torch.stack(recalls, 1)) < F64_TOL
     assert rel_err(S, torch.view_as_real(M).flatten(-2)) < F64_TOL and S.shape == (2, 3, 2 * F)
 
 
 @pytest.mark.parametrize("unitary", [True, False])
 def test_reference_gradients_by_finite_differences(unitary):
     inputs = make_inputs(1, 5, 5, 2, seed=3)
-    fn = lambda *x: naive_quadratic(*x, output_final_state=True, unitary=unitary)
+    fn = lambda *x: naive_quadratic(*x, output_final_state=True, unitary=unitary, recall=True)
     leaves = tuple(t.clone().requires_grad_(True) for t in inputs)
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -117,14 +127,14 @@ def test_reference_gradients_by_finite_differences(unitary):
 
 @pytest.mark.parametrize("N, D", [(1, 5), (7, 9), (23, 8), (37, 11)])
 @pytest.mark.parametrize("init", [True, False])
-@pytest.mark.parametrize("unitary", [True, False])
-def test_impls_agree_float64(N, D, init, unitary):
+@pytest.mark.parametrize("unitary, recall", [(True, False), (False, False), (True, True)])
+def test_impls_agree_float64(N, D, init, unitary, recall):
     B, S = 2, 3
     inputs = make_inputs(B, N, D, S, init=init, seed=N + D)
     gr, gs = cotangents((B, N, D), (B, S, 2 * num_freqs(D)), N)
-    r_ref, S_ref, g_ref = run_with_grads(naive_quadratic, inputs, gr, gs, unitary=unitary)
+    r_ref, S_ref, g_ref = run_with_grads(naive_quadratic, inputs, gr, gs, recall, unitary=unitary)
     for name, fn in IMPLS.items():
-        r, S, grads = run_with_grads(fn, inputs, gr, gs, unitary=unitary)
+        r, S, grads = run_with_grads(fn, inputs, gr, gs, recall, unitary=unitary)
         assert r.dtype == torch.float64 and S.dtype == torch.float64, name
         assert rel_err(r, r_ref) < F64_TOL, name
         assert rel_err(S, S_ref) < F64_TOL, name
@@ -178,10 +188,10 @@ def test_float32_close_to_float64_reference(init):
     B, N, D, S = 2, 45, 33, 4
     inputs = make_inputs(B, N, D, S, init=init, seed=11)
     gr, gs = cotangents((B, N, D), (B, S, 2 * num_freqs(D)), 11)
-    r_ref, S_ref, g_ref = run_with_grads(naive_quadratic, inputs, gr, gs)
+    r_ref, S_ref, g_ref = run_with_grads(naive_quadratic, inputs, gr, gs, recall=True)
     f32 = [t.float() if t is not None else None for t in inputs]
     for name, fn in IMPLS.items():
-        r, S, grads = run_with_grads(fn, f32, gr, gs)
+        r, S, grads = run_with_grads(fn, f32, gr, gs, recall=True)
         assert r.dtype == torch.float32 and S.dtype == torch.float32, name
         assert rel_rms(r, r_ref) < F32_TOL and rel_rms(S, S_ref) < F32_TOL, name
         for i, (a, b) in enumerate(zip(grads, g_ref)):

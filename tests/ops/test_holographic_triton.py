@@ -44,8 +44,8 @@ def test_triton_matches_reference_float64(N, D, S, C, init):
     B = 2
     inputs = make_inputs(B, N, D, S, init=init, seed=N + S)
     gr, gs = cotangents((B, N, D), (B, S, 2 * num_freqs(D)), N)
-    r_ref, S_ref, g_ref = run_with_grads(naive_quadratic, inputs, gr, gs)
-    r, S_, grads = run_with_grads(triton_fn(C), inputs, gr, gs)
+    r_ref, S_ref, g_ref = run_with_grads(naive_quadratic, inputs, gr, gs, recall=init)
+    r, S_, grads = run_with_grads(triton_fn(C), inputs, gr, gs, recall=init)
     assert r.dtype == torch.float64 and S_.dtype == torch.float64
     assert rel_err(r, r_ref) < F64_TOL and rel_err(S_, S_ref) < F64_TOL
     assert len(grads) == len(g_ref)
@@ -58,9 +58,9 @@ def test_triton_float32_close_to_reference(unitary):
     B, N, D, S = 2, 45, 33, 4
     inputs = make_inputs(B, N, D, S, seed=11)
     gr, gs = cotangents((B, N, D), (B, S, 2 * num_freqs(D)), 11)
-    r_ref, S_ref, g_ref = run_with_grads(naive_quadratic, inputs, gr, gs, unitary=unitary)
+    r_ref, S_ref, g_ref = run_with_grads(naive_quadratic, inputs, gr, gs, recall=True, unitary=unitary)
     r, S_, grads = run_with_grads(triton_fn(16), on_device(inputs, torch.float32), gr.to(DEVICE), gs.to(DEVICE),
-                                  unitary=unitary)
+                                  recall=True, unitary=unitary)
     assert r.dtype == torch.float32 and S_.dtype == torch.float32
     assert rel_rms(r.cpu(), r_ref) < F32_TOL and rel_rms(S_.cpu(), S_ref) < F32_TOL
     for i, (a, b) in enumerate(zip(grads, g_ref)):

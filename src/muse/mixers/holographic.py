@@ -87,19 +87,15 @@ class HolographicMixer(Mixer):
             r = rms_norm(r, self.norm_weight, eps=1e-6, impl="naive")
         return self.o_proj(r)
 
-    def _read(self, q, k, v, alpha, beta, log_gamma, state=None, final=False):
+    def _read(self, q, k, v, alpha, beta, log_gamma, state=None, final=False, recall=False):
         h = self.h
         return holographic(q, k, v, alpha, beta, log_gamma, initial_state=state, output_final_state=final,
-                           unitary=h.unitary, impl=h.impl, chunk_size=h.chunk_size)
+                           unitary=h.unitary, impl=h.impl, chunk_size=h.chunk_size, recall=recall)
 
-    def _aux(self, k: Tensor, v: Tensor, alpha: Tensor, log_gamma: Tensor) -> Tensor | None:
-        """λ_aux · mean(1 − cos(v̂_t, v_t)), v̂_t unbound from the memory with the token's own key,
-        reading the slots with its own write weights. Without λ_aux the fidelity is still measured
-        for ``stats()``, without a graph (it is what the aux-loss ablation compares)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.h.aux_weight > 0):
-            v_hat, _ = self._read(k, k, v, alpha, alpha, log_gamma)  # (B, N, D)
-            cos = F.cosine_similarity(v_hat.float(), v.float(), dim=-1, eps=1e-8)  # (B, N)
-            fidelity = cos.mean()
+    def _aux(self, v_hat: Tensor, v: Tensor, alpha: Tensor) -> Tensor | None:
+        """λ_aux · mean(1 − cos(v̂_t, v_t)) for the recall v̂ (B, N, D): v_t unbound from the memory
+        with the token's own key, reading the slots with its own write weights."""
+        fidelity = F.cosine_similarity(v_hat.float(), v.float(), dim=-1, eps=1e-8).mean()  # over (B, N)
         if not torch.compiler.is_compiling():
             # for stats() only; under torch.compile a module attribute set inside a checkpointed
             # block is a side effect dynamo cannot keep
@@ -109,8 +105,12 @@ class HolographicMixer(Mixer):
     # ------------------------------------------------------------------ Mixer API
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:  # (B, N, d)
         q, k, v, alpha, beta, log_gamma = self._project(x)
-        r, _ = self._read(q, k, v, alpha, beta, log_gamma)  # (B, N, D)
-        return self._output(r), self._aux(k, v, alpha, log_gamma)
+        r, _, v_hat = self._read(q, k, v, alpha, beta, log_gamma, recall=True)  # (B, N, D) × 2
+        if self.h.aux_weight == 0:
+            # the fidelity is still measured for stats() (what the aux-loss ablation compares); the
+            # recall's own graph goes with the tensor
+            v_hat = v_hat.detach()
+        return self._output(r), self._aux(v_hat, v, alpha)
 
     def init_state(self, batch_size: int, device, dtype) -> dict[str, Tensor]:
         acc = torch.float64 if dtype == torch.float64 else torch.float32  # the memory accumulates in fp32

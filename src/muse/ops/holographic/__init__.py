@@ -83,7 +83,8 @@ def holographic(
     unitary: bool = True,
     impl: str = "auto",
     chunk_size: int = 64,
-) -> tuple[Tensor, Tensor | None]:
+    recall: bool = False,
+) -> tuple[Tensor, ...]:
     """Run the holographic read with the implementation named by ``impl``.
 
     Args:
@@ -92,9 +93,11 @@ def holographic(
         unitary: make keys and queries unit-modulus per frequency (exact unbinding).
         impl: one of ``IMPLS`` = ("auto", "triton", "chunked", "quadratic", "recurrent").
         chunk_size: chunk length C of the chunked and Triton forms (ignored otherwise).
+        recall: also return v̂ (B, N, D), each token's own value unbound from the memory with its
+            own key, read with its write weights (the mixer's auxiliary loss), sharing the spectra.
 
     Returns:
-        (r: (B, N, D) in v's dtype, final_state: (B, S, 2F) or None).
+        (r: (B, N, D) in v's dtype, final_state: (B, S, 2F) or None), and v̂ with ``recall``.
 
     Raises:
         ValueError: unknown ``impl``, or inputs of inconsistent shapes (the message names the tensor).
@@ -102,9 +105,9 @@ def holographic(
     impl = note_path("holographic", resolve_impl(impl, v, chunk_size))
     args = (q, k, v, alpha, beta, log_gamma, initial_state, output_final_state, unitary)
     if impl == "triton":
-        return triton_chunk_holographic(*args, chunk_size=chunk_size)
+        return triton_chunk_holographic(*args, chunk_size=chunk_size, recall=recall)
     if impl == "chunked":
-        return chunk_holographic(*args, chunk_size=chunk_size)
+        return chunk_holographic(*args, chunk_size=chunk_size, recall=recall)
     if impl == "quadratic":
-        return naive_quadratic(*args)
-    return naive_recurrent(*args)
+        return naive_quadratic(*args, recall=recall)
+    return naive_recurrent(*args, recall=recall)

@@ -38,19 +38,22 @@ def chunk_holographic(
     output_final_state: bool = False,
     unitary: bool = True,
     chunk_size: int = 64,
-) -> tuple[Tensor, Tensor | None]:
+    recall: bool = False,
+) -> tuple[Tensor, ...]:
     """Holographic read in chunks of ``chunk_size`` positions (any N: the tail is zero-padded).
 
     Args: q, k, v (B, N, D); alpha, beta (B, N, S); log_gamma (S,); initial_state (B, S, 2F) or
         None; output_final_state: also return the memory after the last position; unitary:
-        unit-modulus keys and queries.
-    Returns: r (B, N, D) in v's dtype; final_state (B, S, 2F) in the accumulation dtype, or None.
+        unit-modulus keys and queries; recall: also return the recall v̂ (``naive.py``), a second
+        read of the same memory.
+    Returns: r (B, N, D) in v's dtype; final_state (B, S, 2F) in the accumulation dtype, or None;
+        with ``recall``, v̂ (B, N, D) third.
     """
     B, N, D, S, F = check_inputs(q, k, v, alpha, beta, log_gamma, initial_state)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
     acc = accumulation_dtype(q, k, v)
-    Q, bound = spectra(q, k, v, unitary, acc)  # (B, N, F), (B, N, 2F)
+    Q, K, bound = spectra(q, k, v, unitary, acc)  # (B, N, F) × 2, (B, N, 2F)
     lg = log_gamma.to(acc)  # (S,)
     C = min(chunk_size, N)  # a chunk longer than the sequence would only multiply zeros
     nC = -(-N // C)
@@ -67,8 +70,6 @@ def chunk_holographic(
     lag = (i[:, None] - i[None, :]).to(acc)  # (C, C): i − i'
     # exp only on the causal triangle: above it lag·log γ > 0 could overflow, and inf · 0 = NaN
     decay = torch.exp(lag.clamp(min=0)[..., None] * lg) * (lag >= 0)[..., None]  # (C, C, S)
-    mix = torch.einsum("bcis,ijs,bcjs->bcij", bc, decay, ac)  # (B, nC, C, C)
-    memory = mix @ xc  # (B, nC, C, 2F): the reads of writes inside the chunk
 
     # What each chunk adds to the memory as if it started from zero: γ^{C−1−i'} α_i'
     to_end = torch.exp((C - 1 - i).to(acc)[:, None] * lg)  # (C, S)
@@ -83,8 +84,15 @@ def chunk_holographic(
         M = chunk_decay * M + dM[:, c]  # (B, S, 2F)
     M_enter = torch.stack(entering, dim=1)  # (B, nC, S, 2F)
     from_enter = torch.exp((i + 1).to(acc)[:, None] * lg)  # (C, S): γ^{i+1}
-    memory = memory + (bc * from_enter) @ M_enter  # (B, nC, C, S) @ (B, nC, S, 2F)
-    r = read_out(Q, memory.view(B, nC * C, 2 * F)[:, :N], D).to(v.dtype)  # (B, N, D)
+
+    def read(wc: Tensor) -> Tensor:
+        """Σ_j w_ij M^j_i (B, N, 2F) for read weights wc (B, nC, C, S): the writes inside the
+        chunk, then the memory carried into it."""
+        mix = torch.einsum("bcis,ijs,bcjs->bcij", wc, decay, ac)  # (B, nC, C, C)
+        memory = mix @ xc + (wc * from_enter) @ M_enter  # (B, nC, C, 2F)
+        return memory.view(B, nC * C, 2 * F)[:, :N]
+
+    r = read_out(Q, read(bc), D).to(v.dtype)  # (B, N, D)
 
     final_state = None
     if output_final_state:
@@ -94,4 +102,6 @@ def chunk_holographic(
             real = i < last
             w = torch.exp((last - 1 - i).clamp(min=0).to(acc)[:, None] * lg) * real[:, None]  # (C, S)
             final_state = torch.exp(last * lg)[:, None] * entering[-1] + (ac[:, -1] * w).transpose(-1, -2) @ xc[:, -1]
+    if recall:
+        return r, final_state, read_out(K, read(ac), D).to(v.dtype)
     return r, final_state

@@ -25,6 +25,11 @@ Shapes (shared by every implementation in this package):
 Accumulation (FFTs, memory, state) is float32, or float64 when any of q, k, v is float64: torch
 has no bf16 FFT, and the memory sums thousands of bound vectors.
 
+With ``recall=True`` every implementation also returns the *recall* v̂ (B, N, D): each token's own
+value unbound from the memory it has just written to, with its own key as the query and its
+write weights as the read weights, v̂_t = irfft(conj(K_t) ⊙ Σ_j α_tj M^j_t). It shares the spectra
+and the memory with the read (the mixer's auxiliary reconstruction loss and memory fidelity).
+
 ``naive_quadratic`` builds the (B, N, N) mixing matrix and is the ground truth; ``naive_recurrent``
 loops over ``recurrent_step``, the decoding primitive (state O(S·D), constant in the context length).
 """
@@ -137,16 +142,16 @@ def _unit(z: Tensor) -> Tensor:
     return z * torch.rsqrt(z.real.square() + z.imag.square() + _UNIT_EPS)
 
 
-def spectra(q: Tensor, k: Tensor, v: Tensor, unitary: bool, acc: torch.dtype) -> tuple[Tensor, Tensor]:
-    """The query spectrum Q (..., F) complex and the bound spectrum B = K ⊙ V as real (..., 2F)
-    (real and imaginary parts side by side) from q, k, v (..., D), in dtype ``acc``."""
+def spectra(q: Tensor, k: Tensor, v: Tensor, unitary: bool, acc: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """The query and key spectra Q, K (..., F) complex and the bound spectrum B = K ⊙ V as real
+    (..., 2F) (real and imaginary parts side by side) from q, k, v (..., D), in dtype ``acc``."""
     Q = torch.fft.rfft(q.to(acc), dim=-1)  # (..., F)
     K = torch.fft.rfft(k.to(acc), dim=-1)  # (..., F)
     V = torch.fft.rfft(v.to(acc), dim=-1)  # (..., F)
     if unitary:
         Q, K = _unit(Q), _unit(K)
     bound = torch.view_as_real(K * V).flatten(-2)  # (..., 2F)
-    return Q, bound
+    return Q, K, bound
 
 
 def read_out(Q: Tensor, memory: Tensor, D: int) -> Tensor:
@@ -166,15 +171,18 @@ def naive_quadratic(
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
     unitary: bool = True,
-) -> tuple[Tensor, Tensor | None]:
+    recall: bool = False,
+) -> tuple[Tensor, ...]:
     """O(N²·S) reference: builds the mixing matrix A_ts = Σ_j β_tj γ_j^{t−s} α_sj explicitly.
 
-    Args: see the module docstring for shapes. unitary: unit-modulus keys and queries.
-    Returns: r (B, N, D) in v's dtype; final_state (B, S, 2F) in the accumulation dtype, or None.
+    Args: see the module docstring for shapes. unitary: unit-modulus keys and queries. recall:
+        also return the recall v̂.
+    Returns: r (B, N, D) in v's dtype; final_state (B, S, 2F) in the accumulation dtype, or None;
+        with ``recall``, v̂ (B, N, D) in v's dtype as a third element.
     """
     _, N, D, _, _ = check_inputs(q, k, v, alpha, beta, log_gamma, initial_state)
     acc = accumulation_dtype(q, k, v)
-    Q, bound = spectra(q, k, v, unitary, acc)  # (B, N, F), (B, N, 2F)
+    Q, K, bound = spectra(q, k, v, unitary, acc)  # (B, N, F) × 2, (B, N, 2F)
     a, b, lg = alpha.to(acc), beta.to(acc), log_gamma.to(acc)
     t = torch.arange(N, device=v.device)
     lag = (t[:, None] - t[None, :]).to(acc)  # (N, N): t − s
@@ -182,13 +190,14 @@ def naive_quadratic(
     # γ^{t−s} as exp((t−s)·log γ) on the causal triangle only; above it (t−s)·log γ > 0 could
     # overflow, and inf · 0 would be NaN in the backward pass.
     decay = torch.exp(lag.clamp(min=0)[..., None] * lg) * causal[..., None]  # (N, N, S)
-    mix = torch.einsum("bti,tsi,bsi->bts", b, decay, a)  # (B, N, N)
-    memory = mix @ bound  # (B, N, 2F): Σ_j β_tj M^j_t
     S0 = initial_state.to(acc) if initial_state is not None else None
-    if S0 is not None:
-        from_start = torch.exp((t + 1).to(acc)[:, None] * lg)  # (N, S): γ^{t+1}
-        memory = memory + (b * from_start) @ S0  # (B, N, S) @ (B, S, 2F)
-    r = read_out(Q, memory, D).to(v.dtype)  # (B, N, D)
+    from_start = torch.exp((t + 1).to(acc)[:, None] * lg)  # (N, S): γ^{t+1}
+
+    def read(w: Tensor) -> Tensor:  # Σ_j w_tj M^j_t (B, N, 2F) for read weights w (B, N, S)
+        memory = torch.einsum("bti,tsi,bsi->bts", w, decay, a) @ bound  # (B, N, N) @ (B, N, 2F)
+        return memory if S0 is None else memory + (w * from_start) @ S0  # (B, N, S) @ (B, S, 2F)
+
+    r = read_out(Q, read(b), D).to(v.dtype)  # (B, N, D)
 
     final_state = None
     if output_final_state:
@@ -196,6 +205,8 @@ def naive_quadratic(
         final_state = (a * to_end).transpose(1, 2) @ bound  # (B, S, 2F)
         if S0 is not None:
             final_state = final_state + torch.exp(N * lg)[:, None] * S0
+    if recall:
+        return r, final_state, read_out(K, read(a), D).to(v.dtype)
     return r, final_state
 
 
@@ -209,7 +220,8 @@ def recurrent_step(
     log_gamma: Tensor,
     state: Tensor | None,
     unitary: bool = True,
-) -> tuple[Tensor, Tensor]:
+    recall: bool = False,
+) -> tuple[Tensor, ...]:
     """One position: M^j = γ_j M^j + α_j B, r = irfft(conj(Q) ⊙ Σ_j β_j M^j).
 
     Args:
@@ -219,7 +231,7 @@ def recurrent_step(
     Returns:
         r_t: (B, D) in v_t's dtype; new_state: (B, S, 2F) in the accumulation dtype (float64 if
         the state or any of q_t, k_t, v_t is float64, else float32), so a bf16 model decodes with
-        an fp32 memory.
+        an fp32 memory; with ``recall``, v̂_t = irfft(conj(K) ⊙ Σ_j α_j M^j) (B, D) third.
     """
     for name, t in (("q_t", q_t), ("k_t", k_t), ("v_t", v_t), ("alpha_t", alpha_t), ("beta_t", beta_t)):
         _check_float(name, t)
@@ -229,11 +241,15 @@ def recurrent_step(
     B, _, D, S, F = check_inputs(q_t[:, None], k_t[:, None], v_t[:, None], alpha_t[:, None], beta_t[:, None],
                                  log_gamma, state)
     acc = accumulation_dtype(q_t, k_t, v_t, state)
-    Q, bound = spectra(q_t, k_t, v_t, unitary, acc)  # (B, F), (B, 2F)
+    Q, K, bound = spectra(q_t, k_t, v_t, unitary, acc)  # (B, F) × 2, (B, 2F)
+    a = alpha_t.to(acc)
     M = torch.zeros(B, S, 2 * F, dtype=acc, device=v_t.device) if state is None else state.to(acc)
-    M = M * log_gamma.to(acc).exp()[:, None] + alpha_t.to(acc)[..., None] * bound[:, None]  # (B, S, 2F)
+    M = M * log_gamma.to(acc).exp()[:, None] + a[..., None] * bound[:, None]  # (B, S, 2F)
     memory = (beta_t.to(acc)[:, None] @ M)[:, 0]  # (B, 1, S) @ (B, S, 2F) -> (B, 2F)
-    return read_out(Q, memory, D).to(v_t.dtype), M
+    r = read_out(Q, memory, D).to(v_t.dtype)
+    if recall:
+        return r, M, read_out(K, (a[:, None] @ M)[:, 0], D).to(v_t.dtype)
+    return r, M
 
 
 def naive_recurrent(
@@ -246,12 +262,16 @@ def naive_recurrent(
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
     unitary: bool = True,
-) -> tuple[Tensor, Tensor | None]:
+    recall: bool = False,
+) -> tuple[Tensor, ...]:
     """O(N) python loop over ``recurrent_step``: the decoding path, and a second reference.
     Shapes and return values as in ``naive_quadratic``."""
     check_inputs(q, k, v, alpha, beta, log_gamma, initial_state)
-    state, rs = initial_state, []
+    state, rs, recalls = initial_state, [], []
     for t in range(v.shape[1]):
-        r_t, state = recurrent_step(q[:, t], k[:, t], v[:, t], alpha[:, t], beta[:, t], log_gamma, state, unitary)
-        rs.append(r_t)  # (B, D)
-    return torch.stack(rs, dim=1), (state if output_final_state else None)
+        out = recurrent_step(q[:, t], k[:, t], v[:, t], alpha[:, t], beta[:, t], log_gamma, state, unitary, recall)
+        state = out[1]
+        rs.append(out[0])  # (B, D)
+        recalls += out[2:]
+    r, final_state = torch.stack(rs, dim=1), (state if output_final_state else None)
+    return (r, final_state, torch.stack(recalls, dim=1)) if recall else (r, final_state)

@@ -337,9 +337,11 @@ def triton_chunk_holographic(
     output_final_state: bool = False,
     unitary: bool = True,
     chunk_size: int = 64,
-) -> tuple[Tensor, Tensor | None]:
+    recall: bool = False,
+) -> tuple[Tensor, ...]:
     """``chunk_holographic`` with the scan on the Triton kernels (FFTs in torch); same results.
-    The scan runs in the accumulation dtype (fp32; fp64 for fp64 inputs)."""
+    The scan runs in the accumulation dtype (fp32; fp64 for fp64 inputs); the recall is a second
+    scan of the same bound spectra, read with the write weights."""
     _, _, D, _, _ = check_inputs(q, k, v, alpha, beta, log_gamma, initial_state)
     if not valid_chunk(chunk_size):
         raise ValueError(f"impl='triton' needs chunk_size a power of two in [16, 128]; got {chunk_size!r}")
@@ -350,9 +352,12 @@ def triton_chunk_holographic(
             "impl='triton' runs CUDA tensors (or CPU fp32/fp64 ones under TRITON_INTERPRET=1); "
             f"got {v.device.type} {v.dtype}"
         )
-    Q, bound = spectra(q, k, v, unitary, acc)  # (B, N, F), (B, N, 2F)
+    Q, K, bound = spectra(q, k, v, unitary, acc)  # (B, N, F) × 2, (B, N, 2F)
+    x, a, lg = bound.contiguous(), alpha.to(acc).contiguous(), log_gamma.to(acc).contiguous()
     m0 = initial_state.to(acc).contiguous() if initial_state is not None else None
-    read, final_state = _HolographicScan.apply(bound.contiguous(), alpha.to(acc).contiguous(),
-                                               beta.to(acc).contiguous(), log_gamma.to(acc).contiguous(), m0,
-                                               output_final_state, chunk_size)
-    return read_out(Q, read, D).to(v.dtype), final_state
+    read, final_state = _HolographicScan.apply(x, a, beta.to(acc).contiguous(), lg, m0, output_final_state, chunk_size)
+    r = read_out(Q, read, D).to(v.dtype)
+    if recall:
+        again, _ = _HolographicScan.apply(x, a, a, lg, m0, False, chunk_size)
+        return r, final_state, read_out(K, again, D).to(v.dtype)
+    return r, final_state
