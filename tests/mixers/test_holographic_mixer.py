@@ -215,3 +215,16 @@ def test_config_errors_name_the_field(key, value, needle):
 def test_decay_range_order_is_checked():
     with pytest.raises(ConfigError, match=r"mixer\.holographic\.decay_min \(0\.9\) must be <= mixer\.holographic\.decay_max"):
         load_config("tiny", {"model.mixer.holographic.decay_min": 0.9, "model.mixer.holographic.decay_max": 0.5})
+
+
+def test_pure_bf16_build():
+    """build_model(dtype=bf16) (train.precision bf16-pure): every parameter bf16, the memory fp32."""
+    cfg = load_config("tiny", {"model.mixer.kind": "holographic", "model.mixer.holographic.hcm_dim": 16,
+                               "model.mixer.holographic.num_slots": 4, "model.d_model": 32, "model.n_layers": 1,
+                               "model.vocab_size": 64, "model.embedding.kind": "dense",
+                               "model.embedding.vocab_factors": None, "model.embedding.dim_factors": None})
+    model = build_model(cfg, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    out = model(torch.randint(0, 64, (2, 9)), torch.randint(0, 64, (2, 9)))
+    assert torch.isfinite(out.loss) and torch.isfinite(out.aux_loss)
+    assert model.init_state(2)["layers"][0]["memory"].dtype == torch.float32

@@ -35,7 +35,8 @@ def initial_decay_logits(num_slots: int, decay_min: float, decay_max: float) -> 
     the fastest) to 1 − decay_max (the slowest): memory lengths 1/(1 − γ) spread evenly over
     scales, as RetNet spreads its heads' decays."""
     forget = torch.logspace(math.log10(1 - decay_min), math.log10(1 - decay_max), num_slots, dtype=torch.float64)
-    return (torch.log1p(-forget) - torch.log(forget)).float()  # logit(γ) = log(γ / (1 − γ))
+    # logit(γ) = log(γ / (1 − γ)), in the default dtype like every other parameter (pure bf16 builds)
+    return (torch.log1p(-forget) - torch.log(forget)).to(torch.get_default_dtype())
 
 
 @register_mixer("holographic")
@@ -67,6 +68,8 @@ class HolographicMixer(Mixer):
         self.norm_weight = nn.Parameter(torch.ones(D)) if h.out_norm else None
         self.o_proj = proj(D, d, out_std)
         self._last: dict[str, Tensor] = {}
+        # the fused norm kernel wherever the read runs its kernels; torch with the torch reads
+        self._op_impl = "auto" if h.impl in ("auto", "triton") else "naive"
 
     # ------------------------------------------------------------------ shared by forward and decoding
     def _project(self, x: Tensor) -> tuple[Tensor, ...]:
@@ -84,7 +87,7 @@ class HolographicMixer(Mixer):
 
     def _output(self, r: Tensor) -> Tensor:  # (B, N, D) -> (B, N, d)
         if self.norm_weight is not None:
-            r = rms_norm(r, self.norm_weight, eps=1e-6, impl="naive")
+            r = rms_norm(r, self.norm_weight, eps=1e-6, impl=self._op_impl)
         return self.o_proj(r)
 
     def _read(self, q, k, v, alpha, beta, log_gamma, state=None, final=False, recall=False):
