@@ -590,7 +590,8 @@ def claims_table() -> str:
         ("HAMT: O(1) memory, 2–5× speed-up, 100 % slot use", "claimed",
          "`benchmarks/decode_memory.py`, `benchmarks/mixers.py`, slot statistics of `muse eval`"),
         ("HAMT auxiliary loss: +71 % memory fidelity", "claimed",
-         "memory fidelity of `muse eval` with `mixer.holographic.aux_weight` 0 and > 0 (`muse ablate`)"),
+         "memory fidelity of `muse eval` with and without the aux loss "
+         "(`muse ablate @configs/experiments/ablate-hamt-aux.args`)"),
         ("HAMT 100 M: perplexity < 28, > 4 000 tok/s, < 10 GB", "targets, never reached",
          "`benchmarks/train_eval.py`, `muse compare`"),
     ):
