@@ -70,6 +70,8 @@ def _cases():
         ("holographic_fwd", (_r(B, N, 9), hx_a, hx_b, hx_lg, None, False, 16)),
         ("holographic_bwd", (_r(B, N, 9), _r(B, 3, 9), _r(B, N, 9), hx_a, hx_b, hx_lg, _r(B, 3, 9), 16)),
         ("holographic_bwd", (_r(B, N, 9), None, _r(B, N, 9), hx_a, hx_b, hx_lg, None, 16)),
+        ("holographic_fwd", (_r(B, N, 9), hx_a, None, hx_lg, _r(B, 3, 9), False, 16)),  # read with alpha
+        ("holographic_bwd", (_r(B, N, 9), None, _r(B, N, 9), hx_a, None, hx_lg, _r(B, 3, 9), 16)),
     ]
 
 

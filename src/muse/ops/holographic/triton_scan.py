@@ -236,8 +236,10 @@ def _mix(alpha, beta, lg, C: int) -> Tensor:
 def scan_forward(x, alpha, beta, lg, m0, output_final_state: bool, C: int):
     """Forward launcher (``muse::holographic_fwd``): (read (B, N, W), final memory (B, S, W) or
     None) from x (B, N, W), alpha, beta (B, N, S), lg (S,), m0 (B, S, W) or None, all contiguous
-    and of one dtype (fp32/fp64)."""
+    and of one dtype (fp32/fp64). beta None reads with the write weights (the recall): one tensor
+    passed for two inputs would break a compiled graph at the autograd function."""
     B, N, W, S, NC, SP = _sizes(x, alpha, C)
+    beta = alpha if beta is None else beta
     BV = _block_v(x)
     y = torch.empty_like(x)
     mfin = x.new_empty((B, S, W)) if output_final_state else None
@@ -248,8 +250,10 @@ def scan_forward(x, alpha, beta, lg, m0, output_final_state: bool, C: int):
 
 
 def scan_backward(dy, dmfin, x, alpha, beta, lg, m0, C: int):
-    """Backward launcher (``muse::holographic_bwd``): (dx, dalpha, dbeta, dlg, dm0 or None)."""
+    """Backward launcher (``muse::holographic_bwd``): (dx, dalpha, dbeta, dlg, dm0), dbeta None
+    for beta None (read with alpha: both parts in dalpha), dm0 None without m0."""
     B, N, W, S, NC, SP = _sizes(x, alpha, C)
+    recall, beta = beta is None, alpha if beta is None else beta
     BV, prec = _block_v(x), dot_precision(x.dtype)
     mix = _mix(alpha, beta, lg, C)
     states = x.new_empty((B, NC, SP, W))
@@ -263,6 +267,8 @@ def scan_backward(dy, dmfin, x, alpha, beta, lg, m0, C: int):
     dalpha, dbeta, dlg = torch.empty_like(alpha), torch.empty_like(beta), x.new_empty((B, NC, SP))
     launch(_mix_bwd_kernel, (NC, B), dy, x, alpha, beta, lg, states, gstates, dalpha, dbeta, dlg,
            N, S, W, NC, C=C, SP=SP, BV=BV, PREC=prec)
+    if recall:
+        dalpha, dbeta = dalpha + dbeta, None
     return dx, dalpha, dbeta, dlg.sum((0, 1))[:S], dm0
 
 
@@ -275,7 +281,8 @@ def _fwd_fake(x, alpha, beta, lg, m0, output_final_state, C):
 
 def _bwd_fake(dy, dmfin, x, alpha, beta, lg, m0, C):
     dm0 = m0.new_empty(m0.shape) if m0 is not None else absent(x)
-    return x.new_empty(x.shape), alpha.new_empty(alpha.shape), beta.new_empty(beta.shape), lg.new_empty(lg.shape), dm0
+    dbeta = beta.new_empty(beta.shape) if beta is not None else absent(x)
+    return x.new_empty(x.shape), alpha.new_empty(alpha.shape), dbeta, lg.new_empty(lg.shape), dm0
 
 
 def _c(t):
@@ -293,15 +300,15 @@ def _bwd_launch(dy, dmfin, x, alpha, beta, lg, m0, C):
 _x = lambda *a: a[0]  # noqa: E731
 _fwd_op = define_op(
     "holographic_fwd",
-    "(Tensor x, Tensor alpha, Tensor beta, Tensor log_gamma, Tensor? m0, bool output_final_state, int C)"
+    "(Tensor x, Tensor alpha, Tensor? beta, Tensor log_gamma, Tensor? m0, bool output_final_state, int C)"
     " -> (Tensor, Tensor)",
     _fwd_launch, _fwd_fake, placeholders=(None, _x),
 )
 _bwd_op = define_op(
     "holographic_bwd",
-    "(Tensor dy, Tensor? dmfin, Tensor x, Tensor alpha, Tensor beta, Tensor log_gamma, Tensor? m0, int C)"
+    "(Tensor dy, Tensor? dmfin, Tensor x, Tensor alpha, Tensor? beta, Tensor log_gamma, Tensor? m0, int C)"
     " -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
-    _bwd_launch, _bwd_fake, placeholders=(None, None, None, None, lambda *a: a[2]),
+    _bwd_launch, _bwd_fake, placeholders=(None, None, lambda *a: a[2], None, lambda *a: a[2]),
 )
 
 
@@ -319,7 +326,7 @@ class _HolographicScan(torch.autograd.Function):
         x, alpha, beta, lg, m0 = ctx.saved_tensors
         args = (_c(dy) if dy is not None else torch.zeros_like(x), _c(dmfin), x, alpha, beta, lg, m0, ctx.C)
         if use_op(x):
-            dx, da, db, dlg, dm0 = present(_bwd_op(*args), (True, True, True, True, m0 is not None))
+            dx, da, db, dlg, dm0 = present(_bwd_op(*args), (True, True, beta is not None, True, m0 is not None))
         else:
             dx, da, db, dlg, dm0 = scan_backward(*args)
         return dx, da, db, dlg, dm0, None, None
@@ -358,6 +365,6 @@ def triton_chunk_holographic(
     read, final_state = _HolographicScan.apply(x, a, beta.to(acc).contiguous(), lg, m0, output_final_state, chunk_size)
     r = read_out(Q, read, D).to(v.dtype)
     if recall:
-        again, _ = _HolographicScan.apply(x, a, a, lg, m0, False, chunk_size)
+        again, _ = _HolographicScan.apply(x, a, None, lg, m0, False, chunk_size)  # read with α
         return r, final_state, read_out(K, again, D).to(v.dtype)
     return r, final_state
