@@ -1,6 +1,7 @@
-"""Forward+backward time and peak memory: causal attention vs the semiseparable scan (issue 5).
+"""Forward+backward time and peak memory: causal attention vs the semiseparable scan (issue 5)
+and the holographic memory layer (issue 23).
 
-On one H100 (writes benchmarks/results/mixers-gpu.json and mixers-gpu.md; about 1–3 minutes):
+On one H100 (writes benchmarks/results/mixers-gpu.json and mixers-gpu.md; a few minutes):
 
     MUSE_GIT_SHA=$(git rev-parse HEAD) python benchmarks/mixers.py --impl triton
 
@@ -10,15 +11,20 @@ For every N in ``--seqs`` (default 1K … 64K) with B = max(1, --tokens // N) (B
 - ``scan``: ``semiseparable(u, v, z, log_decay, impl=--impl)`` alone, H=16, r = max_rank of
   ``standard``, p=64, data-dependent log decay (per-head decay times from ~2 to ~4096 tokens);
 - ``attention_layer`` / ``semiseparable_layer``: the ``baseline`` / ``standard`` mixer modules at
-  d=1024, 16 heads, ``module.to(bfloat16)``.
+  d=1024, 16 heads, ``module.to(bfloat16)``;
+- ``holographic_layer``: the ``hamt-100m`` mixer (holographic memory, --hcm-dim, --slots, read on
+  ``impl=--holo-impl``, the auxiliary loss included) at the same d, ``module.to(bfloat16)``
+  (its FFTs and memory run in fp32 inside). ``--holo-impl none`` leaves it out.
 
 Time: median of ``triton.testing.do_bench`` (CUDA events without Triton) after warm-up, inputs
 rotated among several fresh random sets, gradients reset to None before every call. Peak:
 ``torch.cuda.max_memory_allocated`` over one forward+backward, counting that call's inputs (and
 the layer's parameters). Check, at every timed shape: the scan's output and du, dv, dz, dℓ on fresh
 inputs against ``impl="chunked"`` on float64 copies, ‖a − b‖ / ‖b‖ <= --tol (NaN fails); shapes
-with B·N > --check-tokens are checked on a B=1 slice / N prefix (recorded). Exit code 1 if any
-check fails. On CPU (tests) it writes mixers-cpu.json, and only into an explicit ``--out``.
+with B·N > --check-tokens are checked on a B=1 slice / N prefix (recorded). The holographic read
+(``holographic(impl=--holo-impl)`` on fp32 inputs of the layer's shapes) is checked the same way,
+its output and the gradients of q, k, v, α, β, log γ, against the float64 ``chunked`` read, on at
+most --holo-check-tokens tokens. Exit code 1 if any check fails. On CPU (tests) it writes mixers-cpu.json, and only into an explicit ``--out``.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import torch.nn.functional as F  # noqa: E402
 from common import RESULTS, do_bench, error_line, environment, median_ms, pick_device, publish  # noqa: E402
 from muse.config import load_config, to_dict  # noqa: E402
 from muse.mixers import build_mixer  # noqa: E402
+from muse.ops.holographic import holographic, resolve_impl  # noqa: E402
 from muse.ops.semiseparable import semiseparable  # noqa: E402
 from readme_tables import mixers_markdown  # noqa: E402
 
@@ -150,12 +157,58 @@ def check_scan(B, N, H, r, p, device, args) -> dict:
     return out
 
 
+def holo_inputs(B, N, D, S, device, dtype=torch.float32):
+    """Fresh q, k, v (B, N, D), softmax slot weights α, β (B, N, S) and log γ (S,) spanning the
+    decays of hamt-100m's initialisation (memories of ~2 to ~1000 tokens)."""
+    g = lambda *s: torch.randn(*s, device=device)  # noqa: E731
+    lg = torch.log1p(-torch.logspace(math.log10(0.5), -3, S, device=device))
+    ts = (g(B, N, D), g(B, N, D), g(B, N, D), g(B, N, S).softmax(-1), g(B, N, S).softmax(-1), lg)
+    return tuple(t.to(dtype).requires_grad_() for t in ts)
+
+
+def check_holographic(B, N, args, device) -> dict:
+    """The holographic read on --holo-impl (fp32) against impl="chunked" in float64."""
+    cb, cn = B, N
+    if B * N > args.holo_check_tokens:
+        cb = max(1, args.holo_check_tokens // N)
+        cn = min(N, args.holo_check_tokens)
+    out = {"B": cb, "N": cn, "full_shape": (cb, cn) == (B, N), "reference": "chunked, float64", "tolerance": args.tol}
+    try:
+        x = holo_inputs(cb, cn, args.hcm_dim, args.slots, device)
+        dr = torch.randn(cb, cn, args.hcm_dim, device=device)
+        r, _ = holographic(*x, impl=args.holo_impl, chunk_size=args.chunk_size)
+        got = (r, *torch.autograd.grad(r, x, dr))
+        del r
+        x64 = [t.detach().double().requires_grad_() for t in x]
+        r64, _ = holographic(*x64, impl="chunked", chunk_size=args.chunk_size)
+        ref = (r64, *torch.autograd.grad(r64, x64, dr.double()))
+        names = ("r", "dq", "dk", "dv", "dalpha", "dbeta", "dlog_gamma")
+        errs = {k: rel(a, b) for k, a, b in zip(names, got, ref)}
+        out.update(errors=errs, ok=all(math.isfinite(e) and e <= args.tol for e in errs.values()))
+    except Exception as e:  # noqa: BLE001
+        out.update(errors={}, ok=False, error=_err(e))
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
 def layer_configs(args, N):
     over = {"model.d_model": args.d_model, "model.n_heads": args.heads, "model.max_seq_len": N, "model.dropout": 0.0}
     attn = load_config("baseline", over).model
     ss = load_config("standard", {**over, "model.mixer.semiseparable.impl": args.impl,
                                   "model.mixer.semiseparable.chunk_size": args.chunk_size}).model
-    return attn, ss
+    if args.holo_impl == "none":
+        return attn, ss, None
+    holo = load_config("hamt-100m", {**over, "model.mixer.holographic.impl": args.holo_impl,
+                                     "model.mixer.holographic.chunk_size": args.chunk_size,
+                                     "model.mixer.holographic.hcm_dim": args.hcm_dim,
+                                     "model.mixer.holographic.num_slots": args.slots}).model
+    return attn, ss, holo
+
+
+LAYERS = ("attention_layer", "semiseparable_layer", "holographic_layer")
 
 
 def run_shape(N: int, args, device) -> dict:
@@ -179,7 +232,9 @@ def run_shape(N: int, args, device) -> dict:
     row["sdpa"] = bench(sdpa_set, sdpa_run, [], device, args)
     row["scan"] = bench(lambda: (*scan_inputs(B, N, H, r, p, device), torch.randn(B, N, H, p, device=device, dtype=bf)),
                         scan_run, [], device, args)
-    for name, cfg in zip(("attention_layer", "semiseparable_layer"), layer_configs(args, N)):
+    for name, cfg in zip(LAYERS, layer_configs(args, N)):
+        if cfg is None:
+            continue
         try:
             torch.manual_seed(0)
             layer = build_mixer(cfg, 0).to(device=device, dtype=bf).train()
@@ -208,6 +263,14 @@ def run_shape(N: int, args, device) -> dict:
                       "sdpa_over_scan_graph": gratio(row["sdpa"], row["scan"]),
                       "attention_over_semiseparable_layer_graph": gratio(row["attention_layer"], row["semiseparable_layer"])}
     row["check"] = check_scan(B, N, H, r, p, device, args)
+    if "holographic_layer" in row:
+        h = row["holographic_layer"]
+        row["speedup"].update({
+            "attention_over_holographic_layer": ratio(row["attention_layer"], h),
+            "holographic_over_semiseparable_layer": ratio(h, row["semiseparable_layer"]),
+            "attention_over_holographic_layer_graph": gratio(row["attention_layer"], h),
+            "holographic_over_semiseparable_layer_graph": gratio(h, row["semiseparable_layer"])})
+        row["holographic_check"] = check_holographic(B, N, args, device)
     return row
 
 
@@ -223,13 +286,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rep", type=float, default=100.0, help="do_bench repetition time, ms")
     p.add_argument("--tol", type=float, default=2e-2, help="max relative RMS error against float64")
     p.add_argument("--check-tokens", type=int, default=65536, help="larger B·N are checked on a slice")
+    p.add_argument("--holo-impl", default="auto", help="holographic read to time (auto, triton, chunked, ...; "
+                                                        "none: no holographic layer)")
+    p.add_argument("--hcm-dim", type=int, default=2048, help="holographic width D of the holographic layer")
+    p.add_argument("--slots", type=int, default=16, help="memory slots S of the holographic layer")
+    p.add_argument("--holo-check-tokens", type=int, default=16384,
+                   help="larger B·N check the holographic read on a slice (the float64 reference is large)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help=f"result folder (default {RESULTS}; required off CUDA)")
     args = p.parse_args(argv)
     device = pick_device(args.device, args.out, "mixers")
     if device is None:
         return 2
-    attn_cfg, ss_cfg = layer_configs(args, max(args.seqs))  # a bad --impl fails here, before any timing
+    attn_cfg, ss_cfg, holo_cfg = layer_configs(args, max(args.seqs))  # a bad --impl fails here, before any timing
     torch.manual_seed(0)
     env = environment(device)
     rows = []
@@ -237,11 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         rows.append(run_shape(N, args, device))
         r = rows[-1]
+        names = ("sdpa", "scan", *(k for k in LAYERS if k in r))
+        hc = r.get("holographic_check")
         print(f"N={N:>6} B={r['B']:>2}: " + "  ".join(f"{k} {r[k]['ms']:.3f} ms" if r[k].get("ms") else f"{k} FAILED"
-              for k in ("sdpa", "scan", "attention_layer", "semiseparable_layer"))
+              for k in names)
               + f"  check {'ok' if r['check']['ok'] else 'FAIL'} {r['check']['errors']}"
+              + (f"  holographic check {'ok' if hc['ok'] else 'FAIL'} {hc['errors']}" if hc else "")
               + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    timers = {r[k].get("timer") for r in rows for k in ("sdpa", "scan", "attention_layer", "semiseparable_layer")}
+    timers = {r[k].get("timer") for r in rows for k in ("sdpa", "scan", *LAYERS) if k in r}
     res = {
         "benchmark": "mixers", **env,
         "config": {
@@ -251,13 +323,18 @@ def main(argv: list[str] | None = None) -> int:
             "timer": ", ".join(sorted(t for t in timers if t)) or "none", "tolerance": args.tol,
             "check_tokens": args.check_tokens, "attention_mixer": to_dict(attn_cfg.mixer),
             "semiseparable_mixer": to_dict(ss_cfg.mixer),
+            "holographic_mixer": to_dict(holo_cfg.mixer) if holo_cfg is not None else None,
+            "holo_impl": args.holo_impl, "holo_check_tokens": args.holo_check_tokens,
+            # what --holo-impl runs on this device (auto: triton on CUDA)
+            "holo_path": None if holo_cfg is None else resolve_impl(
+                args.holo_impl, torch.empty(0, device=device, dtype=torch.bfloat16), args.chunk_size),
             "memory": "peak_mib = max_memory_allocated over one fwd+bwd minus what was allocated before it, "
                       "plus that call's inputs and the layer's parameters",
         },
         "figures": rows,
     }
     publish("mixers", res, device, args.out, mixers_markdown)
-    return 0 if all(r["check"]["ok"] for r in rows) else 1
+    return 0 if all(r["check"]["ok"] and r.get("holographic_check", {"ok": True})["ok"] for r in rows) else 1
 
 
 if __name__ == "__main__":

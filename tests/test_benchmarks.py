@@ -24,7 +24,8 @@ ENV_KEYS = {"git_sha", "date", "device", "device_type", "torch"}
 def mixers_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("mixers")
     rc = _script("mixers").main(["--seqs", "32", "48", "--tokens", "64", "--d-model", "64", "--heads", "4",
-                                 "--impl", "chunked", "--chunk-size", "16", "--out", str(out)])
+                                 "--impl", "chunked", "--chunk-size", "16", "--hcm-dim", "33", "--slots", "5",
+                                 "--out", str(out)])
     assert rc == 0
     return out
 
@@ -53,8 +54,31 @@ def test_mixers_json(mixers_result):
         c = r["check"]
         assert c["ok"] and c["full_shape"] and set(c["errors"]) == {"y", "du", "dv", "dz", "dlog_decay"}
         assert all(0 <= e < 2e-2 for e in c["errors"].values())
+        assert "error" not in r["holographic_layer"] and r["holographic_layer"]["ms"] > 0
+        assert r["speedup"]["attention_over_holographic_layer"] > 0
+        h = r["holographic_check"]
+        assert h["ok"] and set(h["errors"]) == {"r", "dq", "dk", "dv", "dalpha", "dbeta", "dlog_gamma"}
+    assert res["config"]["holographic_mixer"]["holographic"]["hcm_dim"] == 33 and res["config"]["holo_path"] == "chunked"
     md = (mixers_result / "mixers-cpu.md").read_text()
-    assert "| 48 | 1 |" in md and "PASS" in md
+    assert "| 48 | 1 |" in md and "PASS" in md and "holographic layer ms" in md and "hcm_dim 33, 5 slots" in md
+
+
+def test_mixers_holographic_check_fails_on_a_wrong_read(monkeypatch, tmp_path):
+    mod = _script("mixers")
+    real = mod.holographic
+
+    def wrong(*a, impl="chunked", **kw):
+        r, s = real(*a, impl="chunked", **kw)
+        return (r * 1.1 if impl == "recurrent" else r), s
+
+    monkeypatch.setattr(mod, "holographic", wrong)
+    rc = mod.main(["--seqs", "32", "--tokens", "32", "--d-model", "32", "--heads", "2", "--impl", "chunked",
+                   "--holo-impl", "recurrent", "--hcm-dim", "16", "--slots", "3", "--chunk-size", "16",
+                   "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "mixers-cpu.json").read_text())
+    row = res["figures"][0]
+    assert rc == 1 and row["check"]["ok"] and not row["holographic_check"]["ok"]
+    assert "FAIL" in (tmp_path / "mixers-cpu.md").read_text()
 
 
 def test_mixers_check_fails_on_a_wrong_scan(monkeypatch, tmp_path):
@@ -217,3 +241,28 @@ def test_decode_benchmark_on_cpu(tmp_path):
     assert std["prefill"][0]["paths"]["semiseparable"] == ["chunked"]
     md = (tmp_path / "decode-cpu.md").read_text()
     assert "| `standard` | 50 |" in md and "longer than model.max_seq_len=40" in md
+
+
+def test_decode_memory_benchmark_on_cpu(tmp_path):
+    """CPU run at tiny sizes: attention's KV cache grows with the context, the semiseparable and
+    holographic states do not; JSON + table under the -cpu name (no decode peak off CUDA)."""
+    rc = _script("decode_memory").main([
+        "--contexts", "16", "64", "--tokens", "3", "--warmup", "1", "--dtype", "fp32", "--prefill-chunk", "16",
+        "--set", "model.d_model=32", "--set", "model.n_layers=1", "--set", "model.n_heads=2",
+        "--set", "model.vocab_size=128", "--set", "model.mixer.holographic.hcm_dim=30", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "decode_memory-cpu.json").read_text())
+    assert res["benchmark"] == "decode_memory" and ENV_KEYS <= res.keys() and res["config"]["contexts"] == [16, 64]
+    rows = {p["preset"]: p for p in res["figures"]}
+    assert [rows[n]["mixer"] for n in ("baseline", "standard", "hamt-100m")] == ["attention", "semiseparable",
+                                                                                 "holographic"]
+    kv = [r["state_mib"] for r in rows["baseline"]["contexts"]]
+    assert kv[1] / kv[0] == pytest.approx((64 + 5) / (16 + 5))  # the cache holds max_seq_len = L + 4 + 1 positions
+    for name in ("standard", "hamt-100m"):
+        assert rows[name]["peak_spread"] == {"of": "state_mib", "value": 0.0}
+        assert all(r["step_ms"] > 0 and r["decode_peak_mib"] is None for r in rows[name]["contexts"])
+    # hamt: one (S, 2F) fp32 memory per layer, S = 16 slots, F = 30 // 2 + 1
+    assert rows["hamt-100m"]["contexts"][0]["state_mib"] * 2**20 == 16 * 32 * 4
+    assert rows["hamt-100m"]["contexts"][0]["paths"]["holographic"] == ["chunked"]
+    md = (tmp_path / "decode_memory-cpu.md").read_text()
+    assert "| `hamt-100m` | holographic | 64 |" in md and "`hamt-100m` 0.0 %" in md

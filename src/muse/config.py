@@ -142,7 +142,43 @@ class SemiseparableConfig:
         _check_positive(f"{p}.chunk_size", self.chunk_size)
 
 
-MIXER_KINDS = ("attention", "semiseparable")
+HOLOGRAPHIC_IMPLS = ("auto", "triton", "chunked", "quadratic", "recurrent")  # muse.ops.holographic.IMPLS
+
+
+@dataclass
+class HolographicConfig:
+    """Holographic associative-memory mixer ("HAMT", DESIGN.md §1.5)."""
+
+    hcm_dim: int = 256  # D: width of keys, values, queries and of each memory slot
+    num_slots: int = 16  # S: memory slots, each with its own learned decay γ_j
+    # initial decays: 1 − γ log-spaced from 1 − decay_min (the fastest slot, memory ~1/(1 − γ)
+    # tokens) to 1 − decay_max (the slowest); γ is learned and stays in (0, 1) (a sigmoid)
+    decay_min: float = 0.5
+    decay_max: float = 0.999
+    aux_weight: float = 0.1  # λ_aux of the reconstruction loss 1 − cos(unbind(memory, k_t), v_t)
+    unitary: bool = True  # unit-modulus keys and queries per frequency: exact, stable unbinding
+    out_norm: bool = True  # RMS-normalise the read before W_o (its scale grows with the slots' memory length)
+    # auto: the Triton scan on CUDA (chunk a power of two in [16, 128]), the torch chunked scan
+    # elsewhere | triton (CUDA only) | chunked | quadratic (reference, O(N²)) | recurrent
+    impl: str = "auto"
+    chunk_size: int = 64
+
+    def __post_init__(self):
+        p = "mixer.holographic"
+        _check_positive(f"{p}.hcm_dim", self.hcm_dim)
+        _check_positive(f"{p}.num_slots", self.num_slots)
+        for name in ("decay_min", "decay_max"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"{p}.{name} must lie in (0, 1); got {getattr(self, name)!r}")
+        if self.decay_min > self.decay_max:
+            raise ConfigError(f"{p}.decay_min ({self.decay_min}) must be <= {p}.decay_max ({self.decay_max})")
+        if not self.aux_weight >= 0:
+            raise ConfigError(f"{p}.aux_weight must be >= 0; got {self.aux_weight!r}")
+        _check_choice(f"{p}.impl", self.impl, HOLOGRAPHIC_IMPLS)
+        _check_positive(f"{p}.chunk_size", self.chunk_size)
+
+
+MIXER_KINDS = ("attention", "semiseparable", "holographic")
 
 
 @dataclass
@@ -151,6 +187,7 @@ class MixerConfig:
     linear: LinearConfig = field(default_factory=LinearConfig)  # every projection of the mixer
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     semiseparable: SemiseparableConfig = field(default_factory=SemiseparableConfig)
+    holographic: HolographicConfig = field(default_factory=HolographicConfig)
 
     def __post_init__(self):
         _check_choice("mixer.kind", self.kind, MIXER_KINDS)

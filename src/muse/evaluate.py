@@ -39,11 +39,17 @@ def total_nll(
     batch_size: int = 8,
     max_tokens: int = 0,
     autocast: contextlib.AbstractContextManager | None = None,
+    stats: dict | None = None,
 ) -> tuple[float, int, float]:
-    """Sum of next-token NLL over the split's windows: (nll, predicted tokens, seconds)."""
+    """Sum of next-token NLL over the split's windows: (nll, predicted tokens, seconds).
+
+    ``stats``, if given, is filled with the mixers' diagnostics (``MuseLM.mixer_stats``: memory
+    fidelity, slot use, effective rank, ...) averaged over the batches, weighted by their tokens."""
     was_training = model.training
     model.eval()
     nll, count = 0.0, 0
+    sums: dict[str, float] = {}
+    weights: dict[str, int] = {}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
@@ -53,9 +59,15 @@ def total_nll(
             loss = model(x, y).loss
         nll += loss.double().item() * y.numel()
         count += y.numel()
+        if stats is not None and hasattr(model, "mixer_stats"):  # e.g. not a Hugging Face model
+            for k, v in model.mixer_stats().items():
+                sums[k] = sums.get(k, 0.0) + v * y.numel()
+                weights[k] = weights.get(k, 0) + y.numel()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     model.train(was_training)
+    if stats is not None:
+        stats.update({k: sums[k] / weights[k] for k in sorted(sums)})
     return nll, count, time.perf_counter() - t0
 
 
@@ -85,11 +97,13 @@ def score(model, tokens: np.ndarray, stats: dict, seq_len: int, dev: torch.devic
         raise ValueError(f"--batch-size must be >= 1; got {batch_size}")
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    nll, count, seconds = total_nll(model, tokens, seq_len, dev, batch_size, max_tokens)
+    mixer_stats: dict[str, float] = {}
+    nll, count, seconds = total_nll(model, tokens, seq_len, dev, batch_size, max_tokens, stats=mixer_stats)
     full = max_tokens == 0
     # word and byte normalisers only apply when the whole split was scored
     out = metrics(nll, count, seconds, stats["words"] if full else None, stats["bytes"] if full else None)
     out["peak_memory_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    out.update(mixer_stats)  # e.g. memory_fidelity, slot_utilisation, effective_slots (holographic)
     return out
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
+import muse.ops.holographic  # noqa: F401  (registers muse::holographic_*)
 import muse.ops.semiseparable as ss
 from muse.ops import _triton, assume_cuda
 from muse.ops.gates import gate_inputs
@@ -50,6 +51,7 @@ def _cases():
     cores = [_r(RANKS[i], RF[i], CF[i], RANKS[i + 1]) for i in range(3)]
     ids = torch.tensor([3, 0, 3, 104, 7, 7, 7, 50, 1, 2, 99], device=DEVICE)
     gu, gl, dl = _r(B, N, H, 5), _r(B, N, H, 3), _r(B, N, H)
+    hx_a, hx_b, hx_lg = _r(B, N, 3).softmax(-1), _r(B, N, 3).softmax(-1), -_r(3).abs()  # 3 slots, W = 9
     return [
         ("semiseparable_fwd", (u, v, z, ld, h0, band, True, 16)),
         ("semiseparable_fwd", (u, v, z, None, None, None, False, 16)),
@@ -64,6 +66,12 @@ def _cases():
         ("rms_norm_bwd", (_r(3, 7, 2, 5), x, w, rstd)),
         ("tt_gather_fwd", (ids, cores, RF, CF, NC, torch.float32)),
         ("tt_gather_bwd", (_r(11, NC), ids, cores, RF, CF)),
+        ("holographic_fwd", (_r(B, N, 9), hx_a, hx_b, hx_lg, _r(B, 3, 9), True, 16)),
+        ("holographic_fwd", (_r(B, N, 9), hx_a, hx_b, hx_lg, None, False, 16)),
+        ("holographic_bwd", (_r(B, N, 9), _r(B, 3, 9), _r(B, N, 9), hx_a, hx_b, hx_lg, _r(B, 3, 9), 16)),
+        ("holographic_bwd", (_r(B, N, 9), None, _r(B, N, 9), hx_a, hx_b, hx_lg, None, 16)),
+        ("holographic_fwd", (_r(B, N, 9), hx_a, None, hx_lg, _r(B, 3, 9), False, 16)),  # read with alpha
+        ("holographic_bwd", (_r(B, N, 9), None, _r(B, N, 9), hx_a, None, hx_lg, _r(B, 3, 9), 16)),
     ]
 
 
@@ -77,7 +85,7 @@ def test_opcheck(name, args):
 
 def test_every_op_is_checked_and_tagged():
     names = {"semiseparable_fwd", "semiseparable_bwd", "gate_inputs_fwd", "gate_inputs_bwd", "rms_norm_fwd",
-             "rms_norm_bwd", "tt_gather_fwd", "tt_gather_bwd"}
+             "rms_norm_bwd", "tt_gather_fwd", "tt_gather_bwd", "holographic_fwd", "holographic_bwd"}
     assert {n for n, _ in CASES} == names
     for n in names:
         op = getattr(torch.ops.muse, n).default

@@ -334,9 +334,10 @@ class Trainer:
         return values
 
     def evaluate(self) -> float:
+        self.val_stats: dict[str, float] = {}  # the mixers' diagnostics over the evaluation batches
         nll, n, _ = total_nll(
             self.model, self.data.tokens["valid"], self.cfg.seq_len, self.device,
-            self.cfg.train.batch_size, self.cfg.train.eval_tokens, self.autocast,
+            self.cfg.train.batch_size, self.cfg.train.eval_tokens, self.autocast, stats=self.val_stats,
         )
         return nll / max(n, 1)
 
@@ -406,7 +407,8 @@ class Trainer:
                 progress.update(self.step, loss, record)
                 if evaluating:
                     val_loss = self.evaluate()
-                    self._log({"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700))})
+                    self._log({"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700)),
+                               **self.val_stats})
                     progress.note(f"step {self.step}: val loss {val_loss:.4f}")
                     self.save(val_loss, time.perf_counter() - t_start)
                     # the next throughput window covers training steps only
