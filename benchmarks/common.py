@@ -80,6 +80,18 @@ def write_result(name: str, payload: dict, out_dir: str | Path = RESULTS) -> Pat
     return path
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def add_run_args(p, with_set: bool = True) -> None:
+    """The options every benchmark shares: config overrides, the device, where results go."""
+    if with_set:
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override for every preset, e.g. model.n_layers=2 (tests)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help=f"result folder (default {RESULTS}; required off CUDA)")
+
+
 def pick_device(name: str, out: str | None, script: str) -> torch.device | None:
     """The device a benchmark runs on, or None (after a message) when it is not CUDA and no
     ``--out`` was given: GPU results only ever come from a GPU run."""

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import RESULTS, environment, error_line, parse_set, pick_device, publish  # noqa: E402
+from common import DTYPES, add_run_args, environment, error_line, parse_set, pick_device, publish  # noqa: E402
 from inference_tables import decode_markdown  # noqa: E402
 from muse import build_model  # noqa: E402
 from muse.config import load_config, to_dict  # noqa: E402
@@ -45,7 +45,6 @@ from muse.generate import Decoder, generate  # noqa: E402
 from muse.model import PREFILL_CHUNK  # noqa: E402
 from muse.ops import record_paths  # noqa: E402
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _sync(device: torch.device) -> None:
@@ -185,10 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-warmup", type=int, default=20)
     p.add_argument("--decode-tokens", type=int, default=200)
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every preset, e.g. model.n_layers=2 (tests)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help=f"result folder (default {RESULTS}; required off CUDA)")
+    add_run_args(p)
     args = p.parse_args(argv)
     device = pick_device(args.device, args.out, "decode")
     if device is None:

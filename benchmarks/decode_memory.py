@@ -36,13 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import RESULTS, _err, environment, parse_set, pick_device, publish  # noqa: E402
+from common import DTYPES, add_run_args, error_line, environment, parse_set, pick_device, publish  # noqa: E402
 from muse import build_model  # noqa: E402
 from muse.config import load_config  # noqa: E402
 from muse.generate import Decoder  # noqa: E402
 from muse.ops import record_paths  # noqa: E402
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _sync(device: torch.device) -> None:
@@ -94,7 +93,7 @@ def run_preset(preset: str, args, device: torch.device, dtype: torch.dtype) -> d
                   + (f", decode peak {r['decode_peak_mib']:.1f} MiB" if r["decode_peak_mib"] is not None else "")
                   + f", {r['step_ms']:.2f} ms/token ({time.perf_counter() - t0:.0f} s)", flush=True)
         except Exception as e:  # noqa: BLE001 - an OOM or a failure is recorded per row
-            r = {"context": L, "error": _err(e)}
+            r = {"context": L, "error": error_line(e)}
             print(f"{preset:>10} L={L:>6}: FAILED {r['error']}", flush=True)
         finally:
             gc.collect()
@@ -149,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--tokens", type=int, default=100)
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every preset, e.g. model.n_layers=2 (tests)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help=f"result folder (default {RESULTS}; required off CUDA)")
+    add_run_args(p)
     args = p.parse_args(argv)
     device = pick_device(args.device, args.out, "decode_memory")
     if device is None:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import environment, error_line, median_ms, pick_device, publish  # noqa: E402
+from common import add_run_args, environment, error_line, median_ms, pick_device, publish  # noqa: E402
 from muse.config import FFNConfig  # noqa: E402
 from muse.layers.ffn import FFN  # noqa: E402
 from muse.runtime import autocast_context  # noqa: E402
@@ -89,8 +89,7 @@ def run_shape(T: int, d: int, r: int, device: torch.device, impls: tuple[str, ..
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", default=["16384,512,32"], metavar="T,d,r")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="result folder (default benchmarks/results; required off CUDA)")
+    add_run_args(p, with_set=False)
     args = p.parse_args(argv)
     device = pick_device(args.device, args.out, "lowrank_ffn")
     if device is None:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common import RESULTS, do_bench, error_line, environment, median_ms, pick_device, publish  # noqa: E402
+from common import add_run_args, do_bench, error_line, environment, median_ms, pick_device, publish  # noqa: E402
 from muse.config import load_config, to_dict  # noqa: E402
 from muse.mixers import build_mixer  # noqa: E402
 from muse.ops.holographic import holographic, resolve_impl  # noqa: E402
@@ -186,7 +186,7 @@ def check_holographic(B, N, args, device) -> dict:
         errs = {k: rel(a, b) for k, a, b in zip(names, got, ref)}
         out.update(errors=errs, ok=all(math.isfinite(e) and e <= args.tol for e in errs.values()))
     except Exception as e:  # noqa: BLE001
-        out.update(errors={}, ok=False, error=_err(e))
+        out.update(errors={}, ok=False, error=error_line(e))
     finally:
         gc.collect()
         if device.type == "cuda":
@@ -292,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slots", type=int, default=16, help="memory slots S of the holographic layer")
     p.add_argument("--holo-check-tokens", type=int, default=16384,
                    help="larger B·N check the holographic read on a slice (the float64 reference is large)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help=f"result folder (default {RESULTS}; required off CUDA)")
+    add_run_args(p, with_set=False)
     args = p.parse_args(argv)
     device = pick_device(args.device, args.out, "mixers")
     if device is None:

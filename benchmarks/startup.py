@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import muse  # noqa: E402
-from common import environment, parse_set, pick_device, publish  # noqa: E402
+from common import add_run_args, environment, parse_set, pick_device, publish  # noqa: E402
 from inference_tables import startup_markdown  # noqa: E402
 from muse.config import load_config  # noqa: E402
 from muse.data import prepare_data  # noqa: E402
@@ -143,11 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default=None, help="data.dataset (default: the preset's, pystdlib: offline)")
     p.add_argument("--data-dir", default=None, help="data.data_dir (wikitext-* files)")
     p.add_argument("--data-cache", default="~/.cache/muse", help="data.cache_dir: tokenized once, before the runs")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, as `muse train --KEY VALUE` (e.g. train.cuda_graph=true)")
     p.add_argument("--work-dir", default=None, help="fresh caches and runs go here (default: a temp folder)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="result folder (default benchmarks/results; required off CUDA)")
+    add_run_args(p)
     args = p.parse_args(argv)
     device = pick_device(args.device, args.out, "startup")
     if device is None:

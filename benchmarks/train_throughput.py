@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import RESULTS, environment, error_line, parse_set, pick_device, publish  # noqa: E402
+from common import add_run_args, environment, error_line, parse_set, pick_device, publish  # noqa: E402
 from muse.config import COMPILE_MODES, PRECISIONS, load_config, to_dict  # noqa: E402
 from muse.memory.profile import StepPlan, build_plan, kernel_paths, measure, plan_config, plan_step  # noqa: E402
 from muse.runtime import autocast_context  # noqa: E402
@@ -124,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1,
                    help="independent runs per row (each builds, compiles and measures afresh); the row reports "
                         "the median run and the range of the paired runs' ratios (results go to ...-xR-gpu.json)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for both presets, e.g. model.n_layers=2 (tests)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help=f"result folder (default {RESULTS}; required off CUDA)")
+    add_run_args(p)
     args = p.parse_args(argv)
     device = pick_device(args.device, args.out, "train_throughput")
     if device is None:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from common import RESULTS, do_bench, error_line, environment, median_ms, pick_device, publish  # noqa: E402
+from common import add_run_args, do_bench, error_line, environment, median_ms, pick_device, publish  # noqa: E402
 from muse.layers.embedding import TTEmbedding  # noqa: E402
 from muse.ops.tt_gather import triton_kernel  # noqa: E402
 
@@ -183,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copy-mib", type=int, default=1024, help="size of the bandwidth-probe copy")
     p.add_argument("--warmup", type=float, default=25.0, help="do_bench warm-up, ms")
     p.add_argument("--rep", type=float, default=100.0, help="do_bench repetition time, ms")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help=f"result folder (default {RESULTS}; required off CUDA)")
+    add_run_args(p, with_set=False)
     args = p.parse_args(argv)
     device = pick_device(args.device, args.out, "tt_embedding")
     if device is None:

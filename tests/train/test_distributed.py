@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 
 def test_torchrun_ddp_two_processes(wt2_args, tmp_path):

@@ -10,7 +10,6 @@ from torch import nn
 
 from muse.config import TrainConfig
 from muse.train import build_optimizer, build_scheduler, lr_lambda, param_groups
-from muse.train import optim as optim_mod
 from muse.train.checkpoint import load_checkpoint, save_checkpoint
 
 

@@ -342,7 +342,7 @@ def test_new_run_starts_a_new_metrics_log(wt2_args, tmp_path):
     [
         (lambda run, tmp: ["--resume", str(run), "--run-dir", str(tmp / "other")], "drop --run-dir"),
         (lambda run, tmp: ["--resume", str(run / "checkpoints")], "--resume takes a run directory"),
-        (lambda run, tmp: ["--resume", str(next((run / "checkpoints").glob("step-*")))], f"use --resume {{run}}"),
+        (lambda run, tmp: ["--resume", str(next((run / "checkpoints").glob("step-*")))], "use --resume {run}"),
         (lambda run, tmp: ["--resume", str(tmp / "nope")], "the path does not exist"),
         (lambda run, tmp: ["--resume", str(tmp)], "expected checkpoints/last.json"),
     ],

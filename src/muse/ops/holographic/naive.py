@@ -41,6 +41,8 @@ import functools
 import torch
 from torch import Tensor
 
+from muse.ops._inputs import accumulation_dtype, check_float
+
 __all__ = [
     "accumulation_dtype",
     "check_inputs",
@@ -63,20 +65,6 @@ def num_freqs(D: int) -> int:
     return D // 2 + 1
 
 
-def accumulation_dtype(*tensors: Tensor | None) -> torch.dtype:
-    """float64 if any given tensor is float64, else float32 (also for bf16/fp16 inputs)."""
-    if any(t is not None and t.dtype == torch.float64 for t in tensors):
-        return torch.float64
-    return torch.float32
-
-
-def _check_float(name: str, t: Tensor) -> None:
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor; got dtype {t.dtype}")
-
-
 def check_inputs(
     q: Tensor,
     k: Tensor,
@@ -91,27 +79,27 @@ def check_inputs(
     Raises ValueError naming the offending tensor. Signs (γ <= 1, weights >= 0) are not checked:
     that would synchronise the device on every call.
     """
-    _check_float("v", v)
+    check_float("v", v)
     if v.dim() != 3 or v.shape[1] < 1 or v.shape[2] < 1:
         raise ValueError(f"v must be a 3-D tensor (B, N, D) with N, D >= 1; got shape {tuple(v.shape)}")
     B, N, D = v.shape
     for name, t in (("q", q), ("k", k)):
-        _check_float(name, t)
+        check_float(name, t)
         if tuple(t.shape) != (B, N, D):
             raise ValueError(f"{name} must be (B, N, D) = {(B, N, D)} like v; got {tuple(t.shape)}")
-    _check_float("alpha", alpha)
+    check_float("alpha", alpha)
     if alpha.dim() != 3 or tuple(alpha.shape[:2]) != (B, N) or alpha.shape[2] < 1:
         raise ValueError(f"alpha must be (B, N, S) with B, N = {(B, N)} and S >= 1; got {tuple(alpha.shape)}")
     S = alpha.shape[2]
-    _check_float("beta", beta)
+    check_float("beta", beta)
     if tuple(beta.shape) != (B, N, S):
         raise ValueError(f"beta must be (B, N, S) = {(B, N, S)} like alpha; got {tuple(beta.shape)}")
-    _check_float("log_gamma", log_gamma)
+    check_float("log_gamma", log_gamma)
     if tuple(log_gamma.shape) != (S,):
         raise ValueError(f"log_gamma must be (S,) = ({S},), one log decay per slot; got {tuple(log_gamma.shape)}")
     F = num_freqs(D)
     if initial_state is not None:
-        _check_float("initial_state", initial_state)
+        check_float("initial_state", initial_state)
         if tuple(initial_state.shape) != (B, S, 2 * F):
             raise ValueError(
                 f"initial_state must be (B, S, 2F) = {(B, S, 2 * F)} (F = D // 2 + 1 frequencies, real and "
@@ -234,7 +222,7 @@ def recurrent_step(
         an fp32 memory; with ``recall``, v̂_t = irfft(conj(K) ⊙ Σ_j α_j M^j) (B, D) third.
     """
     for name, t in (("q_t", q_t), ("k_t", k_t), ("v_t", v_t), ("alpha_t", alpha_t), ("beta_t", beta_t)):
-        _check_float(name, t)
+        check_float(name, t)
         if t.dim() != 2:
             raise ValueError(f"{name} must be a 2-D tensor (B, ·), one position; got shape {tuple(t.shape)}")
     # the sequence checks with N = 1

@@ -17,17 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from muse.ops._inputs import accumulation_dtype
+
 __all__ = [
     "AUTOCAST_CASTABLE", "accumulation_dtype", "autocast_operands", "check_inputs", "naive_linear_cross_entropy",
 ]
 
 # the float dtypes autocast casts (every one but float64); also the Triton kernels' low-precision set
 AUTOCAST_CASTABLE = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def accumulation_dtype(x: Tensor) -> torch.dtype:
-    """float64 for float64 inputs, else float32 (also for bf16/fp16 inputs)."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def autocast_operands(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:

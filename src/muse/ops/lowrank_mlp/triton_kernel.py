@@ -33,7 +33,7 @@ from muse.ops._dispatch import absent, contiguous, define_op, present, sms as _s
 from muse.ops._launch import cdiv, launch as _launch, next_pow2
 from muse.ops._reduce import sum_partials
 from muse.ops._triton import HAS_TRITON, autotune, configs, dot_precision, interpreting, tl, triton, triton_supports
-from muse.ops.linear_ce.naive import accumulation_dtype
+from muse.ops._inputs import accumulation_dtype
 
 from .naive import check_inputs, naive_lowrank_mlp
 

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from muse.ops._inputs import accumulation_dtype, check_float
+
 __all__ = [
     "accumulation_dtype",
     "causal_band",
@@ -38,20 +40,6 @@ __all__ = [
     "naive_recurrent",
     "recurrent_step",
 ]
-
-
-def accumulation_dtype(*tensors: Tensor | None) -> torch.dtype:
-    """float64 if any given tensor is float64, else float32 (also for bf16/fp16 inputs)."""
-    if any(t is not None and t.dtype == torch.float64 for t in tensors):
-        return torch.float64
-    return torch.float32
-
-
-def _check_float(name: str, t: Tensor) -> None:
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor; got dtype {t.dtype}")
 
 
 def check_inputs(
@@ -67,19 +55,19 @@ def check_inputs(
     Raises ValueError naming the offending tensor. The sign of ``log_decay`` is not checked:
     that would force a device synchronisation on every call.
     """
-    _check_float("u", u)
+    check_float("u", u)
     if u.dim() != 4:
         raise ValueError(f"u must be a 4-D tensor (B, N, H, r); got shape {tuple(u.shape)}")
     B, N, H, r = u.shape
     if N < 1:
         raise ValueError(f"u must have at least one position (N >= 1); got shape {tuple(u.shape)}")
-    _check_float("v", v)
+    check_float("v", v)
     if tuple(v.shape) != tuple(u.shape):
         raise ValueError(
             f"v must be (B, N, H, r) with the same shape as u {tuple(u.shape)}; "
             f"got {tuple(v.shape)}"
         )
-    _check_float("z", z)
+    check_float("z", z)
     if z.dim() != 4 or tuple(z.shape[:3]) != (B, N, H):
         raise ValueError(
             f"z must be (B, N, H, p) with the same B, N, H as u ({B}, {N}, {H}); "
@@ -87,21 +75,21 @@ def check_inputs(
         )
     p = z.shape[3]
     if log_decay is not None:
-        _check_float("log_decay", log_decay)
+        check_float("log_decay", log_decay)
         if tuple(log_decay.shape) != (B, N, H):
             raise ValueError(
                 f"log_decay must be (B, N, H) = ({B}, {N}, {H}) matching u; "
                 f"got {tuple(log_decay.shape)}"
             )
     if initial_state is not None:
-        _check_float("initial_state", initial_state)
+        check_float("initial_state", initial_state)
         if tuple(initial_state.shape) != (B, H, r, p):
             raise ValueError(
                 f"initial_state must be (B, H, r, p) = ({B}, {H}, {r}, {p}); "
                 f"got {tuple(initial_state.shape)}"
             )
     if band is not None:
-        _check_float("band", band)
+        check_float("band", band)
         if band.dim() != 2 or band.shape[0] != H * p or band.shape[1] < 1:
             raise ValueError(
                 f"band must be (H*p, w) = ({H * p}, w) with w >= 1; got {tuple(band.shape)}"
@@ -224,7 +212,7 @@ def recurrent_step(
         bf16 model decodes with an fp32 state.
     """
     for name, t in (("u_t", u_t), ("v_t", v_t), ("z_t", z_t)):
-        _check_float(name, t)
+        check_float(name, t)
         if t.dim() != 3:
             raise ValueError(f"{name} must be a 3-D tensor (B, H, ·); got {tuple(t.shape)}")
     B, H, r = u_t.shape
@@ -234,13 +222,13 @@ def recurrent_step(
         raise ValueError(f"z_t must be (B, H, p) with B, H = {(B, H)}; got {tuple(z_t.shape)}")
     p = z_t.shape[2]
     if log_decay_t is not None:
-        _check_float("log_decay_t", log_decay_t)
+        check_float("log_decay_t", log_decay_t)
         if tuple(log_decay_t.shape) != (B, H):
             raise ValueError(
                 f"log_decay_t must be (B, H) = {(B, H)}; got {tuple(log_decay_t.shape)}"
             )
     if state is not None:
-        _check_float("state", state)
+        check_float("state", state)
         if tuple(state.shape) != (B, H, r, p):
             raise ValueError(
                 f"state must be (B, H, r, p) = {(B, H, r, p)}; got {tuple(state.shape)}"
