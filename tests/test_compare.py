@@ -292,3 +292,23 @@ def test_plots_from_rows_include_throughput_vs_length(tmp_path):
     assert sorted(p.name for p in written) == ["ppl_vs_memory.png", "ppl_vs_params.png", "tokens_per_s_vs_seq_len.png",
                                                "val_loss.png"]
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_a_model_that_cannot_be_built_fails_before_training(tmp_path, capsys, monkeypatch):
+    """A missing optional extra (here transformers for hf-gpt2) stops the comparison up front."""
+    import builtins
+
+    real = builtins.__import__
+
+    def no_transformers(name, *a, **k):
+        if name == "transformers" or name.startswith("transformers."):
+            raise ImportError("No module named 'transformers'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_transformers)
+    import muse.compare.run as run_mod
+
+    monkeypatch.setattr(run_mod, "train_and_score", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    assert main(["compare", "baseline", "hf-gpt2", "--max-tokens", "1000", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("muse: error: model 'hf-gpt2':") and "muse[hf]" in err and len(err.splitlines()) == 1

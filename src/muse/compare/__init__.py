@@ -37,6 +37,14 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     from muse.compare.report import select, write_reports
     from muse.compare.run import load_row, row_path, selected_now, train_and_score, write_json
 
+    from muse.model import build_model
+
+    todo = [r for r in runs if load_row(opts.out, r) is None and selected_now(opts, r)]
+    for run in todo:  # a model that cannot be built (e.g. a missing extra) fails before anything trains
+        try:
+            build_model(run.config, device="meta")
+        except (ValueError, ImportError) as e:
+            raise ValueError(f"model {run.label!r}: {e}") from None
     opts.out.mkdir(parents=True, exist_ok=True)
     rows, not_run = [], []
     for i, run in enumerate(runs, 1):
