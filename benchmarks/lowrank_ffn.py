@@ -28,7 +28,7 @@ from common import add_run_args, environment, error_line, median_ms, pick_device
 from muse.config import FFNConfig  # noqa: E402
 from muse.layers.ffn import FFN  # noqa: E402
 from muse.runtime import autocast_context  # noqa: E402
-from readme_tables import lowrank_ffn_markdown  # noqa: E402
+from speed_tables import lowrank_ffn_markdown  # noqa: E402
 
 IMPLS = ("torch", "torch-compiled", "triton")
 

@@ -47,7 +47,7 @@ from muse.config import load_config, to_dict  # noqa: E402
 from muse.mixers import build_mixer  # noqa: E402
 from muse.ops.holographic import holographic, resolve_impl  # noqa: E402
 from muse.ops.semiseparable import semiseparable  # noqa: E402
-from readme_tables import mixers_markdown  # noqa: E402
+from speed_tables import mixers_markdown  # noqa: E402
 
 ROTATE_BYTES = 256 * 2**20  # rotate among input sets until they add up to this (2 to 8 sets)
 

@@ -32,7 +32,7 @@ from common import add_run_args, environment, error_line, parse_set, pick_device
 from muse.config import COMPILE_MODES, PRECISIONS, load_config, to_dict  # noqa: E402
 from muse.memory.profile import StepPlan, build_plan, kernel_paths, measure, plan_config, plan_step  # noqa: E402
 from muse.runtime import autocast_context  # noqa: E402
-from readme_tables import throughput_markdown  # noqa: E402
+from speed_tables import throughput_markdown  # noqa: E402
 
 
 def host_measure(cfg, plan: StepPlan, warmup: int, steps: int) -> dict:

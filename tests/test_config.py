@@ -1,5 +1,11 @@
 """Config dataclasses: validation messages name the field, YAML round-trips, presets resolve."""
 
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from muse.config import (
@@ -7,21 +13,58 @@ from muse.config import (
     from_dict, list_presets, load_config, load_raw, save_config, to_dict,
 )
 
+CONFIG_PACKAGE = Path(__file__).resolve().parents[1] / "src" / "muse" / "config"
 
-def test_config_module_does_not_import_torch():
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "src" / "muse" / "config.py"
-    # load the file on its own: importing the package would import the model (and torch)
+def load_standalone(package_dir: Path, name: str):
+    """Import the config package from ``package_dir`` under ``name``, without ``muse``: importing
+    ``muse`` would import the model (and torch), which would hide a torch import here."""
+    spec = importlib.util.spec_from_file_location(
+        name, package_dir / "__init__.py", submodule_search_locations=[str(package_dir)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_package_does_not_import_torch():
+    # a fresh interpreter that loads nothing but the package (the loader above, inlined: importing
+    # this test module would import muse.config through muse, and with it torch)
     code = (
-        "import importlib.util, sys; s = importlib.util.spec_from_file_location('cfg_probe', %r);"
+        "import importlib.util, sys; d = sys.argv[1];"
+        "s = importlib.util.spec_from_file_location('cfg_probe', d + '/__init__.py', submodule_search_locations=[d]);"
         "m = importlib.util.module_from_spec(s); sys.modules['cfg_probe'] = m; s.loader.exec_module(m);"
-        "print('torch' in sys.modules)" % str(path)
+        "subs = sorted(k for k in sys.modules if k.startswith('cfg_probe.'));"
+        "print('torch' in sys.modules, 'muse' in sys.modules, ','.join(subs))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    out = subprocess.run([sys.executable, "-c", code, str(CONFIG_PACKAGE)],
+                         capture_output=True, text=True, check=True).stdout
+    torch_loaded, muse_loaded, subs = out.split()
+    assert (torch_loaded, muse_loaded) == ("False", "False")
+    # every module of the package was loaded by the probe, so none of them imports torch
+    modules = sorted(f"cfg_probe.{p.stem}" for p in CONFIG_PACKAGE.glob("*.py") if p.stem != "__init__")
+    assert subs.split(",") == modules
+
+
+@pytest.mark.parametrize("layout", ["checkout", "wheel"])
+def test_presets_are_found_in_a_checkout_and_in_a_wheel(tmp_path, layout):
+    # a checkout: ROOT/src/muse/config/ with ROOT/configs/; a wheel: site-packages/muse/config/ with
+    # muse/configs/ beside it (pyproject's force-include)
+    package = tmp_path / ("src/muse" if layout == "checkout" else "site-packages/muse")
+    presets = tmp_path / "configs" if layout == "checkout" else package / "configs"
+    shutil.copytree(CONFIG_PACKAGE, package / "config", ignore=shutil.ignore_patterns("__pycache__"))
+    presets.mkdir(parents=True)
+    (presets / f"only-{layout}.yaml").write_text("model: {d_model: 96, n_heads: 3}\n")
+    name = f"cfg_layout_{layout}"
+    try:
+        cfg = load_standalone(package / "config", name)
+        assert cfg.preset_dirs() == [presets.resolve()]
+        assert cfg.list_presets() == [f"only-{layout}"]
+        loaded = cfg.load_config(f"only-{layout}")
+        assert (loaded.name, loaded.model.d_model, loaded.model.n_heads) == (f"only-{layout}", 96, 3)
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
 
 
 @pytest.mark.parametrize(
