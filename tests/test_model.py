@@ -72,6 +72,7 @@ def test_dense_baseline_actual_equals_dense_equivalent():
         ("baseline", {"model.positions": "rope", "model.head.kind": "tied"}),
         ("ultra", {}),
         ("phase8-max-tt", {"model.n_heads": 2}),
+        ("ultra", {"model.attention_layers": [1]}),  # hybrid: a semiseparable, then an attention layer
     ],
 )
 def test_step_decoding_equals_full_forward(preset, over):
@@ -157,3 +158,27 @@ def test_shared_norm_counts_once():
     counts = count_components(model)
     assert counts["norms"] == 3 * 32  # two shared RMSNorms + the final one, weight only
     assert model.num_params() == counts["total"]
+
+
+def test_attention_layers_make_a_hybrid():
+    """model.attention_layers puts attention at those blocks whatever mixer.kind says; decoding then
+    carries a KV cache for them (and the context is bounded), a recurrent state for the others."""
+    from muse.mixers.attention import AttentionMixer
+    from muse.mixers.semiseparable import SemiseparableMixer
+
+    model = build_model(small("standard", **{"model.n_layers": 3, "model.attention_layers": [0, 2]}))
+    assert [type(b.mixer) for b in model.blocks] == [AttentionMixer, SemiseparableMixer, AttentionMixer]
+    assert model.max_context == 40  # a KV cache is sized by model.max_seq_len
+    assert build_model(small("standard")).max_context is None
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"model.attention_layers": [2]}, r"distinct layer indices in \[0, 2\)"),
+    ({"model.attention_layers": [1, 1]}, "distinct layer indices"),
+    ({"model.attention_layers": [-1]}, "distinct layer indices"),
+])
+def test_attention_layers_are_checked(over, needle):
+    with pytest.raises(ConfigError, match=needle):
+        small("standard", **over)
+    with pytest.raises(ConfigError, match="applies only when mixer.kind is not attention"):
+        small("baseline", **{"model.attention_layers": [0]})

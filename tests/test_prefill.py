@@ -21,6 +21,8 @@ MODELS = [
     ("baseline", {}),  # dense GPT-2: learned positions, attention
     ("baseline", {"model.positions": "rope", "model.n_heads": 2}),
     ("standard", {}),  # semiseparable, no positions, low-rank head
+    ("standard", {"model.attention_layers": [1]}),  # hybrid: attention (no positions) after a semiseparable layer
+    ("hamt-small", {"model.attention_layers": [0], "model.positions": "rope"}),  # rope attention, then holographic
 ]
 
 

@@ -283,6 +283,9 @@ class ModelConfig:
     dropout: float = 0.0
     init_std: float = 0.02
     checkpointing: bool = False  # activation checkpointing per block
+    # hybrid models: these layers (0-based) use attention whatever mixer.kind says, the way the
+    # H3 / Mamba-2 hybrids put a few attention layers among O(N) ones ([] : none)
+    attention_layers: list[int] = field(default_factory=list)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     mixer: MixerConfig = field(default_factory=MixerConfig)
     ffn: FFNConfig = field(default_factory=FFNConfig)
@@ -304,6 +307,14 @@ class ModelConfig:
             raise ConfigError(f"model.init_std must be > 0; got {self.init_std!r}")
         if self.embedding.kind == "dense" and self.embedding.phase != "none":
             raise ConfigError("embedding.phase applies only to embedding.kind 'tt'")
+        if self.attention_layers:
+            if self.mixer.kind == "attention":
+                raise ConfigError("model.attention_layers applies only when mixer.kind is not attention (every layer "
+                                  "already is); set it to [] or choose another mixer.kind")
+            bad = [i for i in self.attention_layers if not 0 <= i < self.n_layers]
+            if bad or len(set(self.attention_layers)) != len(self.attention_layers):
+                raise ConfigError(f"model.attention_layers must be distinct layer indices in [0, {self.n_layers}) "
+                                  f"(model.n_layers {self.n_layers}); got {self.attention_layers!r}")
         if self.head.loss_impl == "fused" and (
             self.head.kind == "tt" or (self.head.kind == "tied" and self.embedding.kind != "dense")
         ):
@@ -321,3 +332,7 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    def mixer_kind(self, layer_idx: int) -> str:
+        """The mixer of block ``layer_idx``: attention where ``attention_layers`` says so."""
+        return "attention" if layer_idx in self.attention_layers else self.mixer.kind

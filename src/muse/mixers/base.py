@@ -71,8 +71,9 @@ def register_mixer(name: str) -> Callable[[type[Mixer]], type[Mixer]]:
 
 
 def build_mixer(cfg: ModelConfig, layer_idx: int) -> Mixer:
+    kind = cfg.mixer_kind(layer_idx)  # mixer.kind, or attention for a hybrid's attention layers
     try:
-        cls = MIXERS[cfg.mixer.kind]
+        cls = MIXERS[kind]
     except KeyError:
-        raise ValueError(f"mixer.kind must be one of {', '.join(sorted(MIXERS))}; got {cfg.mixer.kind!r}") from None
+        raise ValueError(f"mixer.kind must be one of {', '.join(sorted(MIXERS))}; got {kind!r}") from None
     return cls(cfg, layer_idx)
