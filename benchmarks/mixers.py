@@ -130,23 +130,25 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b).norm() / b.norm()).item()
 
 
-def check_scan(B, N, H, r, p, device, args) -> dict:
-    """The scan in bf16 against impl="chunked" in float64 on copies of the same fresh inputs."""
+def check_against_float64(B, N, limit, args, device, make_inputs, grad_shape, grad_dtype, run, names) -> dict:
+    """``run(inputs)`` (the timed implementation) against ``run(inputs, "chunked")`` in float64 on
+    copies of the same fresh inputs: relative errors of the output and every input's gradient, at
+    the row's shape cut to at most ``limit`` tokens."""
     cb, cn = B, N
-    if B * N > args.check_tokens:
-        cb = max(1, args.check_tokens // N)
-        cn = min(N, args.check_tokens)
+    if B * N > limit:
+        cb = max(1, limit // N)
+        cn = min(N, limit)
     out = {"B": cb, "N": cn, "full_shape": (cb, cn) == (B, N), "reference": "chunked, float64", "tolerance": args.tol}
     try:
-        x = scan_inputs(cb, cn, H, r, p, device)
-        dy = torch.randn(cb, cn, H, p, device=device).to(torch.bfloat16)
-        y, _ = semiseparable(*x, impl=args.impl, chunk_size=args.chunk_size)
+        x = make_inputs(cb, cn)
+        dy = torch.randn(cb, cn, *grad_shape, device=device).to(grad_dtype)
+        y = run(x)
         got = (y, *torch.autograd.grad(y, x, dy))
         del y
         x64 = [t.detach().double().requires_grad_() for t in x]
-        y64, _ = semiseparable(*x64, impl="chunked", chunk_size=args.chunk_size)
+        y64 = run(x64, "chunked")
         ref = (y64, *torch.autograd.grad(y64, x64, dy.double()))
-        errs = {k: rel(a, b) for k, a, b in zip(("y", "du", "dv", "dz", "dlog_decay"), got, ref)}
+        errs = {k: rel(a, b) for k, a, b in zip(names, got, ref)}
         out.update(errors=errs, ok=all(math.isfinite(e) and e <= args.tol for e in errs.values()))
     except Exception as e:  # noqa: BLE001
         out.update(errors={}, ok=False, error=error_line(e))
@@ -155,6 +157,14 @@ def check_scan(B, N, H, r, p, device, args) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return out
+
+
+def check_scan(B, N, H, r, p, device, args) -> dict:
+    """The scan in bf16 against impl="chunked" in float64."""
+    return check_against_float64(
+        B, N, args.check_tokens, args, device, lambda b, n: scan_inputs(b, n, H, r, p, device), (H, p),
+        torch.bfloat16, lambda x, impl=None: semiseparable(*x, impl=impl or args.impl, chunk_size=args.chunk_size)[0],
+        ("y", "du", "dv", "dz", "dlog_decay"))
 
 
 def holo_inputs(B, N, D, S, device, dtype=torch.float32):
@@ -168,30 +178,11 @@ def holo_inputs(B, N, D, S, device, dtype=torch.float32):
 
 def check_holographic(B, N, args, device) -> dict:
     """The holographic read on --holo-impl (fp32) against impl="chunked" in float64."""
-    cb, cn = B, N
-    if B * N > args.holo_check_tokens:
-        cb = max(1, args.holo_check_tokens // N)
-        cn = min(N, args.holo_check_tokens)
-    out = {"B": cb, "N": cn, "full_shape": (cb, cn) == (B, N), "reference": "chunked, float64", "tolerance": args.tol}
-    try:
-        x = holo_inputs(cb, cn, args.hcm_dim, args.slots, device)
-        dr = torch.randn(cb, cn, args.hcm_dim, device=device)
-        r, _ = holographic(*x, impl=args.holo_impl, chunk_size=args.chunk_size)
-        got = (r, *torch.autograd.grad(r, x, dr))
-        del r
-        x64 = [t.detach().double().requires_grad_() for t in x]
-        r64, _ = holographic(*x64, impl="chunked", chunk_size=args.chunk_size)
-        ref = (r64, *torch.autograd.grad(r64, x64, dr.double()))
-        names = ("r", "dq", "dk", "dv", "dalpha", "dbeta", "dlog_gamma")
-        errs = {k: rel(a, b) for k, a, b in zip(names, got, ref)}
-        out.update(errors=errs, ok=all(math.isfinite(e) and e <= args.tol for e in errs.values()))
-    except Exception as e:  # noqa: BLE001
-        out.update(errors={}, ok=False, error=error_line(e))
-    finally:
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return out
+    return check_against_float64(
+        B, N, args.holo_check_tokens, args, device, lambda b, n: holo_inputs(b, n, args.hcm_dim, args.slots, device),
+        (args.hcm_dim,), torch.float32,
+        lambda x, impl=None: holographic(*x, impl=impl or args.holo_impl, chunk_size=args.chunk_size)[0],
+        ("r", "dq", "dk", "dv", "dalpha", "dbeta", "dlog_gamma"))
 
 
 def layer_configs(args, N):
