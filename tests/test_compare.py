@@ -187,7 +187,7 @@ def test_compare_two_models_writes_everything_and_resumes(corpus, tmp_path, caps
         assert t["bits_per_byte"] > 0 and t["step"] * 256 in [x for x, _ in r["val_curve"]]  # a checkpoint's step
         assert r["val_curve"] and r["best_val_loss"] == min(v for _, v in r["val_curve"])
     md = (out / "results.md").read_text()
-    assert "estimate" in md and "Command: `muse compare" in md
+    assert "estimate" in md and "Command that wrote these reports: `muse compare" in md and "trained by: `muse compare" in md
 
     # a second invocation with the same folder trains nothing
     import muse.compare.run as run_mod

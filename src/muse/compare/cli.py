@@ -118,8 +118,10 @@ def run_specs(args, specs, title: str) -> int:
 
     recipe = recipe_from_args(args, specs[0])
     runs = resolve(specs, recipe)  # every config validated before anything trains
-    opts = Options(args.out, args.runs_dir, args.device, args.retry_failed, only=tuple(args.only or ()))
-    payload = compare(runs, opts, _meta(args, runs, recipe, title), plots=not args.no_plots)
+    meta = _meta(args, runs, recipe, title)
+    opts = Options(args.out, args.runs_dir, args.device, args.retry_failed, only=tuple(args.only or ()),
+                   command=meta["command"])
+    payload = compare(runs, opts, meta, plots=not args.no_plots)
     return 0 if all(r["status"] == "complete" for r in payload["rows"]) else 1
 
 

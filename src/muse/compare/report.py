@@ -170,7 +170,8 @@ def markdown(meta: dict, rows: list[dict], selected: list[dict], verdict: dict) 
         + ("(an estimate: no CUDA device)." if est else "(measured, `torch.cuda.max_memory_allocated`).")
         + " Tokens/s is the median of the training run's logged windows after warm-up.",
         "",
-        f"Command: `{meta.get('command', '')}`",
+        f"Command that wrote these reports: `{meta.get('command', '')}`"
+        + "".join(f"; trained by: `{c}`" for c in dict.fromkeys(r.get("command") for r in selected) if c),
         "",
     ]
     return "\n".join(lines)

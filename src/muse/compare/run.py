@@ -44,6 +44,7 @@ class Options:
     warmup_windows: int = 2  # logged throughput windows left out of the median (compilation, capture)
     eval_batch_size: int = 0  # 0: the training batch size
     only: tuple[str, ...] = ()  # shell patterns: train only matching runs now (empty: all)
+    command: str = ""  # the invocation that trains: each row records it
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -170,7 +171,7 @@ def train_and_score(run: Run, opts: Options) -> dict:
         "spec": {"source": run.spec.source, "overrides": run.spec.overrides},
         "seq_len": run.seq_len, "batch_size": tc.batch_size, "lr": run.lr,
         "precision": tc.precision, "optimizer": tc.optimizer, "checkpointing": cfg.model.checkpointing,
-        "budget": {"max_tokens": tc.max_tokens, "max_minutes": tc.max_minutes},
+        "budget": {"max_tokens": tc.max_tokens, "max_minutes": tc.max_minutes}, "command": opts.command,
         **environment_info(device),
     }
     row.update(measure_memory(cfg, str(device)))
