@@ -315,3 +315,22 @@ def test_a_model_that_cannot_be_built_fails_before_training(tmp_path, capsys, mo
     assert main(["compare", "baseline", "hf-gpt2", "--max-tokens", "1000", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("muse: error: model 'hf-gpt2':") and "muse[hf]" in err and len(err.splitlines()) == 1
+
+
+def test_rows_survive_new_config_fields_but_not_changed_values():
+    """A row saved before a config field existed is the same run when the field is at its default
+    now; a saved value that differs (a changed default, another rank) is another run."""
+    from muse.compare.spec import same_run
+    from muse.config import load_config, to_dict
+
+    cfg = load_config("standard", {"train.max_tokens": 1000})
+    saved = to_dict(cfg)
+    assert same_run(saved, cfg)
+    del saved["model"]["attention_layers"], saved["model"]["mixer"]["holographic"]  # fields added later
+    saved["train"]["device"], saved["data"]["cache_dir"] = "cuda:0", "/elsewhere"  # volatile keys
+    assert same_run(saved, cfg)
+    saved["model"]["ffn"]["rank"] = 64
+    assert not same_run(saved, cfg)
+    saved = to_dict(cfg)
+    saved["train"]["warmup_steps"] = 7  # explicit in the row, another value now
+    assert not same_run(saved, cfg)

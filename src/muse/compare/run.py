@@ -79,9 +79,13 @@ def row_path(out: Path, run: Run) -> Path:
 
 
 def load_row(out: Path, run: Run) -> dict | None:
-    for p in sorted((out / "rows").glob(f"*-{run.key[:8]}.json")):
+    """The row of an earlier invocation that made this run (the same config up to volatile keys
+    and fields added since at their defaults: :func:`muse.compare.spec.same_run`), or None."""
+    from muse.compare.spec import same_run
+
+    for p in sorted((out / "rows").glob("*.json")):
         row = json.loads(p.read_text())
-        if row.get("key") == run.key:
+        if "config" in row and same_run(row["config"], run.config):
             return row
     return None
 

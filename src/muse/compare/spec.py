@@ -192,15 +192,31 @@ class Run:
     multi_lr: bool = False
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def identity(config: dict) -> dict:
+    """What a run's results depend on: its flat config without the volatile keys, and without
+    the keys at their default values (so a field added later, at a default that keeps today's
+    behaviour, does not change the identity of runs made before it existed)."""
+    defaults = _flat(to_dict(Config()))
+    return {k: v for k, v in _flat(config).items()
+            if k not in VOLATILE_KEYS and not (k in defaults and defaults[k] == v)}
+
+
+def same_run(saved: dict, cfg: Config) -> bool:
+    """Whether a row's saved config describes the run ``cfg`` would make: equal on every key,
+    where a key the saved config lacks (a field added since) must be at its default now."""
+    return identity(saved) == identity(to_dict(cfg))
+
+
 def run_key(cfg: Config) -> str:
-    d = to_dict(cfg)
-    for k in VOLATILE_KEYS:
-        *path, leaf = k.split(".")
-        node = d
-        for p in path:
-            node = node[p]
-        node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    """A short name for the run's identity (file names); :func:`same_run` decides reuse."""
+    return hashlib.sha256(json.dumps(identity(to_dict(cfg)), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def resolve(specs: list[Spec], recipe: Recipe) -> list[Run]:
