@@ -66,11 +66,12 @@ def pareto_table() -> str:
     if res is None:
         return "_Not measured yet: `muse compare @configs/experiments/compare-wikitext2-pareto.args` on a GPU._"
     rows = sorted(selected(res), key=lambda r: (r["status"] != "complete", ppl(r)))
-    lines = ["| model | kind | parameters | full-step peak | train tokens/s | test ppl | word ppl | status |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+    apart = any(r["status"] != "complete" for r in rows)  # a status column only where one stopped short
+    lines = ["| model | kind | parameters | full-step peak | train tokens/s | test ppl | word ppl |"
+             + (" status |" if apart else ""), "|---|---|---:|---:|---:|---:|---:|" + ("---|" if apart else "")]
     for r in rows:
         status = "" if r["status"] == "complete" else f"**{r['status']}**: {r['status_detail']}"
-        lines.append(f"| `{r['label']}` | {r['family']} | {_row_cells(r)} | {status} |")
+        lines.append(f"| `{r['label']}` | {r['family']} | {_row_cells(r)} |" + (f" {status} |" if apart else ""))
     not_run = f" Not run yet: {', '.join(f'`{x}`' for x in res['not_run'])}." if res.get("not_run") else ""
     lines += ["", res["pareto"]["summary"] + "." + not_run, "", recipe_note(res), "",
               f"![test perplexity against full-step peak memory](benchmarks/results/{PARETO}/ppl_vs_memory.png)"]
