@@ -32,7 +32,6 @@ from pathlib import Path
 from muse.compare.spec import Run
 from muse.config import Config, to_dict
 
-STATUSES = ("complete", "incomplete", "failed")
 
 
 @dataclass

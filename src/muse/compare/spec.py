@@ -182,14 +182,13 @@ class Run:
     seq_len: int
     lr: float
     config: Config
-    key: str  # identity: a hash of everything that changes what the run measures
+    key: str  # a short name of its identity (run_key), for file names
     group: str  # the spec's label (@N with several lengths): runs of a group differ by lr only
+    multi_lr: bool = False  # part of an lr sweep: the label names the lr
 
     @property
     def label(self) -> str:
         return self.group + (f" lr={self.lr:g}" if self.multi_lr else "")
-
-    multi_lr: bool = False
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
