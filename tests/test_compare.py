@@ -72,6 +72,10 @@ def test_one_at_a_time_swaps_each_differing_component():
     # every variant is a valid config
     runs = resolve(specs, Recipe({"train.max_tokens": 1000, "train.max_steps": 0}, seq_lens=(512,), lrs=(1e-3,)))
     assert [r.config.model.embedding.kind for r in runs[2:]] == ["dense", "tt", "tt", "tt", "tt"]
+    # memory features set for every model are no component to swap (it would retrain standard)
+    same = {"train.precision": "bf16", "train.optimizer": "adamw", "model.checkpointing": False}
+    assert "memory features" not in " ".join(s.label for s in one_at_a_time(parse_spec("standard"),
+                                                                              parse_spec("baseline"), same))
 
 
 def test_resolve_refuses_recipe_overrides_and_disagreeing_configs():

@@ -139,7 +139,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.one_at_a_time == bool(args.grid):
         raise ConfigError("muse ablate needs either --grid KEY=V1,V2 (repeatable) or --one-at-a-time [--toward PRESET]")
     if args.one_at_a_time:
-        specs = one_at_a_time(base, parse_spec(args.toward))
+        specs = one_at_a_time(base, parse_spec(args.toward), recipe_from_args(args, base).common)
         if len(specs) == 2:
             raise ConfigError(f"{base.label} and {args.toward} have the same components: nothing to swap")
         title = f"muse ablate: {base.label}, one component at a time toward {args.toward}"

@@ -146,12 +146,13 @@ def _get(d: dict, dotted: str):
     return d
 
 
-def one_at_a_time(base: Spec, toward: Spec) -> list[Spec]:
+def one_at_a_time(base: Spec, toward: Spec, common: dict | None = None) -> list[Spec]:
     """``base``, ``toward``, and ``base`` with one component (embedding, mixer, FFN, head, norm,
     memory features) taken from ``toward`` at a time: what each part of ``base`` costs or saves.
-    Components on which the two agree are skipped."""
-    a = to_dict(_load(base))
-    b = to_dict(_load(toward))
+    Components on which the two agree once ``common`` (the ``--set`` overrides every model gets)
+    is applied are skipped: swapping them would train ``base`` again under another name."""
+    a = to_dict(_load(base, common))
+    b = to_dict(_load(toward, common))
     out = [base, toward]
     for name, keys in COMPONENTS.items():
         swap = {k: copy.deepcopy(_get(b, k)) for k in keys if _get(a, k) != _get(b, k)}
