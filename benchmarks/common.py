@@ -83,6 +83,12 @@ def write_result(name: str, payload: dict, out_dir: str | Path = RESULTS) -> Pat
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device (host clock timings around GPU work)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def add_run_args(p, with_set: bool = True) -> None:
     """The options every benchmark shares: config overrides, the device, where results go."""
     if with_set:

@@ -37,19 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import DTYPES, add_run_args, environment, error_line, parse_set, pick_device, publish  # noqa: E402
+from common import DTYPES, add_run_args, sync, environment, error_line, parse_set, pick_device, publish  # noqa: E402
 from inference_tables import decode_markdown  # noqa: E402
 from muse import build_model  # noqa: E402
 from muse.config import load_config, to_dict  # noqa: E402
 from muse.generate import Decoder, generate  # noqa: E402
 from muse.model import PREFILL_CHUNK  # noqa: E402
 from muse.ops import record_paths  # noqa: E402
-
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _ids(n: int, vocab: int, device: torch.device, seed: int) -> torch.Tensor:
@@ -73,10 +67,10 @@ def decode_figures(model, args, device: torch.device) -> tuple[dict, Decoder]:
         for i in range(n):
             if eager_tokens is not None:
                 nxt = eager_tokens[i]  # the eager run's tokens: comparable logits
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             logits, state = decoder(nxt, state)
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - t0)
             if eager_tokens is None:
                 eager_logits.append(logits.float())
@@ -109,20 +103,20 @@ def prefill_figures(model, N: int, args, device: torch.device, decoder: Decoder)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(args.prefill_repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         logits, _ = model.prefill(prompt, chunk=args.prefill_chunk)
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     parallel = N / statistics.median(times)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
     state = model.init_state(1)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for t in range(N):
         step_logits, state = decoder(prompt[:, t], state)
-    _sync(device)
+    sync(device)
     stepwise = N / (time.perf_counter() - t0)
     return {
         "N": N, "parallel_tokens_per_s": parallel, "stepwise_tokens_per_s": stepwise, "speedup": parallel / stepwise,

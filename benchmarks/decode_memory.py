@@ -36,21 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import DTYPES, add_run_args, error_line, environment, parse_set, pick_device, publish  # noqa: E402
+from common import DTYPES, add_run_args, sync, error_line, environment, parse_set, pick_device, publish  # noqa: E402
 from muse import build_model  # noqa: E402
 from muse.config import load_config  # noqa: E402
 from muse.generate import Decoder  # noqa: E402
+from muse.memory.profile import tensor_bytes  # noqa: E402
+from muse.model import PREFILL_CHUNK  # noqa: E402
 from muse.ops import record_paths  # noqa: E402
 
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _mib(tensors) -> float:
-    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+    return tensor_bytes(tensors) / 2**20  # distinct storages: a tied head counts once
 
 
 def measure(preset: str, L: int, args, device: torch.device, dtype: torch.dtype) -> dict:
@@ -68,12 +64,12 @@ def measure(preset: str, L: int, args, device: torch.device, dtype: torch.dtype)
     nxt, times = logits.argmax(-1), []
     for i in range(steps):
         if i == args.warmup and device.type == "cuda":
-            _sync(device)
+            sync(device)
             torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         logits, state = decoder(nxt, state)
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
         nxt = logits.argmax(-1)
     row["decode_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -144,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["baseline", "standard", "hamt-100m"])
     p.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 32768])
-    p.add_argument("--prefill-chunk", type=int, default=2048)
+    p.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--tokens", type=int, default=100)
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))

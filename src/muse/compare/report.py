@@ -13,7 +13,7 @@ import csv
 import io
 import math
 
-from muse.compare.run import ppl, write_json
+from muse.compare.run import ppl, write_json, write_text
 
 CSV_COLUMNS = (
     "label", "group", "family", "status", "status_detail", "selected", "seq_len", "lr", "batch_size", "precision",
@@ -186,7 +186,5 @@ def write_reports(out, meta: dict, rows: list[dict]) -> dict:
                "selected": [r["label"] for r in selected], "pareto": verdict}
     write_json(out / "results.json", payload)
     for name, text in (("results.csv", csv_text(rows, selected)), ("results.md", markdown(meta, rows, selected, verdict))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
+        write_text(out / name, text)
     return payload

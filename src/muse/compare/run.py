@@ -89,12 +89,16 @@ def load_row(out: Path, run: Run) -> dict | None:
     return None
 
 
-def write_json(path: Path, payload: dict) -> None:
+def write_text(path: Path, text: str) -> None:
     """Temp file, then rename: a crash never leaves half a file where a whole one was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def measure_memory(cfg: Config, device: str) -> dict:

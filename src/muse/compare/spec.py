@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from muse.config import Config, ConfigError, flat_keys, load_config, load_raw, to_dict
+from muse.config import Config, ConfigError, flat_keys, flatten, load_config, load_raw, to_dict
 
 # keys that define the comparison, not the model: equal for every row
 RECIPE_KEYS = (
@@ -192,19 +192,12 @@ class Run:
         return self.group + (f" lr={self.lr:g}" if self.multi_lr else "")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def identity(config: dict) -> dict:
     """What a run's results depend on: its flat config without the volatile keys, and without
     the keys at their default values (so a field added later, at a default that keeps today's
     behaviour, does not change the identity of runs made before it existed)."""
-    defaults = _flat(to_dict(Config()))
-    return {k: v for k, v in _flat(config).items()
+    defaults = flatten(to_dict(Config()))
+    return {k: v for k, v in flatten(config).items()
             if k not in VOLATILE_KEYS and not (k in defaults and defaults[k] == v)}
 
 

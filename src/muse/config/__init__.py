@@ -16,7 +16,7 @@ Everything is re-exported here, so callers import from ``muse.config`` only.
 from __future__ import annotations
 
 from .checks import ConfigError, check_choice, check_positive
-from .io import deep_merge, field_types, flat_keys, from_dict, set_dotted, to_dict
+from .io import deep_merge, field_types, flat_keys, flatten, from_dict, set_dotted, to_dict
 from .model import (
     FFN_IMPLS,
     HOLOGRAPHIC_IMPLS,
@@ -56,6 +56,6 @@ __all__ = [
     "AttentionConfig", "Config", "ConfigError", "DataConfig", "EmbeddingConfig", "FFNConfig", "HeadConfig",
     "HolographicConfig", "LinearConfig", "MixerConfig", "ModelConfig", "NormConfig", "SemiseparableConfig",
     "TrainConfig", "check_choice", "check_cublas_workspace", "check_positive", "deep_merge", "field_types",
-    "flat_keys", "from_dict", "hf_gpt2_conflicts", "list_presets", "load_config", "load_raw", "preset_dirs",
+    "flat_keys", "flatten", "from_dict", "hf_gpt2_conflicts", "list_presets", "load_config", "load_raw", "preset_dirs",
     "save_config", "set_dotted", "to_dict",
 ]

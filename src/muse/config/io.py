@@ -99,6 +99,14 @@ def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict (``to_dict``) as {dotted key: value}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def flat_keys(cls, prefix: str = "") -> dict[str, Any]:
     """All leaf keys of a dataclass as dotted paths -> type (used to derive the CLI)."""
     out = {}

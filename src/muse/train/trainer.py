@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from muse.config import Config, ConfigError, DataConfig, from_dict, to_dict
+from muse.config import Config, ConfigError, DataConfig, flatten, from_dict, to_dict
 from muse.data import BatchSampler, Tokenizer, prepare_data
 from muse.evaluate import total_nll
 from muse.runtime import apply_cublas_workspace, autocast_context, compile_model, init_distributed
@@ -46,14 +46,7 @@ class TrainingError(RuntimeError):
 
 def config_differences(saved: Config, new: Config) -> list[str]:
     """Dotted keys whose values differ in a way that would change a resumed run's results."""
-
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    a, b = flat(to_dict(saved)), flat(to_dict(new))
+    a, b = flatten(to_dict(saved)), flatten(to_dict(new))
     skip = {"name", "description"} | {f"train.{k}" for k in RESUMABLE_TRAIN_KEYS}
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if k not in skip and a.get(k) != b.get(k)]
 
