@@ -292,6 +292,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from muse.distributed.checkpoint import export_weights
+
+    out = export_weights(args.run, tag=args.tag, out=args.out)
+    print(f"muse export: wrote {out}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     for name in list_presets():
         print(f"{name:16s} {load_raw(name).get('description', '')}")
@@ -376,6 +384,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                    help="CUBLAS_WORKSPACE_CONFIG for the whole run, baseline and presets alike: default "
                         "(torch's size, or the exported variable) | :SIZE_KiB:COUNT..., e.g. :4096:1 or :16:8")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("export", help="a checkpoint's weights as one model.safetensors (e.g. of a sharded FSDP run)")
+    p.add_argument("run", metavar="RUN_OR_CKPT")
+    p.add_argument("--tag", choices=("last", "best"), default="last", help="which checkpoint of a run dir")
+    p.add_argument("--out", help="file or folder to write (default: model.safetensors inside the checkpoint)")
+    p.set_defaults(func=cmd_export)
 
     add_compare_commands(sub)  # compare, ablate
 

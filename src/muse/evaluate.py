@@ -44,31 +44,55 @@ def total_nll(
     """Sum of next-token NLL over the split's windows: (nll, predicted tokens, seconds).
 
     ``stats``, if given, is filled with the mixers' diagnostics (``MuseLM.mixer_stats``: memory
-    fidelity, slot use, effective rank, ...) averaged over the batches, weighted by their tokens."""
+    fidelity, slot use, effective rank, ...) averaged over the batches, weighted by their tokens.
+
+    In a process group of several processes (DDP, FSDP) each one scores every world-th batch and
+    the sums are all-reduced, so every process returns the whole split's totals. Every process
+    runs the same number of forwards (one that has no batch left repeats a batch with weight 0):
+    an FSDP forward gathers parameters from all of them.
+    """
+    from muse.distributed import all_reduce_sum, is_distributed
+
     was_training = model.training
     model.eval()
-    nll, count = 0.0, 0
-    sums: dict[str, float] = {}
-    weights: dict[str, int] = {}
+    batches = list(_batched(eval_windows(tokens, seq_len, max_tokens), batch_size))
+    rank, world = 0, 1
+    if is_distributed():
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+    mine = batches[rank::world]
+    rounds = -(-len(batches) // world)
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # (nll, tokens)
+    want_stats = stats is not None and hasattr(model, "mixer_stats")  # not e.g. a Hugging Face model
+    keys: list[str] = []  # the mixers' statistics, known after the first forward (the same on every rank)
+    sums = torch.zeros(0, dtype=torch.float64, device=device)  # their token-weighted sums
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    for x, y in _batched(eval_windows(tokens, seq_len, max_tokens), batch_size):
+    for i in range(rounds):
+        x, y = mine[i] if i < len(mine) else batches[0]
+        weight = float(y.numel()) if i < len(mine) else 0.0
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast or contextlib.nullcontext():
             loss = model(x, y).loss
-        nll += loss.double().item() * y.numel()
-        count += y.numel()
-        if stats is not None and hasattr(model, "mixer_stats"):  # e.g. not a Hugging Face model
-            for k, v in model.mixer_stats().items():
-                sums[k] = sums.get(k, 0.0) + v * y.numel()
-                weights[k] = weights.get(k, 0) + y.numel()
+        totals[0] += loss.double() * weight
+        totals[1] += weight
+        if want_stats:
+            got = model.mixer_stats()
+            if i == 0:
+                keys = sorted(got)
+                sums = torch.zeros(len(keys), dtype=torch.float64, device=device)
+            sums += torch.tensor([got[k] for k in keys], dtype=torch.float64, device=device) * weight
+    all_reduce_sum(totals)
+    all_reduce_sum(sums)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     model.train(was_training)
-    if stats is not None:
-        stats.update({k: sums[k] / weights[k] for k in sorted(sums)})
-    return nll, count, time.perf_counter() - t0
+    nll, count = totals.tolist()
+    if stats is not None and count:
+        stats.update({k: v / count for k, v in zip(keys, sums.tolist())})
+    return nll, int(count), time.perf_counter() - t0
 
 
 def metrics(nll: float, count: int, seconds: float, words: int | None, nbytes: int | None) -> dict:

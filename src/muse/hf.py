@@ -140,6 +140,10 @@ class HFCausalLM(nn.Module):
             "head": [self.hf.lm_head],
         }
 
+    def shard_units(self) -> list[nn.Module]:
+        """The modules FSDP shards one by one (``muse.distributed``): GPT-2's blocks."""
+        return list(self.hf.transformer.h)
+
     def mixer_stats(self) -> dict[str, float]:
         return {}  # softmax attention has no statistics to report
 

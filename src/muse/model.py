@@ -211,6 +211,12 @@ class MuseLM(nn.Module):
             "head": [self.head],
         }
 
+    def shard_units(self) -> list[nn.Module]:
+        """The modules FSDP shards one by one (``muse.distributed``): the blocks, unless they share
+        parameters (``norm.shared``), which one FSDP group cannot hand to another; the embedding,
+        the final norm and the head (tied or not) always stay in the root's group."""
+        return [] if self.cfg.norm.shared else list(self.blocks)
+
     def mixer_stats(self) -> dict[str, float]:
         stats = [b.mixer.stats() for b in self.blocks]
         keys = {k for s in stats for k in s}

@@ -1,10 +1,9 @@
-"""Devices, precision contexts, distributed setup and loading a trained model for inference."""
+"""Devices, precision contexts, compilation and loading a trained model for inference."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,14 +46,18 @@ def side_stream_call(fn, side: torch.cuda.Stream):
     return out
 
 
-def compile_model(model: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
-    """``torch.compile(model, mode=mode)`` with ``INDUCTOR_OPTIONS`` (those this torch knows)."""
+def compile_options(mode: str | None = None) -> dict:
+    """Inductor options of the compile ``mode`` with ``INDUCTOR_OPTIONS`` (those this torch knows)."""
     import torch._inductor as inductor
     import torch._inductor.config as inductor_config
 
     known = inductor_config.get_config_copy()
-    options = {**inductor.list_mode_options(mode), **{k: v for k, v in INDUCTOR_OPTIONS.items() if k in known}}
-    return torch.compile(model, options=options)
+    return {**inductor.list_mode_options(mode), **{k: v for k, v in INDUCTOR_OPTIONS.items() if k in known}}
+
+
+def compile_model(model: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
+    """``torch.compile(model, mode=mode)`` with :func:`compile_options`."""
+    return torch.compile(model, options=compile_options(mode))
 
 
 CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
@@ -105,37 +108,6 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext()
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
-    """Under torchrun (RANK/WORLD_SIZE set) join the process group; otherwise single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return DistInfo(), resolve_device(device_name)
-    import torch.distributed as dist
-
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
-    use_cuda = torch.cuda.is_available() and device_name != "cpu"
-    if use_cuda:
-        if info.local_rank >= torch.cuda.device_count():
-            raise ValueError(
-                f"process with LOCAL_RANK {info.local_rank} but this machine has {torch.cuda.device_count()} CUDA "
-                f"device(s): use --nproc-per-node {torch.cuda.device_count()} or --train.device cpu"
-            )
-        torch.cuda.set_device(info.local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return info, torch.device(f"cuda:{info.local_rank}") if use_cuda else torch.device("cpu")
 
 
 def load_for_inference(path: str | Path, device: torch.device, tag: str = "last", int8: bool = False):

@@ -23,7 +23,7 @@ def test_batch_shapes_and_shift(tokens):
 
 
 def test_resume_gives_identical_batches(tokens):
-    """Batches depend on (seed, rank, step) only: a sampler created at step 5 (a resumed run)
+    """Batches depend on (seed, step) only: a sampler created at step 5 (a resumed run)
     yields exactly what an uninterrupted run yields at steps 5..9."""
     run = BatchSampler(tokens, 8, 16, seed=7)
     uninterrupted = [run.get(step) for step in range(10)]
@@ -35,10 +35,14 @@ def test_resume_gives_identical_batches(tokens):
     assert not torch.equal(run.get(0)[0], BatchSampler(tokens, 8, 16, seed=8).get(0)[0])
 
 
-def test_ranks_draw_different_windows(tokens):
-    r0 = BatchSampler(tokens, 8, 16, seed=7, rank=0, world_size=2).get(3)[0]
-    r1 = BatchSampler(tokens, 8, 16, seed=7, rank=1, world_size=2).get(3)[0]
+def test_ranks_split_one_global_batch(tokens):
+    """W processes of B sequences see exactly the windows of one process of W·B sequences (what
+    makes FSDP/DDP training match single-process training), each process a different slice."""
+    r0 = BatchSampler(tokens, 4, 16, seed=7, rank=0, world_size=2).get(3)[0]
+    r1 = BatchSampler(tokens, 4, 16, seed=7, rank=1, world_size=2).get(3)[0]
     assert not torch.equal(r0, r1)
+    whole = BatchSampler(tokens, 8, 16, seed=7).get(3)[0]
+    assert torch.equal(torch.cat([r0, r1]), whole)
     with pytest.raises(DataError, match="rank 2 must be < world_size 2"):
         BatchSampler(tokens, 8, 16, seed=7, rank=2, world_size=2)
 

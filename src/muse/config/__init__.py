@@ -44,6 +44,7 @@ from .train import (
     DATA_DIR_DATASETS,
     DATASETS,
     OPTIMIZERS,
+    PARALLEL,
     PRECISIONS,
     DataConfig,
     TrainConfig,
@@ -52,7 +53,7 @@ from .train import (
 
 __all__ = [
     "COMPILE_MODES", "CUDA_GRAPH_OPTIMIZERS", "DATASETS", "DATA_DIR_DATASETS", "FFN_IMPLS", "HOLOGRAPHIC_IMPLS",
-    "LINEAR_KINDS", "LOSS_IMPLS", "MIXER_KINDS", "MODEL_KINDS", "OPTIMIZERS", "PRECISIONS", "SCAN_IMPLS",
+    "LINEAR_KINDS", "LOSS_IMPLS", "MIXER_KINDS", "MODEL_KINDS", "OPTIMIZERS", "PARALLEL", "PRECISIONS", "SCAN_IMPLS",
     "AttentionConfig", "Config", "ConfigError", "DataConfig", "EmbeddingConfig", "FFNConfig", "HeadConfig",
     "HolographicConfig", "LinearConfig", "MixerConfig", "ModelConfig", "NormConfig", "SemiseparableConfig",
     "TrainConfig", "check_choice", "check_cublas_workspace", "check_positive", "deep_merge", "field_types",

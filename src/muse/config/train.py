@@ -62,6 +62,7 @@ class DataConfig:
 OPTIMIZERS = ("adamw", "adamw8bit", "adamw-offload")
 CUDA_GRAPH_OPTIMIZERS = ("adamw", "adamw8bit")  # whose step can run inside a captured graph (muse.train.graph)
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-pure")
+PARALLEL = ("auto", "none", "ddp", "fsdp")  # muse.distributed.parallelize
 _CUBLAS_WORKSPACE = re.compile(r"(:[0-9]+:[0-9]+)+")
 
 
@@ -122,6 +123,10 @@ class TrainConfig:
     # Hopper) or an exported CUBLAS_WORKSPACE_CONFIG alone; ":SIZE_KiB:COUNT" groups (":4096:1",
     # ":16:8") set CUBLAS_WORKSPACE_CONFIG before the first CUDA use (muse.runtime.apply_cublas_workspace)
     cublas_workspace: str = "default"
+    # data parallelism over the processes of a torchrun launch (muse.distributed): auto (ddp when
+    # there are several processes) | none | ddp (replicated model, all-reduced gradients) | fsdp
+    # (FSDP2: parameters, gradients and optimizer states sharded per block; sharded DCP checkpoints)
+    parallel: str = "auto"
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "eval_every", "log_every"):
@@ -135,6 +140,9 @@ class TrainConfig:
         check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         check_choice("train.precision", self.precision, PRECISIONS)
         check_choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
+        check_choice("train.parallel", self.parallel, PARALLEL)
+        if self.parallel == "fsdp" and (conflict := self.fsdp_conflict()):
+            raise ConfigError(conflict)
         if self.optimizer == "adamw-offload":
             if self.grad_accum > 1:
                 raise ConfigError(
@@ -166,6 +174,21 @@ class TrainConfig:
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
 
 
+    def fsdp_conflict(self) -> str | None:
+        """Why these settings cannot train under ``parallel: fsdp``, or None."""
+        if self.optimizer == "adamw-offload":
+            return (
+                "train.optimizer adamw-offload does not combine with train.parallel fsdp (torchao's "
+                "CPUOffloadOptimizer needs whole local tensors, FSDP2 shards them into DTensors); use adamw or "
+                "adamw8bit, whose states FSDP shards across the processes"
+            )
+        if self.precision == "fp16":
+            return (
+                "train.precision fp16 (loss scaling) does not combine with train.parallel fsdp; use bf16 (FSDP2 "
+                "then keeps fp32 sharded parameters, computes in bf16 and reduces gradients in fp32) or bf16-pure"
+            )
+        return None
+
     def cuda_graph_conflict(self) -> tuple[str, str] | None:
         """Why this training setup cannot be captured as a CUDA graph (``cuda_graph``), as (the
         short reason that ``auto`` logs, the error that ``true`` raises), or None. The model's
@@ -183,6 +206,11 @@ class TrainConfig:
                 "precision fp16 (loss scaling reads a flag on the host every step)",
                 "train.cuda_graph does not combine with train.precision fp16 (loss scaling reads a flag on the "
                 "host every step); use bf16, bf16-pure or fp32",
+            )
+        if self.parallel == "fsdp":
+            return (
+                "parallel fsdp (its hooks gather and scatter parameters on the host's schedule)",
+                "train.cuda_graph does not combine with train.parallel fsdp; use ddp or none",
             )
         if self.compile and self.compile_mode == "reduce-overhead":
             return (

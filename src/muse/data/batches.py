@@ -1,8 +1,9 @@
 """Batches from a token stream: random training windows and exhaustive evaluation windows.
 
-Training batches are a pure function of (seed, rank, step): nothing is consumed from a
-stateful iterator, so resuming at step k reproduces exactly the batches of an uninterrupted run
-without saving any data-loader state, and each DDP/FSDP rank draws its own windows.
+Training batches are a pure function of (seed, step): nothing is consumed from a stateful
+iterator, so resuming at step k reproduces exactly the batches of an uninterrupted run without
+saving any data-loader state. Under DDP/FSDP the processes split one global batch, so W processes
+of B sequences train on exactly the windows one process of W·B sequences would.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class BatchSampler:
         batch_size: sequences per batch (per rank).
         seq_len: tokens per sequence.
         seed: the run's seed.
-        rank, world_size: this process's data-parallel rank; ranks draw independent windows.
+        rank, world_size: this process's data-parallel rank; rank r takes the r-th slice of
+            the global batch of ``batch_size · world_size`` windows.
     """
 
     def __init__(
@@ -57,10 +59,12 @@ class BatchSampler:
     def starts(self, step: int) -> np.ndarray:
         """Window start positions of batch ``step``: (B,) int64, each in [0, len - seq_len - 1]."""
         _check_int("step", step, 0)
-        # A fresh generator per (seed, rank, step): SeedSequence mixes the three numbers, so
-        # neighbouring steps or ranks give unrelated streams.
-        rng = np.random.default_rng([self.seed, self.rank, step])
-        return rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size, dtype=np.int64)
+        # A fresh generator per (seed, step): SeedSequence mixes the numbers, so neighbouring
+        # steps give unrelated streams (the 0 keeps the single-process streams of earlier releases).
+        rng = np.random.default_rng([self.seed, 0, step])
+        B = self.batch_size
+        starts = rng.integers(0, len(self.tokens) - self.seq_len, size=B * self.world_size, dtype=np.int64)
+        return starts[self.rank * B : (self.rank + 1) * B]
 
     def get(self, step: int) -> tuple[Tensor, Tensor]:
         """Batch ``step`` as int64 tensors x, y of shape (B, N): x = tokens[start : start + N]

@@ -4,7 +4,9 @@ Layout of a run directory::
 
     RUN/checkpoints/
         step-00000100/          one complete checkpoint
-            model.safetensors   weights (shared tensors stored once)
+            model.safetensors   weights (shared tensors stored once), or instead
+            dcp/                weights and optimizer states sharded by the processes of an FSDP
+                                run (torch.distributed.checkpoint; muse.distributed.checkpoint)
             trainer.pt          optimizer, scheduler, scaler, RNG, step, data position, ...
             meta.json           step, time, versions, caller metadata
             config.yaml, ...    caller-given files, so the directory stands on its own
@@ -38,9 +40,10 @@ from torch import nn
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "model.safetensors"
+SHARDS = "dcp"  # the folder of a sharded checkpoint (torch.distributed.checkpoint)
 TRAINER = "trainer.pt"
 META = "meta.json"
-_RESERVED = (WEIGHTS, TRAINER, META)
+_RESERVED = (WEIGHTS, SHARDS, TRAINER, META)
 _STEP_DIR = re.compile(r"^step-\d{8,}$")
 _TAG = re.compile(r"^[A-Za-z0-9_-]+$")
 FORMAT_VERSION = 1
@@ -219,10 +222,14 @@ def _collect_garbage(root: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _write_contents(tmp: Path, model: nn.Module, trainer_state: dict, files: dict[str, bytes], meta_json: str) -> None:
-    # save_model drops the duplicate names of shared tensors (tied head, shared norms) and
-    # load_model restores them, so sharing survives the round trip.
-    _write_file(tmp / WEIGHTS, lambda p: save_model(model, str(p)))
+def _write_contents(tmp: Path, model: nn.Module | None, trainer_state: dict, files: dict[str, bytes], meta_json: str,
+                    write_model: Callable[[Path], None] | None) -> None:
+    if write_model is not None:
+        write_model(tmp)
+    else:
+        # save_model drops the duplicate names of shared tensors (tied head, shared norms) and
+        # load_model restores them, so sharing survives the round trip.
+        _write_file(tmp / WEIGHTS, lambda p: save_model(model, str(p)))
     _write_file(tmp / TRAINER, lambda p: _torch_save(trainer_state, p))
     for name, data in [*files.items(), (META, meta_json.encode())]:
         _write_file(tmp / name, lambda p, data=data: p.write_bytes(data))
@@ -249,11 +256,13 @@ def _check_args(trainer_state: dict, files: dict[str, bytes], tags: Iterable[str
 
 def save_checkpoint(
     run_dir: str | os.PathLike,
-    model: nn.Module,
+    model: nn.Module | None,
     trainer_state: dict,
     files: dict[str, bytes] | None = None,
     tags: Iterable[str] = ("last",),
     meta: dict | None = None,
+    *,
+    write_model: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``RUN/checkpoints/step-NNNNNNNN/`` atomically and point each of ``tags`` at it.
 
@@ -267,6 +276,10 @@ def save_checkpoint(
         tags: pointers to move to the new checkpoint, e.g. ``("last", "best")``.
         meta: JSON-serialisable facts (val loss, tokens seen) copied into ``meta.json`` and
             the pointers.
+        write_model: instead of ``model.safetensors``, ``write_model(tmp)`` writes the model
+            into the new checkpoint's temporary directory (a sharded checkpoint's ``dcp/``, which
+            every process writes: :func:`muse.distributed.checkpoint.save_sharded`); ``model``
+            is then unused.
 
     Returns the checkpoint directory. Raises :class:`CheckpointError` when the file system
     refuses (full disk, read-only, permissions) or a file cannot be written for any other
@@ -280,7 +293,7 @@ def save_checkpoint(
     record = {**(meta or {}), "dir": name, "step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     meta_json = json.dumps(
         {**record, "format": FORMAT_VERSION, "tags": tags, "torch": torch.__version__,
-         "files": sorted([*_RESERVED, *files])},
+         "files": sorted([SHARDS if write_model else WEIGHTS, TRAINER, META, *files])},
         indent=2,
     ) + "\n"  # serialise before touching the disk: a TypeError here must not leave anything behind
 
@@ -290,7 +303,7 @@ def save_checkpoint(
         _recover(root)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        _write_contents(tmp, model, trainer_state, files, meta_json)
+        _write_contents(tmp, model, trainer_state, files, meta_json, write_model)
         aside = _commit(tmp, final)
         try:
             for tag in tags:
@@ -319,8 +332,14 @@ def save_checkpoint(
 # ----------------------------------------------------------------------------- load
 
 
+def is_sharded(path: Path) -> bool:
+    """The checkpoint directory ``path`` holds DCP shards (it may also hold an exported
+    ``model.safetensors``)."""
+    return (path / SHARDS / ".metadata").is_file()
+
+
 def _is_checkpoint_dir(path: Path) -> bool:
-    return (path / WEIGHTS).is_file() and (path / TRAINER).is_file()
+    return ((path / WEIGHTS).is_file() or is_sharded(path)) and (path / TRAINER).is_file()
 
 
 def resolve_checkpoint(path: str | os.PathLike, tag: str = "last") -> Path:
@@ -333,8 +352,8 @@ def resolve_checkpoint(path: str | os.PathLike, tag: str = "last") -> Path:
         return path
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint at {path}: expected a run, checkpoints/ or step-… directory")
-    if (path / WEIGHTS).exists() or (path / TRAINER).exists():
-        raise CheckpointError(f"incomplete checkpoint {path}: expected both {WEIGHTS} and {TRAINER}")
+    if (path / WEIGHTS).exists() or (path / SHARDS).exists() or (path / TRAINER).exists():
+        raise CheckpointError(f"incomplete checkpoint {path}: expected {TRAINER} and {WEIGHTS} or {SHARDS}/")
     if path.name == CHECKPOINTS or (path / f"{tag}.json").exists():
         root, shown = path, f"{tag}.json"
     else:
@@ -381,10 +400,16 @@ def load_checkpoint(
 
     ``path`` is anything :func:`resolve_checkpoint` accepts. Returns ``(checkpoint_dir,
     trainer_state)``; ``trainer=False`` skips reading ``trainer.pt`` (evaluation, generation)
-    and returns ``None`` in its place.
+    and returns ``None`` in its place. A sharded checkpoint without an exported
+    ``model.safetensors`` is read through DCP into the whole single-device ``model``; its
+    optimizer states are not in ``trainer.pt`` (:func:`muse.distributed.checkpoint.load_sharded`).
     """
     ckpt = resolve_checkpoint(path, tag)
-    if model is not None:
+    if model is not None and not (ckpt / WEIGHTS).is_file():
+        from muse.distributed.checkpoint import load_sharded
+
+        load_sharded(ckpt, model)
+    elif model is not None:
         try:
             load_model(model, ckpt / WEIGHTS, strict=True, device=str(map_location))
         except (RuntimeError, SafetensorError, OSError) as e:

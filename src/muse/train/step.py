@@ -59,8 +59,8 @@ class TrainStep:
     """``step(x, y) -> loss``: the trainer's update on the micro-batches ``x[i], y[i]`` (accum, B, N).
 
     For each micro-batch: forward of :func:`training_loss` under the precision's autocast through
-    ``forward_model`` (default ``model``; a DDP wrapper, compiled or not, all-reduces the gradients
-    at the last micro-batch only), and backward of objective / accum, loss-scaled for ``fp16``.
+    ``forward_model`` (default ``model``; under DDP or FSDP the gradients are reduced at the last
+    micro-batch only), and backward of objective / accum, loss-scaled for ``fp16``.
     Then, with ``grad_clip`` > 0, unscaling and :func:`~muse.train.optim.clip_grad_norm` over
     every gradient (host-side ones of ``adamw-offload`` too), and the optimizer step through the
     grad scaler. Returns the mean next-token loss over the micro-batches as a 0-d fp32 device
@@ -86,8 +86,7 @@ class TrainStep:
         if scaler is None:
             scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16" and optimizer is not None)
         self.scaler = scaler
-        # DistributedDataParallel, also under torch.compile (which forwards attribute lookups)
-        self._no_sync = getattr(self.forward_model, "no_sync", None)
+        self._no_sync = _no_sync_context(self.forward_model)
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         accum = x.shape[0]
@@ -95,10 +94,10 @@ class TrainStep:
         for micro in range(accum):
             sync = contextlib.nullcontext()
             if self._no_sync is not None and micro < accum - 1:
-                sync = self._no_sync()  # the forward decides: gradients all-reduced once per step
-            with sync:
+                sync = self._no_sync()  # gradients reduced once per step, at the last micro-batch
+            with sync:  # DDP decides in the forward, FSDP in the backward: both inside
                 objective, loss = training_loss(self.forward_model, x[micro], y[micro], self.autocast)
-            self.scaler.scale(objective / accum).backward()
+                self.scaler.scale(objective / accum).backward()
             loss_sum += loss.detach().float()
         if self.grad_clip:
             if self.optimizer is not None:
@@ -115,6 +114,26 @@ class TrainStep:
             self.optimizer.zero_grad(set_to_none=True)
         else:
             self.model.zero_grad(set_to_none=True)
+
+
+def _no_sync_context(model: nn.Module) -> Callable[[], contextlib.AbstractContextManager] | None:
+    """A context that skips the gradient reduction of data parallelism for a micro-batch (DDP's
+    ``no_sync``, also under torch.compile, which forwards attribute lookups; FSDP2's
+    ``set_requires_gradient_sync``), or None for a single-device model."""
+    if hasattr(model, "no_sync"):
+        return model.no_sync
+    if hasattr(model, "set_requires_gradient_sync"):
+
+        @contextlib.contextmanager
+        def no_sync():
+            model.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                model.set_requires_gradient_sync(True)
+
+        return no_sync
+    return None
 
 
 def capture(step: TrainStep, *, strict: bool = True, notify: Callable[[str], None] | None = None) -> CapturedStep:

@@ -1,8 +1,10 @@
 """The training loop behind ``muse train``.
 
-Single process or torchrun/DDP. Batches are a pure function of (seed, rank, step) and the
+Single process or torchrun with DDP or FSDP2 (``train.parallel``; applied from outside the model
+by :func:`muse.distributed.parallelize`). Batches are a pure function of (seed, step) and the
 checkpoint carries model, optimizer, scheduler, grad-scaler and RNG state, so ``--resume``
-continues bit-for-bit like an uninterrupted run (on CPU, same seed). Only rank 0 writes.
+continues bit-for-bit like an uninterrupted run (on CPU, same seed). Rank 0 writes everything
+but the shards of a sharded (FSDP) checkpoint, which every process writes.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import yaml
 from muse.config import Config, ConfigError, DataConfig, flatten, from_dict, to_dict
 from muse.data import BatchSampler, Tokenizer, prepare_data
 from muse.evaluate import total_nll
-from muse.runtime import apply_cublas_workspace, autocast_context, compile_model, init_distributed
+from muse.distributed import all_reduce_sum, init_distributed, parallelize, resolve_parallel
+from muse.distributed.checkpoint import load_full_into_sharded, load_sharded, save_sharded
+from muse.runtime import apply_cublas_workspace, autocast_context
 from muse.train.checkpoint import (
-    load_checkpoint, read_file, read_meta, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
+    is_sharded, load_checkpoint, read_file, read_meta, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
 from muse.train.graph import resolve_cuda_graph
 from muse.train.optim import (
-    build_scheduler, check_offload_device, is_offloaded, load_optimizer_state, sync_offloaded_params,
+    build_optimizer, build_scheduler, check_offload_device, is_offloaded, load_optimizer_state, sync_offloaded_params,
 )
 from muse.train.step import TrainStep, build_training, capture
 
@@ -36,7 +40,7 @@ from muse.train.step import TrainStep, build_training, capture
 RESUMABLE_TRAIN_KEYS = {
     "max_steps", "max_tokens", "max_minutes", "eval_every", "eval_tokens", "log_every", "progress",
     "tensorboard", "wandb", "out_dir", "device", "compile", "compile_mode",
-    "cuda_graph", "cublas_workspace",
+    "cuda_graph", "cublas_workspace", "parallel",
 }
 
 
@@ -72,7 +76,8 @@ class Trainer:
         self.cfg, tc = cfg, cfg.train
         self.run_dir = Path(run_dir)
         apply_cublas_workspace(tc.cublas_workspace)  # before anything touches CUDA
-        self.dist, self.device = init_distributed(tc.device)
+        self.dist, self.device = init_distributed(tc.device, tc.parallel)
+        self.parallel = resolve_parallel(tc.parallel, self.dist.world_size)
         if self.device.type == "cuda" and self.device.index is not None:
             # streams, CUDA graphs and torch.tensor(..., device="cuda") follow the current device
             torch.cuda.set_device(self.device)
@@ -80,7 +85,7 @@ class Trainer:
             resolve_cuda_graph(cfg, self.device, self.dist.world_size)
         if tc.optimizer == "adamw-offload":  # fail before the data is prepared
             check_offload_device(self.device.type)
-            if self.dist.world_size > 1:
+            if self.parallel != "none":
                 raise ConfigError(
                     "train.optimizer adamw-offload is single-GPU only (torchao's CPUOffloadOptimizer frees each "
                     "gradient before DDP could all-reduce it); use adamw or adamw8bit under torchrun"
@@ -89,6 +94,9 @@ class Trainer:
         tokenizer = None
         if resume:
             diff = config_differences(load_run_config(self.run_dir), cfg)
+            if self._same_global_batch(load_run_config(self.run_dir)):
+                # e.g. 2 processes of 4 sequences resumed by 1 of 8: the same batches (BatchSampler)
+                diff = [d for d in diff if not d.startswith("train.batch_size:")]
             if diff:
                 raise ConfigError(f"--resume {self.run_dir}: the config disagrees with the saved run ({'; '.join(diff)})")
             tokenizer = Tokenizer.load(self.ckpt_dir)
@@ -108,7 +116,11 @@ class Trainer:
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         # pure bf16: parameters, gradients and optimizer states in bf16, built so from the start
         # (see README: update rounding). CPU init keeps runs identical across devices.
-        self.model, self.optimizer = build_training(cfg, self.device)
+        self.model, _ = build_training(cfg, self.device, optimizer=False)
+        # FSDP replaces the parameters with sharded ones: the optimizer is built on those
+        self.train_model = parallelize(self.model, self.parallel, self.device, self.dist.world_size,
+                                       precision=tc.precision, compile=tc.compile, compile_mode=tc.compile_mode)
+        self.optimizer = build_optimizer(self.model, tc, self.device.type)
         self.cuda_graph, why = resolve_cuda_graph(cfg, self.device, self.dist.world_size, self.optimizer)
         if tc.cuda_graph == "auto":
             self._note(f"train.cuda_graph auto -> {'on' if self.cuda_graph else 'off'} ({why})")
@@ -119,13 +131,7 @@ class Trainer:
         self.autocast = autocast_context(tc.precision, self.device)
         self.step, self.tokens, self.best_val, self.train_seconds = 0, 0, math.inf, 0.0
         if resume:
-            offload = is_offloaded(self.optimizer)
-            # an offloading optimizer's states belong in host memory: never stage them on the GPU
-            _, st = load_checkpoint(self.ckpt_dir, self.model, map_location=self.device, trainer=not offload)
-            if offload:
-                _, st = load_checkpoint(self.ckpt_dir, map_location="cpu")
-                sync_offloaded_params(self.optimizer)  # its host copies still hold the initial weights
-            load_optimizer_state(self.optimizer, st["optimizer"])
+            st = self._load_state()
             self.scheduler.load_state_dict(st["scheduler"])
             self.scaler.load_state_dict(st["scaler"])
             set_rng_state(st["rng"])
@@ -134,14 +140,6 @@ class Trainer:
         else:
             torch.manual_seed(tc.seed + 1 + self.dist.rank)  # dropout streams differ per rank
 
-        self.train_model = self.model
-        if self.dist.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DDP(self.model, device_ids=ids)
-        if tc.compile:
-            self.train_model = compile_model(self.train_model, tc.compile_mode)
         self.update = TrainStep(self.model, self.optimizer, self.device, precision=tc.precision,
                                 grad_clip=tc.grad_clip, forward_model=self.train_model, scaler=self.scaler)
         self._captured = None
@@ -158,6 +156,37 @@ class Trainer:
         self._tb = self._wandb = None
 
     # ------------------------------------------------------------------ setup helpers
+    def _same_global_batch(self, saved: Config) -> bool:
+        """This run's global batch (sequences per micro-batch over all processes) equals that of
+        the run it resumes, which may have had another number of processes (saved in the
+        checkpoint's metadata), with the same micro-batches per step."""
+        world = int(read_meta(self.ckpt_dir).get("world_size", 1))
+        tc, st = self.cfg.train, saved.train
+        return tc.grad_accum == st.grad_accum and tc.batch_size * self.dist.world_size == st.batch_size * world
+
+    def _load_state(self) -> dict:
+        """Load the checkpoint we resume from into the model and optimizer; returns the rest of
+        its trainer state. A sharded checkpoint loads into any parallelism and process count
+        (DCP reshards); a single-file one into FSDP too, each process keeping its shards."""
+        ckpt, offload = self.ckpt_dir, is_offloaded(self.optimizer)
+        if is_sharded(ckpt):
+            if offload:
+                raise ConfigError(f"{ckpt} is a sharded (FSDP) checkpoint; resume it with train.optimizer adamw "
+                                  "or adamw8bit, not adamw-offload")
+            load_sharded(ckpt, self.model, self.optimizer)
+            return load_checkpoint(ckpt, map_location=self.device)[1]
+        if self.parallel == "fsdp":
+            st = load_checkpoint(ckpt, map_location="cpu")[1]
+            load_full_into_sharded(ckpt, self.model, self.optimizer, st["optimizer"])
+            return st
+        # an offloading optimizer's states belong in host memory: never stage them on the GPU
+        _, st = load_checkpoint(ckpt, self.model, map_location=self.device, trainer=not offload)
+        if offload:
+            _, st = load_checkpoint(ckpt, map_location="cpu")
+            sync_offloaded_params(self.optimizer)  # its host copies still hold the initial weights
+        load_optimizer_state(self.optimizer, st["optimizer"])
+        return st
+
     def _note(self, text: str) -> None:
         """One line for the user, from the main process only."""
         if self.dist.is_main:
@@ -317,7 +346,10 @@ class Trainer:
     def _read_losses(self, pending: list[torch.Tensor]) -> list[float]:
         """The losses of the last len(pending) steps; a non-finite one stops training before
         anything is saved, naming its step and the last good checkpoint."""
-        values = torch.stack(pending).tolist()
+        mean = torch.stack(pending)
+        if self.dist.world_size > 1:  # the loss of the global batch: the mean over the processes
+            mean = all_reduce_sum(mean.to(self.device)) / self.dist.world_size
+        values = mean.tolist()
         for i, v in enumerate(values):
             if not math.isfinite(v):
                 step = self.step - len(values) + 1 + i
@@ -341,14 +373,22 @@ class Trainer:
     def save(self, val_loss: float, elapsed: float) -> None:
         improved = val_loss < self.best_val
         self.best_val = min(self.best_val, val_loss)
-        if self.dist.is_main:
-            state = {
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rng_state(), "step": self.step, "tokens": self.tokens,
-                "best_val_loss": self.best_val, "train_seconds": self.train_seconds + elapsed,
-            }
-            meta = {"step": self.step, "tokens": self.tokens, "val_loss": val_loss, "name": self.cfg.name}
-            tags = ("last", "best") if improved else ("last",)
+        sharded = self.parallel == "fsdp"
+        if not (self.dist.is_main or sharded):
+            return
+        state = {
+            # a sharded checkpoint keeps the optimizer's states beside the model's, in shards
+            "optimizer": None if sharded else self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(), "step": self.step, "tokens": self.tokens,
+            "best_val_loss": self.best_val, "train_seconds": self.train_seconds + elapsed,
+        }
+        meta = {"step": self.step, "tokens": self.tokens, "val_loss": val_loss, "name": self.cfg.name,
+                "world_size": self.dist.world_size, "parallel": self.parallel}
+        tags = ("last", "best") if improved else ("last",)
+        if sharded:
+            self.ckpt_dir = save_sharded(self.run_dir, self.model, self.optimizer, state, self._files, tags, meta,
+                                         is_main=self.dist.is_main)
+        else:
             self.ckpt_dir = save_checkpoint(self.run_dir, self.model, state, self._files, tags=tags, meta=meta)
 
     def fit(self) -> dict:
