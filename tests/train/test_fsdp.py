@@ -188,3 +188,11 @@ def test_adamw8bit_bf16_checkpointing_under_fsdp_save_and_resume_unsharded(cache
     assert any(hasattr(s, "dequantize") for s in states)  # quantized again after loading plain values
     assert trainer.fit()["step"] == STEPS
     assert resolve_checkpoint(run).name == f"step-{STEPS:08d}"
+
+
+@pytest.mark.slow  # Inductor compiles each block in both processes
+def test_fsdp_with_torch_compile_matches_eager_fsdp(runs, cache, tmp_path):
+    """Each block compiled in place before sharding: the same losses as the eager FSDP run."""
+    run = tmp_path / "run"
+    _torchrun(_args(cache, run, HALF, 4, **{"train.parallel": "fsdp", "train.compile": "true"}))
+    _close(_losses(run), _losses(runs["fsdp"]), range(1, HALF + 1))
