@@ -85,6 +85,10 @@ class MuseLM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i, shared) for i in range(cfg.n_layers))
         self.norm = make_norm(cfg.norm, cfg.d_model)
         self.head = make_head(cfg.head, cfg.d_model, cfg.vocab_size, cfg.init_std)
+        if cfg.factor_init == "spectral":
+            for m in self.modules():  # low-rank and TT factors (layers that have the method)
+                if hasattr(m, "spectral_init_"):
+                    m.spectral_init_()
         # a learned position table or a KV cache caps the context; recurrent mixers do not
         bounded = self.pos is not None or any(b.mixer.bounded_context for b in self.blocks)
         self.max_context: int | None = cfg.max_seq_len if bounded else None

@@ -47,6 +47,30 @@ def test_param_groups_drop_empty_groups():
     assert len(groups) == 1 and groups[0]["weight_decay"] == 0.0
 
 
+def test_factor_lr_scale_puts_factors_in_their_own_group():
+    """train.factor_lr_scale: low-rank A/B and TT cores train at lr·scale, everything else
+    (their biases and phases included) at lr, and the schedule keeps the ratio."""
+    from muse.layers.linear import LowRankLinear
+    from muse.layers.tt import TTMatrix
+
+    m = nn.ModuleDict({"low": LowRankLinear(6, 5, 2), "tt": TTMatrix(12, 4, 2, phase="cos"), "dense": nn.Linear(3, 3)})
+    opt = build_optimizer(m, cfg(lr=1e-3, factor_lr_scale=4.0, warmup_steps=2, max_steps=20), "cpu")
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert set(by_name) == {"decay", "no_decay", "decay_factor"}
+    ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
+    assert ids(by_name["decay_factor"]) == {id(m["low"].A), id(m["low"].B), *map(id, m["tt"].cores)}
+    assert ids(by_name["decay"]) == {id(m["dense"].weight)}
+    assert id(m["low"].bias) in ids(by_name["no_decay"]) and id(m["tt"].phases[0]) in ids(by_name["no_decay"])
+    assert by_name["decay_factor"]["lr"] == pytest.approx(4e-3) and by_name["decay"]["lr"] == pytest.approx(1e-3)
+    sched = build_scheduler(opt, cfg(lr=1e-3, factor_lr_scale=4.0, warmup_steps=2, max_steps=20), 20)
+    for _ in range(7):
+        opt.step()
+        sched.step()
+    assert by_name["decay_factor"]["lr"] == pytest.approx(4 * by_name["decay"]["lr"])
+    # scale 1: the two groups of every earlier run (checkpoints keep loading)
+    assert [g["name"] for g in build_optimizer(m, cfg(lr=1e-3), "cpu").param_groups] == ["decay", "no_decay"]
+
+
 def test_build_adamw_uses_groups_and_betas():
     m = Small()
     opt = build_optimizer(m, cfg(beta1=0.8, beta2=0.9, weight_decay=0.05), "cpu")

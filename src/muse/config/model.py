@@ -283,6 +283,10 @@ class ModelConfig:
     dropout: float = 0.0
     init_std: float = 0.02
     checkpointing: bool = False  # activation checkpointing per block
+    # how factorised weights start: gaussian (each factor drawn independently, scaled so the
+    # product's entries have std init_std) | spectral (the best low-rank / TT-SVD approximation of a
+    # dense N(0, init_std²) matrix: the top of a dense init's spectrum, orthogonal factors)
+    factor_init: str = "gaussian"
     # hybrid models: these layers (0-based) use attention whatever mixer.kind says, the way the
     # H3 / Mamba-2 hybrids put a few attention layers among O(N) ones ([] : none)
     attention_layers: list[int] = field(default_factory=list)
@@ -307,6 +311,9 @@ class ModelConfig:
             raise ConfigError(f"model.init_std must be > 0; got {self.init_std!r}")
         if self.embedding.kind == "dense" and self.embedding.phase != "none":
             raise ConfigError("embedding.phase applies only to embedding.kind 'tt'")
+        check_choice("model.factor_init", self.factor_init, ("gaussian", "spectral"))
+        if self.factor_init == "spectral" and self.embedding.kind == "tt" and self.embedding.phase != "none":
+            raise ConfigError("model.factor_init spectral needs embedding.phase none (a TT-SVD has no bond phases)")
         if self.attention_layers:
             if self.mixer.kind == "attention":
                 raise ConfigError("model.attention_layers applies only when mixer.kind is not attention (every layer "

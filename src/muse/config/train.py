@@ -95,6 +95,9 @@ class TrainConfig:
     # CPUOffloadOptimizer, AdamW states and gradients in host memory, the update on the CPU)
     optimizer: str = "adamw"
     lr: float = 3e-3
+    # learning-rate multiplier for the factors of factorised layers (low-rank A and B, TT cores):
+    # their updates move the product W by a different amount than a dense weight's would
+    factor_lr_scale: float = 1.0
     min_lr_ratio: float = 0.1  # cosine decays to lr · min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.1
@@ -162,6 +165,8 @@ class TrainConfig:
         check_cublas_workspace("train.cublas_workspace", self.cublas_workspace)
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0; got {self.lr!r}")
+        if not (isinstance(self.factor_lr_scale, (int, float)) and self.factor_lr_scale > 0):
+            raise ConfigError(f"train.factor_lr_scale must be > 0; got {self.factor_lr_scale!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio!r}")
         for name in ("weight_decay", "grad_clip"):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from muse.layers.linear import spectral_init_
 from muse.layers.tt import TTMatrix
 
 
@@ -62,10 +63,12 @@ class DenseEmbedding(nn.Embedding):
 class LowRankEmbedding(nn.Module):
     """E = A·B with A ∈ R^{V×r} (one row gathered per id) and B ∈ R^{r×d}: (V + d)·r parameters.
 
-    A and B entries are N(0, σ²) with σ = (init_std²/r)^{1/4}, so entries of E have std init_std.
+    A and B entries are N(0, σ²) with σ = (init_std²/r)^{1/4}, so entries of E have std init_std
+    (or :meth:`spectral_init_`).
     """
 
     kind = "lowrank"
+    factorized = True  # train.factor_lr_scale applies to A and B
 
     def __init__(self, vocab_size: int, dim: int, rank: int, init_std: float = 0.02):
         super().__init__()
@@ -74,7 +77,7 @@ class LowRankEmbedding(nn.Module):
             raise ValueError(f"rank must be an integer >= 1; got {rank!r}")
         if not init_std > 0:
             raise ValueError(f"init_std must be > 0; got {init_std!r}")
-        self.vocab_size, self.dim, self.rank = vocab_size, dim, rank
+        self.vocab_size, self.dim, self.rank, self.init_std = vocab_size, dim, rank, init_std
         sigma = (init_std**2 / rank) ** 0.25
         self.A = nn.Parameter(_normal((vocab_size, rank), sigma))  # (V, r)
         self.B = nn.Parameter(_normal((rank, dim), sigma))  # (r, d)
@@ -92,6 +95,10 @@ class LowRankEmbedding(nn.Module):
     def to_dense(self) -> Tensor:
         """The (V, d) table A·B."""
         return self.A @ self.B
+
+    def spectral_init_(self) -> None:
+        """A·B := the best rank-r approximation of a dense N(0, init_std²) (V, d) table."""
+        spectral_init_(self.A, self.B, self.init_std)
 
     weight_dense = to_dense
 

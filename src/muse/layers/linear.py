@@ -27,12 +27,38 @@ def _check_rank(rank) -> None:
         raise ValueError(f"rank must be an integer >= 1; got {rank!r}")
 
 
+def split_svd(W: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """The best rank-r factors of a matrix W (n, m) (Eckart–Young): A = U_r·√S_r (n, r) and
+    B = √S_r·V_rᵀ (r, m), in float64; rank is clipped to min(n, m)."""
+    U, S, Vh = torch.linalg.svd(W.detach().to(torch.float64), full_matrices=False)
+    rank = min(rank, S.numel())
+    root = S[:rank].sqrt()
+    return U[:, :rank] * root, root[:, None] * Vh[:rank]
+
+
+@torch.no_grad()
+def spectral_init_(A: nn.Parameter, B: nn.Parameter, std: float) -> None:
+    """Re-initialise the factors of W = A·B (A (n, r), B (r, m)) as the best rank-r approximation
+    of a dense N(0, std²) matrix (``model.factor_init: spectral``): W then carries the top of a
+    dense initialisation's spectrum, and A's columns and B's rows are orthogonal, where the
+    default draws A and B independently. Meta tensors (accounting builds) are left alone."""
+    if A.is_meta:
+        return
+    n, m = A.shape[0], B.shape[1]
+    W = torch.empty(n, m, device=A.device, dtype=torch.float32).normal_(std=std)  # (n, m)
+    a, b = split_svd(W, A.shape[1])
+    A.copy_(a)
+    B.copy_(b)
+
+
 class LowRankLinear(nn.Module):
     """y = x·A·B + b with A ∈ R^{in×r}, B ∈ R^{r×out}: r·(in + out) (+ out) parameters.
 
     A and B entries are N(0, σ²) with σ = (init_std²/r)^{1/4}, so the entries of W = A·B have
-    std init_std like a dense layer's. The bias starts at zero.
+    std init_std like a dense layer's (or :meth:`spectral_init_`). The bias starts at zero.
     """
+
+    factorized = True  # train.factor_lr_scale applies to A and B
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, init_std: float = 0.02):
         super().__init__()
@@ -40,7 +66,7 @@ class LowRankLinear(nn.Module):
         _check_rank(rank)
         if not init_std > 0:
             raise ValueError(f"init_std must be > 0; got {init_std!r}")
-        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.in_features, self.out_features, self.rank, self.init_std = in_features, out_features, rank, init_std
         sigma = (init_std**2 / rank) ** 0.25
         self.A = nn.Parameter(nn.init.normal_(torch.empty(in_features, rank), std=sigma))  # (in, r)
         self.B = nn.Parameter(nn.init.normal_(torch.empty(rank, out_features), std=sigma))  # (r, out)
@@ -62,6 +88,10 @@ class LowRankLinear(nn.Module):
         """W as (out, in), like ``nn.Linear.weight``."""
         return (self.A @ self.B).T
 
+    def spectral_init_(self) -> None:
+        """A·B := the best rank-r approximation of a dense N(0, init_std²) (in, out) matrix."""
+        spectral_init_(self.A, self.B, self.init_std)
+
     @classmethod
     def from_dense(cls, weight: Tensor, bias: Tensor | None, rank: int) -> "LowRankLinear":
         """Best rank-r approximation of an (out, in) weight (truncated SVD, split as √S on each side).
@@ -72,14 +102,12 @@ class LowRankLinear(nn.Module):
             raise ValueError(f"weight must be a 2-D (out, in) tensor; got shape {tuple(weight.shape)}")
         _check_rank(rank)
         out_f, in_f = weight.shape
-        rank = min(rank, out_f, in_f)
-        U, S, Vh = torch.linalg.svd(weight.detach().to(torch.float64).T, full_matrices=False)  # Wᵀ: (in, out)
-        root = S[:rank].sqrt()
-        layer = cls(in_f, out_f, rank, bias=bias is not None)
+        A, B = split_svd(weight.T, rank)  # Wᵀ: (in, out) -> (in, r), (r, out)
+        layer = cls(in_f, out_f, A.shape[1], bias=bias is not None)
         layer = layer.to(device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
-            layer.A.copy_(U[:, :rank] * root)  # (in, r)
-            layer.B.copy_(root[:, None] * Vh[:rank])  # (r, out)
+            layer.A.copy_(A)
+            layer.B.copy_(B)
             if bias is not None:
                 layer.bias.copy_(bias)
         return layer

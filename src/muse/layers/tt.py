@@ -220,6 +220,7 @@ class TTMatrix(nn.Module):
     """
 
     gather_impl = "auto"  # set per instance by __init__; the class default serves older pickles
+    factorized = True  # train.factor_lr_scale applies to the cores
 
     def __init__(
         self,
@@ -299,6 +300,20 @@ class TTMatrix(nn.Module):
             nn.init.normal_(p, std=sigma)
         for p in self.cores_imag or []:
             nn.init.normal_(p, std=sigma)
+
+    @torch.no_grad()
+    def spectral_init_(self) -> None:
+        """Cores := the TT-SVD, at this matrix's bond ranks, of a dense N(0, init_std²) (M, N)
+        matrix (``model.factor_init: spectral``), where :meth:`reset_parameters` draws every core
+        independently. Needs phase "none"; meta tensors (accounting builds) are left alone."""
+        if self.phase != "none":
+            raise ValueError(f"spectral init needs TT phase 'none'; this matrix has phase {self.phase!r}")
+        if self.cores[0].is_meta:
+            return
+        W = torch.empty(self.num_rows, self.num_cols, device=self.cores[0].device).normal_(std=self.init_std)
+        cores = tt_svd(W, self.row_factors, self.col_factors, self.ranks[1:-1])
+        for p, c in zip(self.cores, cores):  # the same bond ranks: both are clipped to each bond's maximum
+            p.copy_(c)
 
     def extra_repr(self) -> str:
         return (
@@ -482,21 +497,7 @@ class TTMatrix(nn.Module):
             raise ValueError(f"W must be a 2-D (rows, cols) tensor; got shape {tuple(W.shape)}")
         M, N = W.shape
         k, m, n = resolve_factors(M, N, num_cores, row_factors, col_factors)
-        wanted = _bond_ranks(rank, m, n)[1:-1]
-        Mp, Np = _prod(m), _prod(n)
-        T = W.detach().to(torch.float64).new_zeros(Mp, Np)
-        T[:M, :N] = W.detach().to(torch.float64)
-        # (m_1..m_k, n_1..n_k) → (m_1, n_1, m_2, n_2, …): core i owns the digit pair (t_i, c_i)
-        T = T.reshape(*m, *n).permute(*[d for i in range(k) for d in (i, k + i)])
-        cores, r_prev, C = [], 1, T.reshape(-1)
-        for i in range(k - 1):
-            C = C.reshape(r_prev * m[i] * n[i], -1)  # (r_{i−1}·m_i·n_i, rest)
-            Uf, S, Vh = torch.linalg.svd(C, full_matrices=False)
-            r = min(wanted[i], S.numel())
-            cores.append(Uf[:, :r].reshape(r_prev, m[i], n[i], r))
-            C = S[:r, None] * Vh[:r]  # (r_i, rest): singular values move right
-            r_prev = r
-        cores.append(C.reshape(r_prev, m[-1], n[-1], 1))
+        cores = tt_svd(W, m, n, _bond_ranks(rank, m, n)[1:-1])
         tt = cls(M, N, [c.shape[-1] for c in cores[:-1]], row_factors=m, col_factors=n)
         tt = tt.to(device=W.device, dtype=W.dtype if W.is_floating_point() else torch.float32)
         with torch.no_grad():
@@ -543,3 +544,24 @@ class _ChunkedRows(torch.autograd.Function):
                 gp = torch.autograd.grad(part, params, g, allow_unused=True)
             grads = [a if b is None else (b if a is None else a + b) for a, b in zip(grads, gp)]
         return (None, None, None, None, None, None, *grads)
+
+
+def tt_svd(W: Tensor, m: list[int], n: list[int], wanted: list[int]) -> list[Tensor]:
+    """TT-SVD of an (M, N) matrix into cores (r_{i−1}, m_i, n_i, r_i), float64, left-orthogonal:
+    sequential truncated SVDs with bond ranks min(wanted_i, what the bond can hold). W is
+    zero-padded to (∏m, ∏n)."""
+    k, (M, N) = len(m), W.shape
+    T = W.detach().to(torch.float64).new_zeros(_prod(m), _prod(n))
+    T[:M, :N] = W.detach().to(torch.float64)
+    # (m_1..m_k, n_1..n_k) → (m_1, n_1, m_2, n_2, …): core i owns the digit pair (t_i, c_i)
+    T = T.reshape(*m, *n).permute(*[d for i in range(k) for d in (i, k + i)])
+    cores, r_prev, C = [], 1, T.reshape(-1)
+    for i in range(k - 1):
+        C = C.reshape(r_prev * m[i] * n[i], -1)  # (r_{i−1}·m_i·n_i, rest)
+        Uf, S, Vh = torch.linalg.svd(C, full_matrices=False)
+        r = min(wanted[i], S.numel())
+        cores.append(Uf[:, :r].reshape(r_prev, m[i], n[i], r))
+        C = S[:r, None] * Vh[:r]  # (r_i, rest): singular values move right
+        r_prev = r
+    cores.append(C.reshape(r_prev, m[-1], n[-1], 1))
+    return cores

@@ -28,19 +28,33 @@ def _no_decay(name: str, p: nn.Parameter) -> bool:
     return p.ndim < 2 or "norm" in name.rsplit(".", 1)[-1]
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW parameter groups: ``decay`` (weight_decay) and ``no_decay`` (0).
+def factor_params(model: nn.Module) -> set[int]:
+    """ids of the factor parameters of factorised layers (those marking themselves ``factorized``:
+    low-rank A and B, TT cores), which ``train.factor_lr_scale`` trains at a scaled learning rate.
+    Their biases and bond phases (ndim < 2) are not factors."""
+    return {id(p) for m in model.modules() if getattr(m, "factorized", False) for p in m.parameters() if p.ndim >= 2}
+
+
+def param_groups(model: nn.Module, weight_decay: float, factor_lr: float | None = None) -> list[dict]:
+    """AdamW parameter groups: ``decay`` (weight_decay) and ``no_decay`` (0); with ``factor_lr``
+    also ``decay_factor``, the factors of factorised layers (:func:`factor_params`) at that
+    learning rate (the others take the optimizer's). The LR schedule scales every group alike.
 
     ``named_parameters`` yields a shared parameter (tied head, norms shared across blocks)
     once, so every trainable parameter lands in exactly one group. Empty groups are left out.
     """
-    decay, no_decay = [], []
+    factors = factor_params(model) if factor_lr is not None else set()
+    decay, no_decay, decay_factor = [], [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if _no_decay(name, p) else decay).append(p)
+            if _no_decay(name, p):
+                no_decay.append(p)
+            else:
+                (decay_factor if id(p) in factors else decay).append(p)
     groups = [
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+        {"params": decay_factor, "weight_decay": weight_decay, "name": "decay_factor", "lr": factor_lr},
     ]
     return [g for g in groups if g["params"]]
 
@@ -167,7 +181,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> tor
     :func:`clip_grad_norm`, and a resumed run must load the state with :func:`load_optimizer_state`
     and call :func:`sync_offloaded_params` after loading weights. Under ``bf16-pure`` the host states and update are bf16, rounded to nearest.
     """
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr * cfg.factor_lr_scale if cfg.factor_lr_scale != 1 else None)
     betas = (cfg.beta1, cfg.beta2)
     if cfg.optimizer == "adamw":
         fused = device_type == "cuda" or None  # None: let torch pick foreach/for-loop
