@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import shlex
 import sys
 
@@ -72,11 +74,23 @@ def _next_commands(
     return out
 
 
-def _destroy_process_group() -> None:
+@contextlib.contextmanager
+def _process_group():
+    """Tear down the process group (torchrun) when the block ends. After success, every process
+    first waits for the others to finish their last collective: one still inside it when its
+    peer's gloo connections close aborts. After an error, no waiting: the others may never
+    arrive, and torchrun stops them once this process has exited."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            if ok:
+                dist.barrier()
+            dist.destroy_process_group()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -100,10 +114,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     main_rank = trainer.dist.is_main
     reached = trainer.nothing_to_train() if args.resume else None
     if reached is not None:
-        try:
+        with _process_group():
             val = trainer.fit()["val_loss"]  # trains nothing: the resumed checkpoint's val loss
-        finally:
-            _destroy_process_group()
         key, what, more = reached
         if main_rank:
             val = f"val loss {val:.4f}" if math.isfinite(val) else "no val loss saved"
@@ -121,10 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             + (f", resuming at step {trainer.step}" if args.resume else ""),
             flush=True,
         )
-    try:
+    with _process_group():
         summary = trainer.fit()
-    finally:
-        _destroy_process_group()
     if main_rank:
         commands = _next_commands(run_dir, cfg.data.dataset, summary["limit"], decodes=cfg.model.kind == "muse")
         print(
@@ -400,6 +410,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 
 def main(argv: list[str] | None = None) -> int:
+    rc = _run(argv)
+    if argv is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A process of a torchrun launch ends here, its results written and flushed. Skip the
+        # interpreter's shutdown: after object collectives (DCP's, the checkpoint hand-over),
+        # gloo's teardown at exit sometimes aborts ("terminate called without an active
+        # exception", torch 2.13), which would report a finished run as failed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
+
+
+def _run(argv: list[str] | None) -> int:
     from muse.data import DataError
     from muse.train.checkpoint import CheckpointError
     from muse.train.trainer import TrainingError

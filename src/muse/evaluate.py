@@ -55,24 +55,18 @@ def total_nll(
 
     was_training = model.training
     model.eval()
-    batches = list(_batched(eval_windows(tokens, seq_len, max_tokens), batch_size))
     rank, world = 0, 1
     if is_distributed():
         import torch.distributed as dist
 
         rank, world = dist.get_rank(), dist.get_world_size()
-    mine = batches[rank::world]
-    rounds = -(-len(batches) // world)
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # (nll, tokens)
     want_stats = stats is not None and hasattr(model, "mixer_stats")  # not e.g. a Hugging Face model
     keys: list[str] = []  # the mixers' statistics, known after the first forward (the same on every rank)
     sums = torch.zeros(0, dtype=torch.float64, device=device)  # their token-weighted sums
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for i in range(rounds):
-        x, y = mine[i] if i < len(mine) else batches[0]
-        weight = float(y.numel()) if i < len(mine) else 0.0
+
+    def score(x: torch.Tensor, y: torch.Tensor, weight: float) -> None:
+        nonlocal keys, sums
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast or contextlib.nullcontext():
             loss = model(x, y).loss
@@ -80,10 +74,23 @@ def total_nll(
         totals[1] += weight
         if want_stats:
             got = model.mixer_stats()
-            if i == 0:
+            if not keys:
                 keys = sorted(got)
                 sums = torch.zeros(len(keys), dtype=torch.float64, device=device)
             sums += torch.tensor([got[k] for k in keys], dtype=torch.float64, device=device) * weight
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    first, batches, mine = None, 0, 0
+    for i, (x, y) in enumerate(_batched(eval_windows(tokens, seq_len, max_tokens), batch_size)):
+        batches += 1
+        first = first or (x, y)
+        if i % world == rank:
+            score(x, y, float(y.numel()))
+            mine += 1
+    for _ in range(-(-batches // world) - mine):  # as many forwards as the process with the most
+        score(*first, 0.0)
     all_reduce_sum(totals)
     all_reduce_sum(sums)
     if device.type == "cuda":

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from muse.cli import main
-from muse.distributed import resolve_parallel
 from muse.config import ConfigError
+from muse.distributed import resolve_parallel
 
 STEPS, HALF = 8, 4
 # 67 windows of 64 tokens: 17 evaluation batches of 4, an odd number for 2 processes (one of them
@@ -46,7 +46,7 @@ def _torchrun(args: list[str], timeout: int = 240) -> subprocess.CompletedProces
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "muse", *args]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                          timeout=timeout)
-    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     return res
 
 
@@ -175,10 +175,11 @@ def test_adamw8bit_bf16_checkpointing_under_fsdp_save_and_resume_unsharded(cache
     _torchrun(_args(cache, run, HALF, 4, **over))
     losses = _losses(run)
     assert sorted(losses) == list(range(1, HALF + 1)) and losses[HALF] < losses[1]
+    import yaml
+
     from muse.config import Config, DataConfig, from_dict
     from muse.train.checkpoint import resolve_checkpoint
     from muse.train.trainer import Trainer
-    import yaml
 
     cfg = from_dict(Config, DataConfig.saved(yaml.safe_load((run / "config.yaml").read_text())))
     cfg.train.parallel, cfg.train.batch_size, cfg.train.max_steps = "none", 8, STEPS

@@ -23,9 +23,9 @@ import yaml
 
 from muse.config import Config, ConfigError, DataConfig, flatten, from_dict, to_dict
 from muse.data import BatchSampler, Tokenizer, prepare_data
-from muse.evaluate import total_nll
 from muse.distributed import all_reduce_sum, init_distributed, parallelize, resolve_parallel
 from muse.distributed.checkpoint import load_full_into_sharded, load_sharded, save_sharded
+from muse.evaluate import total_nll
 from muse.runtime import apply_cublas_workspace, autocast_context
 from muse.train.checkpoint import (
     is_sharded, load_checkpoint, read_file, read_meta, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
@@ -34,6 +34,7 @@ from muse.train.graph import resolve_cuda_graph
 from muse.train.optim import (
     build_optimizer, build_scheduler, check_offload_device, is_offloaded, load_optimizer_state, sync_offloaded_params,
 )
+from muse.train.progress import Progress
 from muse.train.step import TrainStep, build_training, capture
 
 # train.* keys that may change on --resume without changing what the run computes
@@ -93,8 +94,9 @@ class Trainer:
         self.ckpt_dir = resolve_checkpoint(self.run_dir) if resume else None
         tokenizer = None
         if resume:
-            diff = config_differences(load_run_config(self.run_dir), cfg)
-            if self._same_global_batch(load_run_config(self.run_dir)):
+            saved = load_run_config(self.run_dir)
+            diff = config_differences(saved, cfg)
+            if self._same_global_batch(saved):
                 # e.g. 2 processes of 4 sequences resumed by 1 of 8: the same batches (BatchSampler)
                 diff = [d for d in diff if not d.startswith("train.batch_size:")]
             if diff:
@@ -408,7 +410,7 @@ class Trainer:
         tc = self.cfg.train
         t_start = time.perf_counter()
         start_step = self.step
-        progress = _Progress(self.total_steps, self.step, enabled=tc.progress and self.dist.is_main)
+        progress = Progress(self.total_steps, self.step, enabled=tc.progress and self.dist.is_main)
         val_loss = math.nan
         if self.ckpt_dir is not None:  # until this call evaluates: the resumed checkpoint's
             val_loss = float(read_meta(self.ckpt_dir).get("val_loss", math.nan))
@@ -477,51 +479,3 @@ def _quiet_tensorboard_thread() -> None:
 
     hook._muse = True
     threading.excepthook = hook
-
-
-class _Progress:
-    """A rich progress bar on a terminal; plain log lines otherwise (CI, files, torchrun)."""
-
-    def __init__(self, total: int | None, start: int, enabled: bool):
-        self.enabled = enabled
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("{task.fields[info]}"), transient=False,
-            )
-            self.task = self.bar.add_task("train", total=total, completed=start, info="")
-
-    def __enter__(self):
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-        return False
-
-    def update(self, step: int, loss: float | None = None, record: dict | None = None) -> None:
-        if self.bar is not None:
-            if loss is not None:
-                self._info = f"loss {loss:.4f}"
-                if record:
-                    self._info += (
-                        f"  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"
-                        f"  peak {record['peak_memory_mib']:,.0f} MiB"
-                    )
-            self.bar.update(self.task, completed=step, info=getattr(self, "_info", ""))
-        elif self.enabled and record:
-            print(
-                f"step {step:>6}  loss {loss:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s  "
-                f"peak {record['peak_memory_mib']:,.0f} MiB", flush=True,
-            )
-
-    def note(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.console.print(text)
-        elif self.enabled:
-            print(text, flush=True)
