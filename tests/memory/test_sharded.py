@@ -5,6 +5,7 @@ parameter on dim 0 (on its largest dim where dim 0 has fewer entries than proces
 chunks as ``torch.chunk`` does, and rank 0 holds the first, the largest.
 """
 
+import contextlib
 import json
 import math
 
@@ -92,6 +93,54 @@ def test_the_measured_path_on_real_tensors():
         assert grads == want["gradients"]
         assert optimizer_state_bytes(opt) == want["optimizer_state"] == expected_optimizer_bytes(model, "adamw", "cpu")
     assert not torch.distributed.is_initialized()
+
+
+# parameters and gradients outweigh the activations of one short sequence: a gradient-sized
+# temporary at clipping time would raise the step's peak
+GRADS_DOMINATE = {"model.vocab_size": 4096, "model.d_model": 256, "model.n_layers": 8, "model.mixer.kind": "attention",
+                  "model.positions": "learned"}
+
+
+def test_fake_tensors_count_what_real_ones_allocate_and_clipping_allocates_only_norms():
+    """Why the estimate under FSDP leaves clipping out: forward + backward of the sharded step on
+    fake tensors reach the peak that real tensors reach, but clipping DTensor gradients is counted
+    as two copies of them on fake tensors, while on real ones it allocates a norm per gradient."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from muse.train.step import TrainStep
+
+    cfg = plan_config(_tiny(**GRADS_DOMINATE, **{"train.parallel": "fsdp"}), plan := StepPlan(1, 8, mode="fwdbwd"))
+    cpu, seen = torch.device("cpu"), {}
+
+    def total(tracker, which):
+        return sum(d["Total"] for d in tracker.get_tracker_snapshot(which).values())
+
+    for fake in (True, False):
+        with sharded.fake_world(2), FakeTensorMode() if fake else contextlib.nullcontext():
+            model = sharded.build_sharded(cfg, plan, cpu, 2)[0]
+            idx = torch.randint(0, 4096, (1, 9))
+            tracker = MemTracker()
+            tracker.track_external(model)
+            with tracker:
+                TrainStep(model, None, cpu)(idx[None, :, :-1], idx[None, :, 1:])
+                grads = tensor_bytes(p.grad for p in model.parameters())
+                before, current = total(tracker, "peak"), total(tracker, "current")
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                seen[fake] = (before, total(tracker, "peak") - before)
+    assert seen[True][0] == seen[False][0]
+    assert current + 2 * grads > before  # two gradient-sized copies would show in the peak...
+    assert seen[False][1] < 4096  # ...real clipping makes none
+
+
+def test_sharded_estimate_leaves_clipping_out():
+    cfg = _tiny(**GRADS_DOMINATE)
+    plan = StepPlan(batch=1, seq=8)
+    r = sharded.run(cfg, plan, nproc=2, device="cpu")
+    cfg.train.grad_clip = 0.0
+    unclipped = sharded.run(cfg, plan, nproc=2, device="cpu")
+    assert "grad_clip_note" in r and "grad_clip_note" not in unclipped
+    assert r["activations"] == unclipped["activations"] and r["peak"] == unclipped["peak"]
 
 
 def test_nproc_1_is_the_one_process_run():

@@ -14,7 +14,9 @@ process), which sharding does not divide. The values are wrong (other ranks' sha
 received), the bytes are not, and no throughput is reported (nothing is communicated).
 
 On CUDA this is a measurement (``measured, fake process group of K``); elsewhere the estimate of
-:mod:`muse.memory.profile` runs the same sharded step on fake tensors. Either way the result
+:mod:`muse.memory.profile` runs the same sharded step on fake tensors, less gradient clipping
+(fake tensors count two copies of the DTensor gradients there, which real ones never allocate:
+``grad_clip_note`` says so). Either way the result
 carries ``one_process``: the parameter, gradient and optimizer-state bytes of the same step in a
 single process, from the shapes, beside the per-process figures.
 """
@@ -114,6 +116,12 @@ def run(cfg: Config, plan: StepPlan, nproc: int = 1, budget: int | None = None, 
         return run_one(cfg, plan, budget=budget, device=device)
     cfg = copy.deepcopy(cfg)
     cfg.train.parallel = "fsdp"
+    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())  # as run_one decides
+    clip_left_out = not on_cuda and plan.mode == "train" and cfg.train.grad_clip > 0
+    if clip_left_out:
+        # On fake tensors, clipping DTensor gradients is counted as two more copies of them; on real
+        # ones it allocates one norm per gradient (tests/memory/test_sharded.py), so leave it out.
+        cfg.train.grad_clip = 0.0
     with fake_world(nproc):
         out = run_one(cfg, plan, budget=budget, device=device, build=functools.partial(build_sharded, nproc=nproc))
     world = f"fake process group of {nproc}"
@@ -123,6 +131,8 @@ def run(cfg: Config, plan: StepPlan, nproc: int = 1, budget: int | None = None, 
         out.update(tokens_per_s=None, tokens_per_s_note=f"not measured: a {world} communicates nothing")
     else:
         out["device"] = f"{out['device']}, {world}"
+    if clip_left_out:
+        out["grad_clip_note"] = "gradient clipping left out of the fake-tensor run (it allocates a norm per gradient)"
     out["nproc"], out["parallel"] = nproc, "fsdp"
     out["one_process"] = one_process_bytes(cfg, plan)
     return out
