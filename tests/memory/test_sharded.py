@@ -187,7 +187,7 @@ BASE = ["memory", "tiny", "--model.vocab_size", "512", "--model.d_model", "64", 
     (["--nproc", "0"], "--nproc must be a positive integer; got 0"),
     (["--nproc", "-1"], "--nproc must be a positive integer; got -1"),
     (["--nproc", "2", "--mode", "infer"], "--mode infer is one process's inference"),
-    (["--nproc", "2", "--optimizer", "adamw-offload"], "--nproc 2 shards the step with FSDP2: train.optimizer adamw-off"),
+    (["--nproc", "2", "--optimizer", "adamw-offload"], "shards the step with FSDP2: train.optimizer adamw-offload"),
     (["--nproc", "2", "--precision", "fp16"], "--nproc 2 shards the step with FSDP2: train.precision fp16"),
 ])
 def test_memory_nproc_errors_are_one_line(args, msg, capsys):

@@ -60,7 +60,8 @@ def fake_world(nproc: int):
     if not dist.is_available():
         raise ValueError("--nproc needs torch.distributed, which this PyTorch build lacks")
     if dist.is_initialized():
-        raise ConfigError("--nproc makes a process group of its own: run muse memory in one process, not under torchrun")
+        raise ConfigError("--nproc makes a process group of its own: run muse memory in one process, "
+                          "not under torchrun")
     from torch.testing._internal.distributed.fake_pg import FakeStore  # registers the "fake" backend
 
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=nproc)
