@@ -249,7 +249,8 @@ def _speed_line(s: dict) -> str:
 
 def cmd_memory(args: argparse.Namespace) -> int:
     from muse.memory.budget import fmt_bytes, parse_bytes
-    from muse.memory.profile import StepPlan, run, summary_line
+    from muse.memory.profile import StepPlan, summary_line
+    from muse.memory.sharded import run
     from muse.runtime import apply_cublas_workspace
 
     cfg = config_from_args(args)
@@ -259,7 +260,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
         batch=args.batch, seq=args.seq or cfg.model.max_seq_len, precision=args.precision or cfg.train.precision,
         optimizer=args.optimizer or cfg.train.optimizer, checkpointing=args.checkpointing, mode=args.mode,
     )
-    res = run(cfg, plan, budget=budget, device=args.device)
+    res = run(cfg, plan, nproc=args.nproc, budget=budget, device=args.device)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -267,21 +268,27 @@ def cmd_memory(args: argparse.Namespace) -> int:
         from rich.table import Table
 
         est = res["method"] == "estimate"
+        one = res.get("one_process")  # --nproc K > 1: per-process figures of an FSDP2 step
         table = Table(title=(
-            f"{cfg.name}: B={plan.batch}, N={plan.seq}, {plan.precision}, "
+            f"{cfg.name}: B={plan.batch}{' per process' if one else ''}, N={plan.seq}, {plan.precision}, "
             f"{res['optimizer'] or 'no optimizer'}, checkpointing {'on' if res['checkpointing'] else 'off'}, "
             f"mode {plan.mode}, CUBLAS_WORKSPACE_CONFIG {res['cublas_workspace']}"
+            + (f", FSDP2 over {res['nproc']} processes (rank 0 of a fake process group)" if one else "")
             + (" (ESTIMATE: no CUDA device)" if est else f" (measured on {res['device']})")
-        ))
+        ), caption=(
+            "sharding divides parameters, gradients and optimizer state; not the activations of the local batch, "
+            "to which FSDP adds the gathered parameters of the blocks in flight" if one else None))
         table.add_column("component")
-        table.add_column("estimate" if est else "measured", justify="right")
+        table.add_column(("estimate" if est else "measured") + (" per process" if one else ""), justify="right")
+        if one:
+            table.add_column("one process", justify="right")
         offload = res.get("offload")
         for key, label in (("parameters", "parameters"),
                            ("gradients", "gradients" + (" (kept on the GPU)" if offload else "")),
                            ("optimizer_state", "optimizer state" + (" (kept on the GPU)" if offload else "")),
                            ("workspace", "cuBLAS workspace" + (" (sm90 sizes)" if est else "")),
                            ("activations", "activations + temporaries"), ("peak", "peak")):
-            table.add_row(label, fmt_bytes(res[key]))
+            table.add_row(label, fmt_bytes(res[key]), *([fmt_bytes(one[key]) if key in one else ""] if one else []))
         if offload:
             host = offload["host_parameters"] + offload["host_gradients"] + offload["host_optimizer_state"]
             table.add_row("host memory (not in the peak)", fmt_bytes(host))
@@ -383,6 +390,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_alias(p, "--cublas-workspace", "train.cublas_workspace", type=str)
     p.add_argument("--budget", help="cap the process at this much GPU memory (8GiB, 500MB, ...): PASS or FAIL")
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (cpu: estimate)")
+    p.add_argument("--nproc", type=int, default=1, metavar="K",
+                   help="the per-GPU figures of K processes sharding the step with FSDP2 (train.parallel fsdp; "
+                        "--batch per process), from this one process and GPU as rank 0 of a fake process group "
+                        "(default 1: one process, no sharding)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_memory)
     subs["memory"] = p

@@ -115,11 +115,16 @@ def plan_config(cfg: Config, plan: StepPlan) -> Config:
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of distinct storages; tensor subclasses (torchao's 8-bit states) by their parts."""
+    """Bytes of distinct storages; tensor subclasses (torchao's 8-bit states) by their parts, DTensors
+    by their local part."""
     seen, total = set(), 0
 
     def visit(t: torch.Tensor) -> None:
         nonlocal total
+        local = getattr(t, "_local_tensor", None)  # a DTensor (FSDP's shards): this process's part
+        if isinstance(local, torch.Tensor):
+            visit(local)
+            return
         if type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
             names, _ = t.__tensor_flatten__()
             for n in names:
@@ -180,13 +185,14 @@ def expected_optimizer_bytes(model: torch.nn.Module, optimizer: str, device_type
     parameter. torchao AdamW8bit: int8 codes plus one fp32 scale per 256-value block for
     tensors of >= 4096 values divisible by 256 (smaller ones keep plain states), and its step.
     adamw-offload: AdamW states of the parameters under OFFLOAD_MIN_NUMEL values only (the
-    others' live in host memory).
+    others' live in host memory). A DTensor parameter (FSDP) counts this process's shard, whose
+    size is also what torchao's 8-bit test sees.
     """
     total = 0
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        n, es = p.numel(), p.element_size()
+        n, es = (p.to_local() if hasattr(p, "to_local") else p).numel(), p.element_size()
         if optimizer == "adamw-offload" and n >= OFFLOAD_MIN_NUMEL:
             continue
         if optimizer == "adamw8bit" and n >= 4096 and n % 256 == 0:
@@ -203,6 +209,21 @@ def build_plan(cfg: Config, plan: StepPlan,
     trainer builds them (:func:`muse.train.step.build_training`) from seed 0, directly on ``device``."""
     torch.manual_seed(0)
     return build_training(cfg, device, optimizer=plan.mode == "train", init_on_device=True)
+
+
+# (cfg, plan, device) -> (model, optimizer or None, the module the forward runs through)
+Built = tuple[torch.nn.Module, torch.optim.Optimizer | None, torch.nn.Module]
+Builder = Callable[[Config, StepPlan, torch.device], Built]
+
+
+def build_single(cfg: Config, plan: StepPlan, device: torch.device) -> Built:
+    """The :data:`Builder` of a one-process step: :func:`build_plan`, and the forward through
+    ``torch.compile`` where ``train.compile`` asks for it, as the trainer compiles it.
+    (:mod:`muse.memory.sharded` builds the FSDP2 step of one process of several.)"""
+    from muse.runtime import compile_model
+
+    model, opt = build_plan(cfg, plan, device)
+    return model, opt, compile_model(model, cfg.train.compile_mode) if cfg.train.compile else model
 
 
 def plan_step(cfg: Config, plan: StepPlan, model: torch.nn.Module, opt, idx: torch.Tensor,
@@ -255,10 +276,10 @@ def kernel_paths(model, autocast, idx: torch.Tensor) -> dict[str, list[str]]:
     """{op: implementations} that MUSE's ops run in ``model``'s forward on ``idx``'s device and
     dtype (``muse.ops.record_paths``), from one eager no-grad forward of the first sequence: a
     figure then says which kernels produced it, not the "auto" of its config. Call it on the
-    eager model (nothing is recorded while compiling)."""
+    eager model (nothing is recorded while compiling; blocks compiled in place run eagerly here)."""
     from muse.ops import record_paths
 
-    with torch.no_grad(), autocast, record_paths() as paths:
+    with torch.no_grad(), autocast, torch.compiler.set_stance("force_eager"), record_paths() as paths:
         model(idx[:1, :-1], idx[:1, 1:])
     return paths
 
@@ -286,8 +307,9 @@ def _offload_like_torchao(model: torch.nn.Module) -> None:
             p.register_post_accumulate_grad_hook(drop)
 
 
-def estimate(cfg: Config, plan: StepPlan) -> dict:
-    """Analytic peak from a fake-tensor run (any size, any machine, no memory used)."""
+def estimate(cfg: Config, plan: StepPlan, build: Builder = build_single) -> dict:
+    """Analytic peak from a fake-tensor run (any size, any machine, no memory used) of the eager
+    step of the model ``build`` makes."""
     try:
         from torch._subclasses.fake_tensor import FakeTensorMode
         from torch.distributed._tools.mem_tracker import MemTracker
@@ -297,13 +319,14 @@ def estimate(cfg: Config, plan: StepPlan) -> dict:
     from muse.runtime import effective_cublas_workspace
 
     cfg = plan_config(cfg, plan)
+    cfg.train.compile = False  # fake tensors run the eager step
     cpu = torch.device("cpu")
     fb_plan = dataclasses.replace(plan, mode="fwdbwd") if plan.mode == "train" else plan
     offload = plan.mode == "train" and plan.optimizer == "adamw-offload"
     cublas = effective_cublas_workspace(cfg.train.cublas_workspace)
     workspace = workspace_bytes(cublas, plan.mode)  # assumes an sm90 (Hopper) GPU for "default"
     with FakeTensorMode():
-        model, _ = build_plan(cfg, fb_plan, cpu)
+        model = build(cfg, fb_plan, cpu)[0]
         if offload:
             _offload_like_torchao(model)
         params = tensor_bytes(list(model.parameters()) + list(model.buffers()))
@@ -331,8 +354,9 @@ def estimate(cfg: Config, plan: StepPlan) -> dict:
 
 
 def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", budget: int | None = None,
-            warmup: int = 2, steps: int = 3) -> dict:
-    """Real steps on CUDA: peak allocated over ``steps`` timed steps after ``warmup``.
+            warmup: int = 2, steps: int = 3, build: Builder = build_single) -> dict:
+    """Real steps on CUDA: peak allocated over ``steps`` timed steps after ``warmup``, of the model
+    and optimizer ``build`` makes.
 
     The step is captured as a CUDA graph only for ``train.cuda_graph`` true (then no peak is
     reported); ``auto`` and ``false`` measure the uncaptured step, which allocates the same tensors.
@@ -341,7 +365,7 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
     run (warm-up included): ``status`` is PASS only if every step completed, FAIL (with the peak
     reached) on out-of-memory.
     """
-    from muse.runtime import apply_cublas_workspace, autocast_context, compile_model
+    from muse.runtime import apply_cublas_workspace, autocast_context
 
     device = torch.device(device)
     if device.type != "cuda":
@@ -371,13 +395,10 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
     times: list[float] = []
     error = None
     try:
-        model, opt = build_plan(cfg, plan, device)
+        model, opt, forward_model = build(cfg, plan, device)  # compiled under train.compile: the warm-up compiles
         params = tensor_bytes(list(model.parameters()) + list(model.buffers()))
         idx = torch.randint(0, cfg.model.vocab_size, (plan.batch, plan.seq + 1), device=device)
         paths = kernel_paths(model, autocast_context(plan.precision, device), idx)
-        forward_model = model
-        if cfg.train.compile:  # as the trainer runs it; the warm-up steps compile
-            forward_model = compile_model(model, cfg.train.compile_mode)
         captured = cfg.train.cuda_graph is True and plan.mode == "train"  # "auto" measures the uncaptured step
         step = plan_step(cfg, plan, model, opt, idx, forward_model, captured)
         if captured:
@@ -435,8 +456,9 @@ def measure(cfg: Config, plan: StepPlan, device: torch.device | str = "cuda", bu
     return out
 
 
-def run(cfg: Config, plan: StepPlan, budget: int | None = None, device: str = "auto") -> dict:
-    """Measure where CUDA is available (or asked for), estimate otherwise."""
+def run(cfg: Config, plan: StepPlan, budget: int | None = None, device: str = "auto",
+        build: Builder = build_single) -> dict:
+    """Measure where CUDA is available (or asked for), estimate otherwise, the step of ``build``'s model."""
     if cfg.train.cuda_graph is True:  # "auto" (the default) measures the uncaptured step
         raise ConfigError("train.cuda_graph replays a captured step, whose memory max_memory_allocated does not "
                           "see; measure with train.cuda_graph false (the step allocates the same tensors)")
@@ -446,8 +468,8 @@ def run(cfg: Config, plan: StepPlan, budget: int | None = None, device: str = "a
                           "'max-autotune-no-cudagraphs' (or without train.compile)")
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
-        return measure(cfg, plan, "cuda" if device == "auto" else device, budget=budget)
-    out = estimate(cfg, plan)
+        return measure(cfg, plan, "cuda" if device == "auto" else device, budget=budget, build=build)
+    out = estimate(cfg, plan, build)
     if budget is not None:
         out["budget"] = budget
         out["status"] = "PASS (estimate)" if out["peak"] <= budget else "FAIL (estimate)"
