@@ -223,4 +223,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from muse.distributed import exit_process, under_torchrun
+
+    code = main()
+    if under_torchrun():
+        exit_process(code)
+    sys.exit(code)

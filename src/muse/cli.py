@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import shlex
 import sys
 
@@ -422,14 +421,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 def main(argv: list[str] | None = None) -> int:
     rc = _run(argv)
-    if argv is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # A process of a torchrun launch ends here, its results written and flushed. Skip the
-        # interpreter's shutdown: after object collectives (DCP's, the checkpoint hand-over),
-        # gloo's teardown at exit sometimes aborts ("terminate called without an active
-        # exception", torch 2.13), which would report a finished run as failed.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(rc)
+    if argv is None:  # a command line, not a call from Python
+        from muse.distributed import exit_process, under_torchrun
+
+        if under_torchrun():
+            exit_process(rc)
     return rc
 
 

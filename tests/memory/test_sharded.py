@@ -203,3 +203,11 @@ def test_memory_nproc_cli(capsys):
     assert main([*BASE, "--batch", "2", "--nproc", "2"]) == 0
     out = capsys.readouterr().out
     assert "FSDP2 over 2 processes" in out and "estimate per process" in out and "one process" in out
+
+
+def test_memory_on_a_missing_cuda_device_is_one_line(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["memory", "tiny", "--device", "cuda", "--batch", "1", "--seq", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("muse: error:") and "CUDA is not available" in err and err.count("\n") == 1

@@ -197,3 +197,13 @@ def test_fsdp_with_torch_compile_matches_eager_fsdp(runs, cache, tmp_path):
     run = tmp_path / "run"
     _torchrun(_args(cache, run, HALF, 4, **{"train.parallel": "fsdp", "train.compile": "true"}))
     _close(_losses(run), _losses(runs["fsdp"]), range(1, HALF + 1))
+
+
+def test_shard_dim_avoids_empty_and_uneven_shards():
+    from muse.distributed.parallelize import shard_dim
+
+    assert shard_dim((50, 16), 4) == 0  # dim 0 as FSDP2 does (it pads an uneven dim 0)
+    assert shard_dim((1, 32, 8, 16), 2) == 1  # a TT core: no empty shard on dim 0
+    assert shard_dim((1, 64, 16, 16), 3) == 0  # no dim that 3 divides: dim 0 (FSDP2 pads only dim 0)
+    assert shard_dim((1, 6, 16, 9), 3) == 3  # the largest dim that 3 divides
+    assert shard_dim((), 2) == 0

@@ -55,11 +55,12 @@ def _mixed_precision(precision: str):
 def shard_dim(shape: tuple[int, ...], world_size: int) -> int:
     """The dimension FSDP splits a parameter of ``shape`` on: dim 0, as FSDP2 does by default,
     unless it has fewer entries than processes (a TT core of shape (1, m, n, r)), where some
-    processes would hold an empty shard (which torchao's 8-bit states cannot quantize): then its
-    largest dimension."""
+    processes would hold an empty shard (which torchao's 8-bit states cannot quantize): then the
+    largest dimension that the process count divides (FSDP2 pads only dim 0), else dim 0."""
     if not shape or shape[0] >= world_size:
         return 0
-    return max(range(len(shape)), key=lambda d: shape[d])
+    even = [d for d in range(1, len(shape)) if shape[d] % world_size == 0]
+    return max(even, key=lambda d: shape[d]) if even else 0
 
 
 def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, precision: str) -> nn.Module:

@@ -41,6 +41,7 @@ import torch
 
 from muse.config import OPTIMIZERS, PRECISIONS, Config, ConfigError
 from muse.memory.budget import fmt_bytes
+from muse.runtime import resolve_device
 from muse.train.graph import WARMUP_STEPS
 from muse.train.optim import OFFLOAD_MIN_NUMEL  # torchao's minimal_size: smaller tensors stay on the GPU
 from muse.train.step import TrainStep, build_training, capture, training_loss
@@ -468,6 +469,7 @@ def run(cfg: Config, plan: StepPlan, budget: int | None = None, device: str = "a
                           "'max-autotune-no-cudagraphs' (or without train.compile)")
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
+        resolve_device(device)  # a one-line error where CUDA was asked for and is not there
         return measure(cfg, plan, "cuda" if device == "auto" else device, budget=budget, build=build)
     out = estimate(cfg, plan, build)
     if budget is not None:

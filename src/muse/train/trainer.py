@@ -118,7 +118,10 @@ class Trainer:
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         # pure bf16: parameters, gradients and optimizer states in bf16, built so from the start
         # (see README: update rounding). CPU init keeps runs identical across devices.
-        self.model, _ = build_training(cfg, self.device, optimizer=False)
+        # under FSDP the model stays on the host until fully_shard moves it to the device one
+        # block at a time, as shards: one that fits only sharded never exists whole there
+        build_on = torch.device("cpu") if self.parallel == "fsdp" else self.device
+        self.model, _ = build_training(cfg, build_on, optimizer=False)
         # FSDP replaces the parameters with sharded ones: the optimizer is built on those
         self.train_model = parallelize(self.model, self.parallel, self.device, self.dist.world_size,
                                        precision=tc.precision, compile=tc.compile, compile_mode=tc.compile_mode)
