@@ -210,6 +210,13 @@ def test_compare_two_models_writes_everything_and_resumes(corpus, tmp_path, caps
     assert "not run now (--only)" in printed and printed.count("kept from an earlier invocation") == 2
     assert len(json.loads((out / "results.json").read_text())["rows"]) == 2
 
+    # the same run written otherwise (here: a default spelled out) is kept, under this command's name
+    respelled = TINY + "+model.factor_init=gaussian"
+    assert main(["compare", respelled, *argv[3:]]) == 0
+    assert capsys.readouterr().out.count("kept from an earlier invocation") == 1
+    [row] = json.loads((out / "results.json").read_text())["rows"]
+    assert row["label"].endswith("+factor_init=gaussian") and row["status"] == "complete"
+
 
 def test_ablate_2x2_and_a_time_cap_row(corpus, tmp_path, capsys):
     out, cache = tmp_path / "abl", tmp_path / "cache"

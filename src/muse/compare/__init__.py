@@ -51,6 +51,8 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
         head = f"[{i}/{len(runs)}] {run.label}"
         row = load_row(opts.out, run)
         if row is not None and not (opts.retry_failed and row["status"] == "failed"):
+            # the same run, perhaps named otherwise by another command: reported under this one's name
+            row = {**row, "label": run.label, "group": run.group, "spec_label": run.spec.label}
             _say(f"{head}: kept from an earlier invocation: {_summary(row)}")
         elif not selected_now(opts, run):
             _say(f"{head}: not run now (--only); left out of the reports")
