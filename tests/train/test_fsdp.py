@@ -207,3 +207,15 @@ def test_shard_dim_avoids_empty_and_uneven_shards():
     assert shard_dim((1, 64, 16, 16), 3) == 0  # no dim that 3 divides: dim 0 (FSDP2 pads only dim 0)
     assert shard_dim((1, 6, 16, 9), 3) == 3  # the largest dim that 3 divides
     assert shard_dim((), 2) == 0
+
+
+def test_hf_gpt2_under_fsdp_matches_one_process(cache, tmp_path):
+    """transformers' GPT-2 (model.kind hf-gpt2) is sharded per block the same way."""
+    pytest.importorskip("transformers")
+    over = {"model.n_heads": 2, "model.dropout": 0.0}
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = lambda run, batch, **kw: ["train", "hf-gpt2", *_args(cache, run, HALF, batch, **over, **kw)[2:]]  # noqa: E731
+    assert main(args(one, 8)) == 0
+    _torchrun(args(two, 4, **{"train.parallel": "fsdp"}))
+    _close(_losses(two), _losses(one), range(1, HALF + 1))
+    assert (two / "checkpoints" / f"step-{HALF:08d}" / "dcp" / ".metadata").is_file()
