@@ -24,13 +24,9 @@ import torch
 from torch import nn
 
 from muse.distributed.env import broadcast_object
-from muse.train.checkpoint import SHARDS, WEIGHTS, CheckpointError, resolve_checkpoint, save_checkpoint
+from muse.train.checkpoint import SHARDS, WEIGHTS, CheckpointError, one_line, resolve_checkpoint, save_checkpoint
 
 __all__ = ["export_weights", "load_full_into_sharded", "load_sharded", "save_sharded"]
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 @contextmanager
@@ -127,14 +123,14 @@ def save_sharded(run_dir: str | os.PathLike, model: nn.Module, optimizer, traine
         try:
             write(tmp)
         except Exception as e:  # noqa: BLE001 - DCP's CheckpointException lists every rank's failure
-            raise OSError(f"writing {SHARDS}/ failed: {_one_line(e)}") from e
+            raise OSError(f"writing {SHARDS}/ failed: {one_line(e)}") from e
 
     try:
         ckpt = save_checkpoint(run_dir, None, trainer_state, files, tags=tags, meta=meta, write_model=write_model)
     except BaseException as e:
         if not handed_over:
             broadcast_object(None)
-        broadcast_object((False, _one_line(e)))
+        broadcast_object((False, one_line(e)))
         raise
     broadcast_object((True, str(ckpt)))
     return ckpt
@@ -160,7 +156,7 @@ def load_sharded(ckpt: str | os.PathLike, model: nn.Module, optimizer=None) -> N
                 set_optimizer_state_dict(model, optimizer, states["optim"])
                 _requantize(model, optimizer, live, states["optim"]["state"])
     except Exception as e:  # noqa: BLE001 - DCP and the state-dict helpers raise many types
-        raise CheckpointError(f"cannot load the sharded checkpoint {where}: {_one_line(e)}") from e
+        raise CheckpointError(f"cannot load the sharded checkpoint {where}: {one_line(e)}") from e
 
 
 def _requantize(model: nn.Module, optimizer, live: dict, loaded: dict) -> None:
@@ -221,27 +217,22 @@ def load_full_into_sharded(ckpt: str | os.PathLike, model: nn.Module, optimizer,
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"cannot load {ckpt} into the FSDP-sharded model: {_one_line(e)}") from e
+        raise CheckpointError(f"cannot load {ckpt} into the FSDP-sharded model: {one_line(e)}") from e
 
 
 def export_weights(path: str | os.PathLike, tag: str = "last", out: str | os.PathLike | None = None) -> Path:
     """Write the weights of a checkpoint as one ``model.safetensors`` (default: into the
     checkpoint directory itself, beside its ``dcp/``), atomically: a temporary file, then a rename.
     Returns the file written. The model is built on the CPU from the checkpoint's config."""
-    import yaml
     from safetensors.torch import save_model
 
-    from muse.config import Config, DataConfig, from_dict
-    from muse.model import build_model
-    from muse.train.checkpoint import load_checkpoint, read_file
+    from muse.runtime import load_for_inference
 
     ckpt = resolve_checkpoint(path, tag)
     target = Path(out).expanduser() if out is not None else ckpt / WEIGHTS
     if target.is_dir():
         target = target / WEIGHTS
-    cfg = from_dict(Config, DataConfig.saved(yaml.safe_load(read_file(ckpt, "config.yaml"))))
-    model = build_model(cfg)
-    load_checkpoint(ckpt, model, trainer=False)
+    model = load_for_inference(ckpt, torch.device("cpu"))[0]
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         save_model(model, str(tmp))
@@ -249,7 +240,7 @@ def export_weights(path: str | os.PathLike, tag: str = "last", out: str | os.Pat
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
-        raise CheckpointError(f"cannot write {target}: {_one_line(e)}") from e
+        raise CheckpointError(f"cannot write {target}: {one_line(e)}") from e
     finally:
         tmp.unlink(missing_ok=True)
     return target

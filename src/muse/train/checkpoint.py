@@ -114,13 +114,13 @@ def _write_failure(e: BaseException) -> str:
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno is not None:
-            return _one_line(err)
+            return one_line(err)
         m = _RUST_OS_ERROR.search(str(err))
         if m:
             code = int(m.group(1))
             return f"[Errno {code}] {os.strerror(code)}"
         err = err.__cause__ or err.__context__
-    return _one_line(e) if isinstance(e, OSError) else f"{type(e).__name__}: {_one_line(e)}"
+    return one_line(e) if isinstance(e, OSError) else f"{type(e).__name__}: {one_line(e)}"
 
 
 def _write_file(path: Path, write: Callable[[Path], None]) -> None:
@@ -167,7 +167,8 @@ def _describe_previous(root: Path) -> str:
     return f"the last good checkpoint (step {prev.get('step')}, {root / prev['dir']}) is intact"
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (its type name when it has none)."""
     return " ".join(str(err).split()) or type(err).__name__
 
 
@@ -321,7 +322,7 @@ def save_checkpoint(
             state = f"{final.name} was saved and {', '.join(written)} points to it, the other tags were not moved"
         else:
             state = _describe_previous(root)
-        raise CheckpointError(f"cannot save checkpoint step {step} to {final}: {_one_line(e)}; {state}") from e
+        raise CheckpointError(f"cannot save checkpoint step {step} to {final}: {one_line(e)}; {state}") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -380,7 +381,7 @@ def _load_trainer_state(path: Path, map_location: Any) -> dict:
     except Exception as e:
         # 8-bit optimizer state is a torchao tensor subclass that torchao allow-lists on import.
         if "torchao" not in str(e):
-            raise CheckpointError(f"cannot read {path}: {_one_line(e)}") from e
+            raise CheckpointError(f"cannot read {path}: {one_line(e)}") from e
     try:
         import torchao.optim  # noqa: F401  (registers OptimState8bit with torch.serialization)
     except ImportError as e:
@@ -413,7 +414,7 @@ def load_checkpoint(
         try:
             load_model(model, ckpt / WEIGHTS, strict=True, device=str(map_location))
         except (RuntimeError, SafetensorError, OSError) as e:
-            raise CheckpointError(f"cannot load weights from {ckpt / WEIGHTS}: {_one_line(e)}") from e
+            raise CheckpointError(f"cannot load weights from {ckpt / WEIGHTS}: {one_line(e)}") from e
     state = _load_trainer_state(ckpt / TRAINER, map_location) if trainer else None
     return ckpt, state
 
@@ -424,7 +425,7 @@ def read_file(path: str | os.PathLike, name: str) -> bytes:
     try:
         return (ckpt / name).read_bytes()
     except OSError as e:
-        raise CheckpointError(f"checkpoint {ckpt} has no readable {name}: {_one_line(e)}") from e
+        raise CheckpointError(f"checkpoint {ckpt} has no readable {name}: {one_line(e)}") from e
 
 
 def read_meta(path: str | os.PathLike, tag: str = "last") -> dict:
