@@ -76,6 +76,15 @@ def test_console_script_runs():
     assert "phase8-max" in out and "tiny" in out
 
 
+def test_a_reader_that_leaves_early_ends_quietly():
+    # `muse presets | head -0`: the pipe's reader is gone before muse writes; no traceback, no
+    # "Exception ignored" from the interpreter's last flush
+    p = subprocess.Popen([sys.executable, "-m", "muse", "presets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 1 and err == ""
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
@@ -112,3 +121,10 @@ def test_runs_saved_with_an_unread_directory_still_load(trained_run, tmp_path, c
     assert json.loads(capsys.readouterr().out)["step"] == 20
     assert main(["train", "--resume", str(run)]) == 0  # it is finished: says so, trains nothing
     assert "already reached train.max_steps=20 (step 20)" in capsys.readouterr().out
+
+
+def test_a_run_that_fails_on_its_data_leaves_no_directory(tmp_path, capsys):
+    run = tmp_path / "runs" / "r"
+    assert main(["train", "tiny", "--dataset", f"text:{tmp_path / 'missing.txt'}", "--run-dir", str(run)]) == 2
+    assert "muse: error:" in capsys.readouterr().err
+    assert not run.exists()

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import shlex
 import sys
 
@@ -57,11 +58,12 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def _next_commands(
-    run_dir: Path, dataset: str, limit: tuple[str, str, str] | None, decodes: bool = True
+    run_dir: Path, dataset: str, limit: tuple[str, str, str] | None, decodes: bool = True, world: int = 1
 ) -> list[tuple[str, str]]:
     """(label, command) for what to do with a trained run; README's quickstart shows the same.
     ``limit``: the budget that stopped training (``Trainer.limit_reached``), raised to continue.
-    ``decodes``: the model can generate (model.kind muse; hf-gpt2 cannot)."""
+    ``decodes``: the model can generate (model.kind muse; hf-gpt2 cannot). ``world``: the
+    processes that trained it, which continue it the same way (torchrun)."""
     run = shlex.quote(str(run_dir))
     prompt = shlex.quote("def " if dataset == "pystdlib" else "The ")
     out = [("evaluate", f"muse eval {run} --split test")]
@@ -69,8 +71,12 @@ def _next_commands(
         out.append(("generate", f"muse generate {run} --prompt {prompt} --seed 0"))
     if limit is not None:
         key, _, more = limit
-        out.append(("continue", f"muse train --resume {run} --{key} {more}"))
+        out.append(("continue", f"{_launcher(world)} train --resume {run} --{key} {more}"))
     return out
+
+
+def _launcher(world: int) -> str:
+    return "muse" if world == 1 else f"torchrun --nproc-per-node {world} -m muse"
 
 
 @contextlib.contextmanager
@@ -120,7 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             val = f"val loss {val:.4f}" if math.isfinite(val) else "no val loss saved"
             print(
                 f"muse train: {run_dir} already reached {what}, {val}; nothing to train. "
-                f"Raise --{key} to continue: muse train --resume {shlex.quote(str(run_dir))} --{key} {more}"
+                f"Raise --{key} to continue: {_launcher(trainer.dist.world_size)} train --resume "
+                f"{shlex.quote(str(run_dir))} --{key} {more}"
             )
         return 0
     if main_rank:
@@ -135,7 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     with _process_group():
         summary = trainer.fit()
     if main_rank:
-        commands = _next_commands(run_dir, cfg.data.dataset, summary["limit"], decodes=cfg.model.kind == "muse")
+        commands = _next_commands(run_dir, cfg.data.dataset, summary["limit"], decodes=cfg.model.kind == "muse",
+                                  world=trainer.dist.world_size)
         print(
             f"\nDone: step {summary['step']}, {summary['tokens']:,} tokens in {summary['seconds']:.0f} s; "
             f"val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f}).\n"
@@ -443,6 +451,11 @@ def _run(argv: list[str] | None) -> int:
     try:
         check_unknown(unknown)
         return args.func(args)
+    except BrokenPipeError:
+        # the reader left (`muse eval ... | head`): stop quietly, as Unix tools do; stdout goes to
+        # /dev/null so the interpreter's final flush cannot raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ConfigError, DataError, CheckpointError, TrainingError, ValueError, OSError) as e:
         print(f"muse: error: {e}", file=sys.stderr)
         return 2

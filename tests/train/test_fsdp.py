@@ -74,7 +74,9 @@ def runs(tmp_path_factory, cache):
     assert main(_args(cache, out["single"], STEPS, 8)) == 0  # also fills the token cache
     assert main(_args(cache, out["single_half"], HALF, 8)) == 0
     _torchrun(_args(cache, out["fsdp"], STEPS, 4, **{"train.parallel": "fsdp"}))
-    _torchrun(_args(cache, out["fsdp_half"], HALF, 4, **{"train.parallel": "fsdp"}))
+    res = _torchrun(_args(cache, out["fsdp_half"], HALF, 4, **{"train.parallel": "fsdp"}))
+    # the run goes on as it was launched
+    assert f"continue:  torchrun --nproc-per-node 2 -m muse train --resume {out['fsdp_half']}" in res.stdout
     return out
 
 

@@ -102,13 +102,8 @@ class Trainer:
             if diff:
                 raise ConfigError(f"--resume {self.run_dir}: the config disagrees with the saved run ({'; '.join(diff)})")
             tokenizer = Tokenizer.load(self.ckpt_dir)
-        elif self.dist.is_main:
-            if (self.run_dir / "checkpoints").exists():
-                raise ConfigError(f"run directory {self.run_dir} already holds checkpoints; use --resume {self.run_dir}")
-            try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise OSError(f"cannot create run directory {self.run_dir}: {e.strerror or e}") from None
+        elif self.dist.is_main and (self.run_dir / "checkpoints").exists():
+            raise ConfigError(f"run directory {self.run_dir} already holds checkpoints; use --resume {self.run_dir}")
 
         # rank 0 tokenizes and fills the cache; the others then read it
         with self._rank0_first():
@@ -156,6 +151,12 @@ class Trainer:
         self.sampler = BatchSampler(
             self.data.tokens["train"], tc.batch_size, cfg.seq_len, tc.seed, self.dist.rank, self.dist.world_size
         )
+        if self.dist.is_main and not resume:
+            # made only now: a run that fails on its data or its config leaves no empty directory
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise OSError(f"cannot create run directory {self.run_dir}: {e.strerror or e}") from None
         self._files = self._checkpoint_files()
         self._metrics = self._open_metrics(resume)
         self._tb = self._wandb = None
