@@ -192,3 +192,14 @@ def test_every_op_falls_back_silently_off_cuda_and_says_so_once_on_cuda(no_trito
     for call in ops.values():  # once per process
         call()
     assert capsys.readouterr().err == ""
+
+
+@needs_triton
+def test_only_the_first_torchrun_process_announces_tuning(disk, monkeypatch, capsys):
+    bench = []
+    monkeypatch.setenv("RANK", "1")
+    _run(_tuned_kernel(bench), 40)
+    assert len(bench) == 2 and capsys.readouterr().err == ""  # tuned, silently
+    monkeypatch.setenv("RANK", "0")
+    _run(_tuned_kernel(bench), 48)
+    assert "for n=48" in capsys.readouterr().err

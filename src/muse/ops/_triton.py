@@ -185,7 +185,8 @@ def announce(tuner, named_args: dict) -> None:
     name = f"{fn.__module__.removeprefix('muse.ops.')}.{fn.__name__}"
     key = [f"{k}={named_args[k]}" for k in tuner.keys if k in named_args]
     key += sorted({str(v.dtype).removeprefix("torch.") for v in named_args.values() if hasattr(v, "dtype")})
-    if (name, *key) in _announced or interpreting():
+    # under torchrun every process tunes, but one line per kernel is enough (RANK: torchrun's)
+    if (name, *key) in _announced or interpreting() or os.environ.get("RANK", "0") != "0":
         return
     _announced.add((name, *key))
     if getattr(tuner, "cache_results", False):
