@@ -15,7 +15,8 @@ the previous step's argmax. Per row:
 
 - ``state_mib``: the bytes of the decoding state's tensors (KV cache or recurrent state), all layers;
 - ``decode_peak_mib``: ``torch.cuda.max_memory_allocated`` over the timed steps (parameters, state
-  and the step's temporaries; CUDA only), and ``params_mib``;
+  and the step's temporaries; CUDA only), ``params_mib``, and ``held_before_mib``: what the
+  process held before the row's model was built (anything an earlier row left behind);
 - ``step_ms``: the median of the timed steps (host clock, a device sync around each).
 
 Per preset, ``peak_spread`` = (max − min) / min of ``decode_peak_mib`` over the contexts (state size
@@ -51,10 +52,13 @@ def _mib(tensors) -> float:
 
 def measure(preset: str, L: int, args, device: torch.device, dtype: torch.dtype) -> dict:
     steps = args.warmup + args.tokens
+    # what the process already holds (earlier rows' leftovers would show here, not vanish)
+    held = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else None
     cfg = load_config(preset, {**parse_set(args.set), "model.max_seq_len": L + steps + 1})
     torch.manual_seed(0)
     model = build_model(cfg, device=device, dtype=dtype).eval()
-    row: dict = {"context": L, "mixer": cfg.model.mixer.kind, "params_mib": _mib(model.parameters())}
+    row: dict = {"context": L, "mixer": cfg.model.mixer.kind, "params_mib": _mib(model.parameters()),
+                 "held_before_mib": held}
     g = torch.Generator().manual_seed(L)
     prompt = torch.randint(0, cfg.model.vocab_size, (1, L), generator=g).to(device)
     with record_paths() as paths:

@@ -61,6 +61,16 @@ def _leaves(layers: list) -> list[Tensor]:
 
 
 _warned_capture = False
+_SIDE: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One warm-up stream per GPU for every Decoder: torch keeps a cuBLAS workspace (tens of MiB)
+    for each stream a matmul ever ran on, for the life of the process, so a fresh stream per
+    Decoder would hold one more workspace for every generation."""
+    if device not in _SIDE:
+        _SIDE[device] = torch.cuda.Stream(device=device)
+    return _SIDE[device]
 
 
 class Decoder:
@@ -156,7 +166,7 @@ class Decoder:
 
     def _eager(self) -> Tensor:
         if self._side is None:
-            self._side = torch.cuda.Stream(device=torch.cuda.current_stream().device)
+            self._side = _side_stream(torch.cuda.current_stream().device)
         return side_stream_call(self._run, self._side)
 
     def _capture(self) -> None:

@@ -221,3 +221,18 @@ def test_hf_gpt2_under_fsdp_matches_one_process(cache, tmp_path):
     _torchrun(args(two, 4, **{"train.parallel": "fsdp"}))
     _close(_losses(two), _losses(one), range(1, HALF + 1))
     assert (two / "checkpoints" / f"step-{HALF:08d}" / "dcp" / ".metadata").is_file()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("parallel", ["none", "fsdp"])
+def test_tiny_trains_on_cuda_in_bf16(cache, tmp_path, parallel):
+    """`muse train tiny --train.parallel fsdp --train.precision bf16` on one H100 (a world of one)
+    ended with an illegal memory access in the semiseparable scan's backward (`scan_backward`,
+    while autotuning) at commit 5788e78; `none` is the control with the same shapes."""
+    run = tmp_path / parallel
+    args = _args(cache, run, 3, 4, **{"train.parallel": parallel, "train.precision": "bf16", "train.device": "cuda",
+                                     "model.mixer.kind": "semiseparable", "model.embedding.kind": "tt",
+                                     "model.ffn.kind": "lowrank", "model.ffn.rank": 8})
+    res = subprocess.run([sys.executable, "-m", "muse", *args], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(_losses(run)) == 3
