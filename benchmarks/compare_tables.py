@@ -110,10 +110,11 @@ def quality_headline() -> str | None:
     budgets = res["pareto"]["budgets"]
     losses = [v for v in budgets if v["verdict"] == "dense wins"]
     wins = [v for v in budgets if v["verdict"] == "MUSE dominates"]
-    for v in losses:
-        text += (f"At equal memory a smaller dense model is better: `{v['muse']}` peaks at {v['budget_mib']:,.0f} MiB "
-                 f"with test perplexity {v['muse_perplexity']:.2f}, the dense `{v['dense']}` at {v['dense_peak_mib']:,.0f} "
-                 f"MiB with {v['dense_perplexity']:.2f}. ")
+    if losses:
+        text += "At equal memory a smaller dense model is better: " + "; ".join(
+            f"`{v['muse']}` peaks at {v['budget_mib']:,.0f} MiB with test perplexity {v['muse_perplexity']:.2f}, the "
+            f"dense `{v['dense']}` at {v['dense_peak_mib']:,.0f} MiB with {v['dense_perplexity']:.2f}" for v in losses
+        ) + ". "
     for v in wins:
         text += (f"`{v['muse']}` ({v['budget_mib']:,.0f} MiB, {v['muse_perplexity']:.2f}) beats every dense model that "
                  f"fits in its memory (best: `{v['dense']}`, {v['dense_perplexity']:.2f}). ")

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import DTYPES, add_run_args, sync, error_line, environment, parse_set, pick_device, publish  # noqa: E402
+from inference_tables import decode_memory_markdown  # noqa: E402
 from muse import build_model  # noqa: E402
 from muse.config import load_config  # noqa: E402
 from muse.generate import Decoder  # noqa: E402
@@ -107,37 +108,6 @@ def run_preset(preset: str, args, device: torch.device, dtype: torch.dtype) -> d
         vals = [r[key] for r in ok]
         out["peak_spread"] = {"of": key, "value": (max(vals) - min(vals)) / min(vals)}
     return out
-
-
-def _fmt(mib: float) -> str:
-    return f"{mib:,.2f}" if mib >= 0.1 else f"{mib:.2g}"
-
-
-def decode_memory_markdown(res: dict) -> str:
-    c = res["config"]
-    lines = [
-        f"# Decoding memory vs context: {res['device']} (commit {res['git_sha'][:7]}, {res['date'][:10]}, "
-        f"torch {res['torch']}, {c['dtype']}, B=1, random weights)",
-        "",
-        "| preset | mixer | context | state MiB | decode peak MiB | ms/token |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for p in res["figures"]:
-        for r in p["contexts"]:
-            if "error" in r:
-                lines.append(f"| `{p['preset']}` | | {r['context']:,} | FAILED: {r['error']} | | |")
-                continue
-            peak = _fmt(r["decode_peak_mib"]) if r["decode_peak_mib"] is not None else "–"
-            lines.append(f"| `{p['preset']}` | {r['mixer']} | {r['context']:,} | {_fmt(r['state_mib'])} | {peak} "
-                         f"| {r['step_ms']:.2f} |")
-    spreads = [f"`{p['preset']}` {100 * p['peak_spread']['value']:.1f} % ({p['peak_spread']['of']})"
-               for p in res["figures"] if "peak_spread" in p]
-    lines += ["", f"Spread over the contexts, (max − min) / min: {', '.join(spreads) or '–'}. State: the decoding "
-              "state's tensors (KV cache or recurrent state), all layers. Decode peak: "
-              f"`torch.cuda.max_memory_allocated` over {c['tokens']} timed steps after {c['warmup']} (parameters "
-              "included). ms/token: median step (the captured CUDA-graph step on CUDA). "
-              "`python benchmarks/decode_memory.py`."]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""Markdown tables of the inference-side benchmarks (`decode.py`, `startup.py`), shared by those
-scripts (the .md beside each JSON) and `readme_tables.py` (README and docs/). No torch import."""
+"""Markdown tables of the inference-side benchmarks (`decode.py`, `decode_memory.py`, `startup.py`),
+shared by those scripts (the .md beside each JSON) and `readme_tables.py` (README and docs/). No
+torch import."""
 
 from __future__ import annotations
 
@@ -66,4 +67,35 @@ def startup_markdown(res: dict, tuning: bool = True) -> str:
             gain = f"{t['first_over_best']:.2f}" if t["first_over_best"] else "–"
             lines.append(f"| {t['kernel']} | {', '.join(map(str, t['key'] or []))} | {t['configs']} "
                          f"| {t['best']} | {t['best_ms']:.4f} | {gain} |")
+    return "\n".join(lines)
+
+
+def _fmt_mib(mib: float) -> str:
+    return f"{mib:,.2f}" if mib >= 0.1 else f"{mib:.2g}"
+
+
+def decode_memory_markdown(res: dict) -> str:
+    c = res["config"]
+    lines = [
+        f"# Decoding memory vs context: {res['device']} (commit {res['git_sha'][:7]}, {res['date'][:10]}, "
+        f"torch {res['torch']}, {c['dtype']}, B=1, random weights)",
+        "",
+        "| preset | mixer | context | state MiB | decode peak MiB | ms/token |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for p in res["figures"]:
+        for r in p["contexts"]:
+            if "error" in r:
+                lines.append(f"| `{p['preset']}` | | {r['context']:,} | FAILED: {r['error']} | | |")
+                continue
+            peak = _fmt_mib(r["decode_peak_mib"]) if r["decode_peak_mib"] is not None else "–"
+            lines.append(f"| `{p['preset']}` | {r['mixer']} | {r['context']:,} | {_fmt_mib(r['state_mib'])} | {peak} "
+                         f"| {r['step_ms']:.2f} |")
+    spreads = [f"`{p['preset']}` {100 * p['peak_spread']['value']:.1f} % ({p['peak_spread']['of']})"
+               for p in res["figures"] if "peak_spread" in p]
+    lines += ["", f"Spread over the contexts, (max − min) / min: {', '.join(spreads) or '–'}. State: the decoding "
+              "state's tensors (KV cache or recurrent state), all layers. Decode peak: "
+              f"`torch.cuda.max_memory_allocated` over {c['tokens']} timed steps after {c['warmup']} (parameters "
+              "included). ms/token: median step (the captured CUDA-graph step on CUDA). "
+              "`python benchmarks/decode_memory.py`."]
     return "\n".join(lines)

@@ -23,7 +23,7 @@ if str(ROOT / "src") not in sys.path:  # the presets of this checkout (configs/)
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from compare_tables import ablation_table, quality, quality_headline, quality_table  # noqa: E402
-from inference_tables import decode_markdown, startup_markdown  # noqa: E402
+from inference_tables import decode_markdown, decode_memory_markdown, startup_markdown  # noqa: E402
 from speed_tables import lowrank_ffn_markdown, mixers_markdown, short_sha, throughput_markdown  # noqa: E402
 
 
@@ -343,9 +343,9 @@ def claims_table() -> str:
                                 f"{_human(r['actual_params'])} parameters")
         add("A ≥ 100 B dense-equivalent shape that trains in 8 GiB", "target",
             got if "8 GiB" in got else got + "; no measured step yet", "`muse params`")
+    add("HAMT: O(1) memory, 2–5× speed-up, 100 % slot use", "claimed", _hamt_measured(),
+        "`benchmarks/decode_memory.py`, `benchmarks/mixers.py`, slot statistics of `muse eval`")
     for claim, orig, how in (
-        ("HAMT: O(1) memory, 2–5× speed-up, 100 % slot use", "claimed",
-         "`benchmarks/decode_memory.py`, `benchmarks/mixers.py`, slot statistics of `muse eval`"),
         ("HAMT auxiliary loss: +71 % memory fidelity", "claimed",
          "memory fidelity of `muse eval` with and without the aux loss "
          "(`muse ablate @configs/experiments/ablate-hamt-aux.args`)"),
@@ -354,6 +354,45 @@ def claims_table() -> str:
     ):
         add(claim, orig, "built (`mixer.kind: holographic`, presets `hamt-small`, `hamt-100m`); not measured yet", how)
     return "\n".join(rows)
+
+
+def _hamt_measured() -> str | None:
+    """The holographic layer's decoding state and speed against attention, from the committed
+    decode-memory and mixer benchmarks (their newest GPU runs)."""
+    got = []
+    dec = _newest("decode_memory-gpu.json")
+    rows = {p["preset"]: p for p in dec["figures"]} if dec else {}
+    holo = next((p for p in rows.values() if p.get("mixer") == "holographic"), None)
+    if holo is not None:
+        ok = [r for r in holo["contexts"] if "error" not in r]
+        states = sorted({round(r["state_mib"], 2) for r in ok})
+        span = f"{ok[0]['context']:,}–{ok[-1]['context']:,}"
+        text = f"decoding state {' / '.join(f'{x:.2f}' for x in states)} MiB at every context {span}"
+        att = next((p for p in rows.values() if p.get("mixer") == "attention"), None)
+        if att is not None:
+            a = [r for r in att["contexts"] if "error" not in r]
+            text += f" (attention's KV cache {a[0]['state_mib']:.1f} → {a[-1]['state_mib']:.1f} MiB)"
+        spread = holo.get("peak_spread", {})
+        if spread.get("of") == "decode_peak_mib":
+            text += f"; decode peak +{100 * spread['value']:.1f} % over that span (see performance-notes §9)"
+        got.append(text)
+    mix = _newest("mixers-gpu.json")
+    figs = [f for f in (mix or {}).get("figures", []) if f.get("holographic_layer", {}).get("graph_ms")]
+    if figs:
+        got.append("layer forward+backward vs attention's (d=1024, bf16, CUDA graph): " + ", ".join(
+            f"{f['attention_layer']['graph_ms'] / f['holographic_layer']['graph_ms']:.2f}× at N={f['N']:,}"
+            for f in figs if f["N"] in (8192, 32768, 65536)))
+    if not got:
+        return None
+    return "; ".join(got) + f"; slot use not measured yet ({(dec or mix)['device']}, {(dec or mix)['date'][:10]})"
+
+
+def decode_memory_table() -> str:
+    res = _newest("decode_memory-gpu.json")
+    if res is None:
+        return "Not measured yet."
+    body = decode_memory_markdown(res).split("\n", 2)[2]  # without the title line
+    return f"{body}\n\n{res['device']}, torch {res['torch']}, commit `{short_sha(res)}`, {res['date'][:10]}."
 
 
 def _newest(pattern: str) -> dict | None:
@@ -382,6 +421,7 @@ TABLES = {"presets-table": presets_table, "headline": headline, "claims-table": 
           "throughput-eager-graph-table": _throughput("train_throughput-cudagraph-gpu.json"),
           "throughput-graph-repeats-table": _throughput("train_throughput-compile-default-cudagraph-x3-gpu.json"),
           "lowrank-ffn-table": lowrank_ffn_table, "decode-table": decode_table,
+          "decode-memory-table": decode_memory_table,
           "startup-tuning-table": lambda: _startup(True)}
 # The files holding the tables; each table of TABLES sits in one (or more) of them.
 TARGETS = ("README.md", "docs/performance-notes.md", "docs/design.md")
