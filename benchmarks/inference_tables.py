@@ -5,12 +5,17 @@ torch import."""
 from __future__ import annotations
 
 
+def _title(what: str, res: dict) -> str:
+    """The first line of a decoding benchmark's table: the run and its fixed settings."""
+    return (f"# {what}: {res['device']} (commit {res['git_sha'][:7]}, {res['date'][:10]}, torch {res['torch']}, "
+            f"{res['config']['dtype']}, B=1, random weights)")
+
+
 def decode_markdown(res: dict) -> str:
     """The `benchmarks/decode.py` tables (also written beside its JSON as decode-gpu.md)."""
     c = res["config"]
     lines = [
-        f"# Decoding: {res['device']} (commit {res['git_sha'][:7]}, {res['date'][:10]}, torch {res['torch']}, "
-        f"{c['dtype']}, B=1, random weights)",
+        _title("Decoding", res),
         "",
         "| preset | eager step ms/token | captured step ms/token | `generate` ms/token |",
         "|---|---:|---:|---:|",
@@ -77,8 +82,7 @@ def _fmt_mib(mib: float) -> str:
 def decode_memory_markdown(res: dict) -> str:
     c = res["config"]
     lines = [
-        f"# Decoding memory vs context: {res['device']} (commit {res['git_sha'][:7]}, {res['date'][:10]}, "
-        f"torch {res['torch']}, {c['dtype']}, B=1, random weights)",
+        _title("Decoding memory vs context", res),
         "",
         "| preset | mixer | context | state MiB | decode peak MiB | ms/token |",
         "|---|---|---:|---:|---:|---:|",

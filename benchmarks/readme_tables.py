@@ -15,6 +15,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -387,25 +388,25 @@ def _hamt_measured() -> str | None:
     return "; ".join(got) + f"; slot use not measured yet ({(dec or mix)['device']}, {(dec or mix)['date'][:10]})"
 
 
-def decode_memory_table() -> str:
-    res = _newest("decode_memory-gpu.json")
-    if res is None:
-        return "Not measured yet."
-    body = decode_memory_markdown(res).split("\n", 2)[2]  # without the title line
-    return f"{body}\n\n{res['device']}, torch {res['torch']}, commit `{short_sha(res)}`, {res['date'][:10]}."
-
-
 def _newest(pattern: str) -> dict | None:
     runs = _load(pattern)
     return max(runs, key=lambda r: r["date"]) if runs else None
 
 
-def decode_table() -> str:
-    res = _newest("decode-gpu.json")
-    if res is None:
-        return "Not measured yet."
-    body = decode_markdown(res).split("\n", 2)[2]  # without the title line
-    return f"{body}\n\n{res['device']}, torch {res['torch']}, commit `{short_sha(res)}`, {res['date'][:10]}."
+def _titled_table(pattern: str, markdown) -> Callable[[], str]:
+    """The newest GPU result of ``pattern`` as its benchmark's Markdown, without the title line,
+    with its device, torch, commit and date below."""
+    def table() -> str:
+        res = _newest(pattern)
+        if res is None:
+            return "Not measured yet."
+        body = markdown(res).split("\n", 2)[2]
+        return f"{body}\n\n{res['device']}, torch {res['torch']}, commit `{short_sha(res)}`, {res['date'][:10]}."
+    return table
+
+
+decode_table = _titled_table("decode-gpu.json", decode_markdown)
+decode_memory_table = _titled_table("decode_memory-gpu.json", decode_memory_markdown)
 
 
 def _startup(tuning: bool) -> str:

@@ -268,7 +268,7 @@ def test_plots_are_optional(corpus, tmp_path, capsys, monkeypatch):
 
 def test_shipped_experiments_resolve(monkeypatch):
     """Every committed experiment file (``<command>-NAME.args``) parses, and every model in it is a
-    valid config under its recipe; nothing is trained."""
+    valid config under its recipe; nothing is trained. ``NAME-cpu`` files train on the CPU."""
     import shlex
 
     from muse.cli import build_parser
@@ -287,7 +287,11 @@ def test_shipped_experiments_resolve(monkeypatch):
         a, specs = seen[-1]
         runs = resolve(specs, ccli.recipe_from_args(a, specs[0]))
         assert len(runs) >= 2, f
-        assert all(r.config.train.max_tokens == 20_000_000 for r in runs), f
+        # the GPU experiments share the issue's budget; a -cpu one is a small-scale proxy run on CPUs
+        if f.stem.endswith("-cpu"):
+            assert all(r.config.train.device == "cpu" for r in runs), f
+        else:
+            assert all(r.config.train.max_tokens == 20_000_000 for r in runs), f
 
 
 def test_plots_from_rows_include_throughput_vs_length(tmp_path):
