@@ -55,9 +55,12 @@ __all__ = [
     "spectra",
 ]
 
-# Added to |K|² before the unit-modulus division: only an exactly zero frequency (a zero key)
-# would otherwise divide 0 by 0.
-_UNIT_EPS = 1e-30
+# A frequency whose |z|² is below this share of its token's mean |z|² has no direction worth
+# keeping (an fp32 sum of D terms carries rounding near 1e-7 of its size): it maps to 0 and passes
+# no gradient. Divided by its |z| like the others, its gradient grew as 1/|z|, and an exactly zero
+# bin (fp32 sums do cancel; docs/quality-notes.md §6) turned the rsqrt's derivative −½·s^(−3/2)
+# at s = 1e-30 into inf, and 0 · inf into NaN for the whole step.
+_UNIT_FLOOR = 1e-8
 
 
 def num_freqs(D: int) -> int:
@@ -125,9 +128,14 @@ def full_precision(fn):
 
 
 def _unit(z: Tensor) -> Tensor:
-    """z / |z| per frequency: unbinding with a unit-modulus key is its exact inverse, where the
-    plain HRR inverse 1/K blows up at small |K| (and so does its gradient)."""
-    return z * torch.rsqrt(z.real.square() + z.imag.square() + _UNIT_EPS)
+    """z / |z| per frequency (..., F): unbinding with a unit-modulus key is its exact inverse, where
+    the plain HRR inverse 1/K blows up at small |K| (and so does its gradient). Frequencies below
+    ``_UNIT_FLOOR`` of the token's mean power map to 0, with zero gradient; relative, so scaling a
+    key changes nothing."""
+    s = z.real.square() + z.imag.square()  # (..., F)
+    keep = s > _UNIT_FLOOR * s.detach().mean(-1, keepdim=True)
+    # the inner where keeps rsqrt (and its derivative) finite on the bins the outer one drops
+    return z * torch.where(keep, torch.rsqrt(torch.where(keep, s, torch.ones_like(s))), torch.zeros_like(s))
 
 
 def spectra(q: Tensor, k: Tensor, v: Tensor, unitary: bool, acc: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
