@@ -135,7 +135,7 @@ def _unit(z: Tensor) -> Tensor:
     s = z.real.square() + z.imag.square()  # (..., F)
     keep = s > _UNIT_FLOOR * s.detach().mean(-1, keepdim=True)
     # the inner where keeps rsqrt (and its derivative) finite on the bins the outer one drops
-    return z * torch.where(keep, torch.rsqrt(torch.where(keep, s, torch.ones_like(s))), torch.zeros_like(s))
+    return z * torch.where(keep, torch.rsqrt(torch.where(keep, s, 1.0)), 0.0)
 
 
 def spectra(q: Tensor, k: Tensor, v: Tensor, unitary: bool, acc: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
