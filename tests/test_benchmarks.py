@@ -266,3 +266,21 @@ def test_decode_memory_benchmark_on_cpu(tmp_path):
     assert rows["hamt-100m"]["contexts"][0]["paths"]["holographic"] == ["chunked"]
     md = (tmp_path / "decode_memory-cpu.md").read_text()
     assert "| `hamt-100m` | holographic | 64 |" in md and "`hamt-100m` 0.0 %" in md
+
+
+def test_profile_mixer_on_cpu(tmp_path):
+    """CPU run at tiny sizes: every layer profiled, op groups summing to the recorded total, the
+    holographic layer's FFTs among its ops; JSON + Markdown under the -cpu name."""
+    rc = _script("profile_mixer").main([
+        "--seq", "40", "--tokens", "80", "--d-model", "32", "--heads", "2", "--hcm-dim", "30", "--slots", "4",
+        "--warmup", "1", "--steps", "2", "--top", "50", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "profile_mixer-cpu.json").read_text())
+    assert res["benchmark"] == "profile_mixer" and ENV_KEYS <= res.keys() and res["config"]["B"] == 2
+    assert set(res["figures"]) == {"attention_layer", "semiseparable_layer", "holographic_layer"}
+    for row in res["figures"].values():
+        parts = sum(t["ms_per_step"] for t in row["top"]) + row["rest"]["ms_per_step"]
+        assert row["kernel_ms_per_step"] > 0 and parts == pytest.approx(row["kernel_ms_per_step"])
+    holo = " ".join(t["kernel"] for t in res["figures"]["holographic_layer"]["top"])
+    assert "fft" in holo
+    assert "### holographic_layer:" in (tmp_path / "profile_mixer-cpu.md").read_text()

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from muse.layers.tt import TTMatrix, auto_num_cores, factorize
+from muse.layers.tt import TTMatrix
+from muse.layers.tt_factors import auto_num_cores, factorize
 
 PHASES = ("none", "cos", "complex")
 
