@@ -10,8 +10,11 @@ import json
 import math
 from pathlib import Path
 
+from muse.compare.report import BEYOND
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PARETO = "compare-wikitext2-pareto"
+TIED = "compare-wikitext2-tied"  # the candidate for `standard` against dense models with tied heads
 ABLATION = "ablate-standard-components"
 
 
@@ -118,8 +121,20 @@ def quality_headline() -> str | None:
     for v in wins:
         text += (f"`{v['muse']}` ({v['budget_mib']:,.0f} MiB, {v['muse_perplexity']:.2f}) beats every dense model that "
                  f"fits in its memory (best: `{v['dense']}`, {v['dense_perplexity']:.2f}). ")
+    for v in (v for v in budgets if v["verdict"] == BEYOND):
+        text += (f"`{v['muse']}` reaches {v['muse_perplexity']:.2f}, below every dense model of the grid, but at "
+                 f"{v['budget_mib']:,.0f} MiB, beyond all of them (the best of them: `{v['dense']}`, "
+                 f"{v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} MiB): not an equal-memory win. ")
     if res.get("not_run"):
         text += f"Not run yet: {', '.join(f'`{x}`' for x in res['not_run'])}. "
+    tied = load(TIED)
+    for v in (tied or {}).get("pareto", {}).get("budgets", []):
+        if v["verdict"] == "MUSE dominates":
+            lrs = sorted({r["lr"] for r in tied["rows"]})
+            text += (f"Against dense models with tied heads, `{v['muse']}` ({v['budget_mib']:,.0f} MiB, "
+                     f"{v['muse_perplexity']:.2f}) beats every dense model that fits in its memory (best: "
+                     f"`{v['dense']}`, {v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} MiB)"
+                     + (f", at one learning rate ({lrs[0]:g}; the sweep is owed)" if len(lrs) == 1 else "") + ". ")
     return text + "See the comparison below."
 
 

@@ -23,7 +23,7 @@ if str(ROOT / "src") not in sys.path:  # the presets of this checkout (configs/)
     sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from compare_tables import ablation_table, quality, quality_headline, quality_table  # noqa: E402
+from compare_tables import ablation_table, preset_quality, quality, quality_headline, quality_table  # noqa: E402
 from inference_tables import decode_markdown, decode_memory_markdown, startup_markdown  # noqa: E402
 from speed_tables import lowrank_ffn_markdown, mixers_markdown, short_sha, throughput_markdown  # noqa: E402
 
@@ -346,15 +346,31 @@ def claims_table() -> str:
             got if "8 GiB" in got else got + "; no measured step yet", "`muse params`")
     add("HAMT: O(1) memory, 2–5× speed-up, 100 % slot use", "claimed", _hamt_measured(),
         "`benchmarks/decode_memory.py`, `benchmarks/mixers.py`, slot statistics of `muse eval`")
-    for claim, orig, how in (
-        ("HAMT auxiliary loss: +71 % memory fidelity", "claimed",
-         "memory fidelity of `muse eval` with and without the aux loss "
-         "(`muse ablate @configs/experiments/ablate-hamt-aux.args`)"),
-        ("HAMT 100 M: perplexity < 28, > 4 000 tok/s, < 10 GB", "targets, never reached",
-         "`muse compare` on WikiText-2 with an `hf-gpt2` row"),
-    ):
-        add(claim, orig, "built (`mixer.kind: holographic`, presets `hamt-small`, `hamt-100m`); not measured yet", how)
+    hamt = preset_quality("hamt-100m")
+    add("HAMT auxiliary loss: +71 % memory fidelity", "claimed",
+        "built (`mixer.kind: holographic`, presets `hamt-small`, `hamt-100m`); at `hamt-100m`'s scale not "
+        "measured yet" + (f" (with the loss: fidelity {hamt['test']['memory_fidelity']:.3f})"
+                          if hamt and "memory_fidelity" in hamt.get("test", {}) else "")
+        + "; at `hamt-small`'s, +21 % (docs/quality-notes.md §6)",
+        "memory fidelity of `muse eval` with and without the aux loss "
+        "(`muse ablate @configs/experiments/ablate-hamt-aux.args`)")
+    add("HAMT 100 M: perplexity < 28, > 4 000 tok/s, < 10 GB", "targets, never reached", _hamt_quality(hamt),
+        "`muse compare` on WikiText-2 with an `hf-gpt2` row")
     return "\n".join(rows)
+
+
+def _hamt_quality(r: dict | None) -> str | None:
+    """`hamt-100m`'s row of the Pareto comparison, against `baseline`'s."""
+    if r is None:
+        return None
+    t, b = r["test"], preset_quality("baseline")
+    text = (f"test perplexity {t['perplexity']:.2f} (`baseline` {b['test']['perplexity']:.2f}) with "
+            f"{r['actual_params'] / 1e6:.1f} M parameters, {r['tokens_per_s_median']:,.0f} tokens/s, full-step "
+            f"peak {r['peak_memory_mib'] / 1024:.1f} GiB at B={r['batch_size']}, N={r['seq_len']}") if b else None
+    if text and "slot_utilisation" in t:
+        text += (f"; slot use {100 * t['slot_utilisation']:.0f} % ({t['effective_slots']:.1f} effective of 16), "
+                 f"memory fidelity {t['memory_fidelity']:.3f}")
+    return text and text + f" (WikiText-2, 20 M tokens; {r['device']}, {r['date'][:10]})"
 
 
 def _hamt_measured() -> str | None:
@@ -385,7 +401,12 @@ def _hamt_measured() -> str | None:
             for f in figs if f["N"] in (8192, 32768, 65536)))
     if not got:
         return None
-    return "; ".join(got) + f"; slot use not measured yet ({(dec or mix)['device']}, {(dec or mix)['date'][:10]})"
+    hamt = preset_quality("hamt-100m")
+    if hamt and "slot_utilisation" in hamt.get("test", {}):
+        got.append(f"slot use {100 * hamt['test']['slot_utilisation']:.0f} % at `hamt-100m` after training (below)")
+    else:
+        got.append("slot use not measured yet")
+    return "; ".join(got) + f" ({(dec or mix)['device']}, {(dec or mix)['date'][:10]})"
 
 
 def _newest(pattern: str) -> dict | None:

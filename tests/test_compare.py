@@ -128,6 +128,19 @@ def test_pareto_verdict_uses_only_complete_rows_that_fit():
     assert v["summary"].startswith("MUSE beats the best dense model that fits in the same memory at 1 of 3 budgets")
 
 
+def test_pareto_win_beyond_the_dense_grid_is_not_counted():
+    """A MUSE row ahead of every dense model, all of which fit in its memory, has no dense model of
+    its size to beat: marked, not counted as a win."""
+    rows = [_row("dense-small", "dense", 100, 80.0), _row("dense-big", "dense", 300, 50.0),
+            _row("muse-huge", "muse", 5000, 40.0), _row("muse-mid", "muse", 200, 60.0)]
+    v = report.pareto(report.select(rows))
+    by = {b["muse"]: b for b in v["budgets"]}
+    assert by["muse-huge"]["verdict"] == report.BEYOND and by["muse-huge"]["dense"] == "dense-big"
+    assert by["muse-mid"]["verdict"] == "MUSE dominates"
+    assert v["summary"].startswith("MUSE beats the best dense model that fits in the same memory at 1 of 2 budgets, "
+                                   "loses at 0; at 1 MUSE is ahead of every dense model of the grid")
+
+
 def test_lr_sweep_selects_by_validation_not_test():
     rows = [
         _row("m lr=0.001", "muse", 1, 50.0, val=3.0, group="m", lr=1e-3),

@@ -101,6 +101,15 @@ def test_kernel_fused_band(shape, band, dtype, path):
     _check(shape, dtype, band=band, seed=11)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="the compiled kernels' bf16 path (the interpreter has no bf16)")
+def test_kernel_bf16_at_tiny_shapes(path):
+    """`tiny`'s scan shapes in bf16 (B=16, N=256, H=4, r=16, p=32, C=64, band 3), through
+    autotuning: `_bwd_main_kernel` once ran its fp32-operand products at the bf16 dot precision
+    there, and an H100 gave NaN gradients under one config and an illegal memory access under
+    others (tests/train/test_fsdp.py::test_tiny_trains_on_cuda_in_bf16 is the end-to-end check)."""
+    _check((16, 256, 4, 16, 32), torch.bfloat16, chunk=64, band=3)
+
+
 @pytest.mark.parametrize("decay,init,final", [(False, False, False), (False, True, True), (True, False, False), (True, True, False)])
 def test_kernel_options(decay, init, final, path):
     """With and without decay, initial state and final state (fp64: exact algorithm)."""

@@ -228,9 +228,9 @@ def test_hf_gpt2_under_fsdp_matches_one_process(cache, tmp_path):
 def test_tiny_trains_on_cuda_in_bf16(cache, tmp_path, parallel, precision):
     """`muse train tiny --train.parallel fsdp --train.precision bf16 --train.optimizer adamw8bit` on
     one H100 (a world of one) ended with an illegal memory access in the semiseparable scan's
-    backward (`scan_backward`, while autotuning) at commit 5788e78. FSDP's bf16 policy hands the
-    scan the band parameter in bf16 beside fp32 log decays, as `bf16-pure` does, where autocast
-    keeps it fp32: the two `none` rows tell FSDP apart from that dtype mix at tiny's shapes."""
+    backward (`scan_backward`, while autotuning) at commit 5788e78. The cause was the scan's
+    `_bwd_main_kernel` (fp32-operand products at the 16-bit dot precision), not FSDP: the `none`
+    rows hit the same kernel at tiny's shapes."""
     run = tmp_path / f"{parallel}-{precision}"
     args = ["train", "tiny", "--run-dir", str(run), "--data.tokenizer", "bytes", "--data.cache_dir", str(cache),
             "--model.vocab_size", "512", "--train.max_steps", "3", "--train.eval_every", "3", "--train.eval_tokens",

@@ -41,29 +41,45 @@ def select(rows: list[dict]) -> list[dict]:
     return out
 
 
+BEYOND = "beyond the dense grid"
+
+
 def pareto(selected: list[dict]) -> dict:
     """For every complete MUSE row: the best complete dense row whose peak fits in its memory,
-    and whether MUSE's test perplexity is lower there (MUSE *dominates at budget M*)."""
+    and whether MUSE's test perplexity is lower there (MUSE *dominates at budget M*).
+
+    A win counts only where the dense grid reaches the budget: where every dense model of the
+    grid fits in MUSE's memory, a dense model as large as that memory allows was never trained,
+    so a lower perplexity there is "beyond the dense grid", not a win (a loss is a loss anywhere:
+    a dense model in less memory did better)."""
     ok = [r for r in selected if r["status"] == "complete" and r.get("peak_memory_mib") and ppl(r) < math.inf]
     dense = [r for r in ok if r["family"] == "dense"]
     out = []
     for m in sorted((r for r in ok if r["family"] == "muse"), key=lambda r: r["peak_memory_mib"]):
         fits = [d for d in dense if d["peak_memory_mib"] <= m["peak_memory_mib"]]
         best = min(fits, key=ppl) if fits else None
+        if best is None:
+            verdict = "no dense model fits"
+        elif ppl(m) >= ppl(best):
+            verdict = "dense wins"
+        else:
+            verdict = "MUSE dominates" if len(fits) < len(dense) else BEYOND
         out.append({
             "muse": m["label"], "budget_mib": m["peak_memory_mib"], "muse_perplexity": ppl(m),
             "dense": best["label"] if best else None, "dense_perplexity": ppl(best) if best else None,
-            "dense_peak_mib": best["peak_memory_mib"] if best else None,
-            "verdict": "no dense model fits" if best is None else ("MUSE dominates" if ppl(m) < ppl(best) else "dense wins"),
+            "dense_peak_mib": best["peak_memory_mib"] if best else None, "verdict": verdict,
         })
     wins = sum(v["verdict"] == "MUSE dominates" for v in out)
     losses = sum(v["verdict"] == "dense wins" for v in out)
     alone = sum(v["verdict"] == "no dense model fits" for v in out)
+    beyond = sum(v["verdict"] == BEYOND for v in out)
     if not out:
         summary = "no complete MUSE row with a peak memory: no equal-memory verdict"
     else:
         summary = (f"MUSE beats the best dense model that fits in the same memory at {wins} of {len(out)} budgets, "
-                   f"loses at {losses}" + (f", and no dense model fits at {alone}" if alone else ""))
+                   f"loses at {losses}" + (f", and no dense model fits at {alone}" if alone else "")
+                   + (f"; at {beyond} MUSE is ahead of every dense model of the grid, all of which use less "
+                      f"memory (no dense model that large was trained: not a win)" if beyond else ""))
     methods = {r.get("peak_memory_method") for r in ok}
     return {"budgets": out, "summary": summary, "memory": "measured" if methods == {"measured"} else "estimate"}
 

@@ -183,6 +183,7 @@ if HAS_TRITON:
         u, v, z, g, hs, dhs, dy, band, du, dv, dz, dgl, dg_tot, dband, SU, SV, SZ, N, H, K: tl.constexpr,
         V: tl.constexpr, NT, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
         HAS_G: tl.constexpr, PREC: tl.constexpr, W: tl.constexpr, HAS_BAND: tl.constexpr,
+        PREC32: tl.constexpr,
     ):
         i_t, i_bh = tl.program_id(0), tl.program_id(1)
         i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -212,13 +213,17 @@ if HAS_TRITON:
         dz_t += tl.dot(v_w, dh.to(dt), input_precision=PREC).to(acc_t)  # (C, BV)
         # du and dv feed the log-decay gradient, a sum over the whole sequence in which the
         # rounding of bf16 intermediates would pile up with N (measured: 2.3e-2 relative at
-        # N = 64K): their products take fp32 operands (tf32 or better) instead.
+        # N = 64K): their products take fp32 operands instead, at PREC32, the fp32 inputs'
+        # precision. With PREC (None for 16-bit inputs: plain TF32) beside this kernel's 16-bit
+        # dots, an H100 with Triton 3.6 gave NaN gradients under one autotune config and an
+        # illegal memory access under others at the tiny preset's bf16 shapes (K=16, V=32);
+        # tests/train/test_fsdp.py::test_tiny_trains_on_cuda_in_bf16 is the GPU check.
         dA = tl.dot(dy_t, tl.trans(z_t), input_precision=PREC).to(acc_t) * D  # (C, C)
         dy_f, z_f, u_f, v_f = dy_t.to(acc_t), z_t.to(acc_t), u_t.to(acc_t), v_t.to(acc_t)
-        du_t = tl.dot(dA, v_f, input_precision=PREC)
-        du_t += tl.dot(dy_f, tl.trans(h), input_precision=PREC) * e_read[:, None]  # (C, BK)
-        dv_t = tl.dot(tl.trans(dA), u_f, input_precision=PREC)
-        dv_t += tl.dot(z_f, tl.trans(dh), input_precision=PREC) * e_write[:, None]  # (C, BK)
+        du_t = tl.dot(dA, v_f, input_precision=PREC32)
+        du_t += tl.dot(dy_f, tl.trans(h), input_precision=PREC32) * e_read[:, None]  # (C, BK)
+        dv_t = tl.dot(tl.trans(dA), u_f, input_precision=PREC32)
+        dv_t += tl.dot(z_f, tl.trans(dh), input_precision=PREC32) * e_write[:, None]  # (C, BK)
         if HAS_BAND:
             # dz_s += sum_j band[c, W-1-j] dy_{s+j};  dband[c, W-1-j] = sum_t dy_t z_{t-j},
             # summed here over this chunk's t and over chunks and batch by the caller.
@@ -340,7 +345,7 @@ def scan_backward(dy, dht, u, v, z, g, h0, band, C: int):
         _bwd_main_kernel, (NT, B * H), u, v, z, g, hs, dhs, dy, band, du, dv, dz, dgl, dg_tot, dband,
         u.stride(1), v.stride(1), z.stride(1), N, H, K, V, NT, C=C,
         BK=block(K), BV=block(V), HAS_G=g is not None, PREC=dot_precision(z.dtype),
-        W=W, HAS_BAND=band is not None,
+        W=W, HAS_BAND=band is not None, PREC32=dot_precision(hs.dtype),
     )
     dg = None
     if g is not None:
