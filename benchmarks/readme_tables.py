@@ -446,7 +446,7 @@ TABLES = {"presets-table": presets_table, "headline": headline, "claims-table": 
           "decode-memory-table": decode_memory_table,
           "startup-tuning-table": lambda: _startup(True)}
 # The files holding the tables; each table of TABLES sits in one (or more) of them.
-TARGETS = ("README.md", "docs/performance-notes.md", "docs/design.md")
+TARGETS = ("README.md", "docs/performance-notes.md", "docs/design.md", "docs/quality-notes.md")
 
 
 def render(text: str) -> str:
