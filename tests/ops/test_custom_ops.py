@@ -72,6 +72,12 @@ def _cases():
         ("holographic_bwd", (_r(B, N, 9), None, _r(B, N, 9), hx_a, hx_b, hx_lg, None, 16)),
         ("holographic_fwd", (_r(B, N, 9), hx_a, None, hx_lg, _r(B, 3, 9), False, 16)),  # read with alpha
         ("holographic_bwd", (_r(B, N, 9), None, _r(B, N, 9), hx_a, None, hx_lg, _r(B, 3, 9), 16)),
+        ("holographic_bind", (_r(B, N, 5, 2), _r(B, N, 5, 2), _r(B, N, 5, 2), True)),
+        ("holographic_bind", (_r(B, N, 5, 2), _r(B, N, 5, 2), _r(B, N, 5, 2), False)),
+        ("holographic_bind_bwd", (*(_r(B, N, 5, 2) for _ in range(6)), True)),
+        ("holographic_bind_bwd", (_r(B, N, 5, 2), _r(B, N, 5, 2), _r(B, N, 5, 2), None, None, _r(B, N, 5, 2), True)),
+        ("holographic_unbind", (_r(B, N, 5, 2), _r(B, N, 5, 2))),
+        ("holographic_unbind_bwd", (_r(B, N, 5, 2), _r(B, N, 5, 2), _r(B, N, 5, 2))),
     ]
 
 
@@ -85,7 +91,8 @@ def test_opcheck(name, args):
 
 def test_every_op_is_checked_and_tagged():
     names = {"semiseparable_fwd", "semiseparable_bwd", "gate_inputs_fwd", "gate_inputs_bwd", "rms_norm_fwd",
-             "rms_norm_bwd", "tt_gather_fwd", "tt_gather_bwd", "holographic_fwd", "holographic_bwd"}
+             "rms_norm_bwd", "tt_gather_fwd", "tt_gather_bwd", "holographic_fwd", "holographic_bwd",
+             "holographic_bind", "holographic_bind_bwd", "holographic_unbind", "holographic_unbind_bwd"}
     assert {n for n, _ in CASES} == names
     for n in names:
         op = getattr(torch.ops.muse, n).default

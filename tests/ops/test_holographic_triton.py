@@ -156,3 +156,49 @@ def test_mixer_on_the_kernels_equals_chunked():
     torch.testing.assert_close(a1, a0, rtol=1e-4, atol=1e-6)
     for ga, gb in zip(g1, g0):
         torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("unitary", [True, False])
+@pytest.mark.parametrize("D", [9, 12, 1100])  # odd D; F = 551 > the kernels' 512-frequency step
+def test_glue_kernels_match_torch(D, unitary):
+    """``bind`` / ``unbind`` (the glue around the scan) against ``naive.spectra`` / ``read_out``:
+    Q̂, K̂, the bound spectrum and the unbound read, and the gradients of q, k, v and the memory,
+    with exactly empty frequencies among the inputs (dropped with zero gradient by both)."""
+    from muse.ops.holographic import spectra, read_out
+    from muse.ops.holographic.naive import transforms
+    from muse.ops.holographic.triton_glue import bind, unbind
+
+    dtype = torch.float64 if DEVICE == "cpu" else torch.float32
+    tol = F64_TOL if dtype == torch.float64 else F32_TOL
+    g = torch.Generator().manual_seed(D)
+    q, k, v = (torch.randn(2, 3, D, generator=g, dtype=dtype) for _ in range(3))
+    k[0, 1] = 0.5  # constant: every frequency but 0 is empty
+    q[1, 2] = -1.0
+    mem = torch.randn(2, 3, 2 * num_freqs(D), generator=g, dtype=dtype)
+    cot = [torch.randn(2, 3, n, generator=g, dtype=dtype) for n in (D, D, 2 * num_freqs(D))]
+
+    def run(fn):
+        leaves = [t.to(DEVICE).requires_grad_() for t in (q, k, v, mem)]
+        Q, K, bound = fn(*leaves[:3])
+        outs = (read_out(Q, leaves[3], D), read_out(K, bound, D), bound)
+        loss = sum((o * c.to(DEVICE)).sum() for o, c in zip(outs, cot))
+        return [o.detach().cpu() for o in outs], [x.cpu() for x in torch.autograd.grad(loss, leaves)]
+
+    ref_out, ref_grads = run(lambda a, b, c: spectra(a, b, c, unitary, dtype))
+
+    out, grads = run(lambda a, b, c: bind(*transforms(a, b, c, dtype), unitary))
+    for i, (a, b) in enumerate(zip(out, ref_out)):
+        assert rel_err(a, b) < tol, f"output {i}"
+    for i, (a, b) in enumerate(zip(grads, ref_grads)):
+        assert torch.isfinite(a).all() and rel_err(a, b) < tol, f"gradient {i}"
+    # unbind alone: conj(Q̂) ⊙ M, forward and backward
+    Qc = torch.complex(*torch.randn(2, 2, 5, generator=g, dtype=dtype)).to(DEVICE).requires_grad_()
+    M = torch.randn(2, 10, generator=g, dtype=dtype, device=DEVICE).requires_grad_()
+    ref = Qc.conj() * torch.complex(M[..., 0::2], M[..., 1::2])
+    got = unbind(Qc, M)
+    w = torch.complex(*torch.randn(2, 2, 5, generator=g, dtype=dtype)).to(DEVICE)
+    ga = torch.autograd.grad(torch.view_as_real(got * w).sum(), [Qc, M])
+    gb = torch.autograd.grad(torch.view_as_real(ref * w).sum(), [Qc, M])
+    pairs = lambda z: torch.view_as_real(z.detach().resolve_conj()).cpu() if z.is_complex() else z.cpu()  # noqa: E731
+    assert rel_err(pairs(got), pairs(ref)) < tol
+    assert all(rel_err(pairs(a), pairs(b)) < tol for a, b in zip(ga, gb))

@@ -9,7 +9,8 @@ Pure-torch implementations that agree to float64 tolerance:
 - ``recurrent``  (``naive_recurrent`` / ``recurrent_step``): one position at a time with an
   (S, 2F) memory, the decoding path (constant memory in the context length).
 - ``triton``     (``triton_chunk_holographic``): the chunked scan as Triton kernels, forward and
-  backward, between torch FFTs (CUDA, or the CPU interpreter under TRITON_INTERPRET=1).
+  backward, between torch FFTs, with the binding and unbinding around it fused too
+  (``triton_glue.py``) (CUDA, or the CPU interpreter under TRITON_INTERPRET=1).
 - ``auto``       ``triton`` for CUDA tensors (and fake ones under ``muse.ops.assume_cuda()``) with
   a power-of-two chunk in [16, 128], ``chunked`` otherwise (with a one-time notice when Triton is
   missing on CUDA).

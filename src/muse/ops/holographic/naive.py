@@ -53,6 +53,8 @@ __all__ = [
     "read_out",
     "recurrent_step",
     "spectra",
+    "transforms",
+    "UNIT_FLOOR",
 ]
 
 # A frequency whose |z|² is below this share of its token's mean |z|² has no direction worth
@@ -60,7 +62,7 @@ __all__ = [
 # no gradient. Divided by its |z| like the others, its gradient grew as 1/|z|, and an exactly zero
 # bin (fp32 sums do cancel; docs/quality-notes.md §6) turned the rsqrt's derivative −½·s^(−3/2)
 # at s = 1e-30 into inf, and 0 · inf into NaN for the whole step.
-_UNIT_FLOOR = 1e-8
+UNIT_FLOOR = 1e-8
 
 
 def num_freqs(D: int) -> int:
@@ -130,20 +132,23 @@ def full_precision(fn):
 def _unit(z: Tensor) -> Tensor:
     """z / |z| per frequency (..., F): unbinding with a unit-modulus key is its exact inverse, where
     the plain HRR inverse 1/K blows up at small |K| (and so does its gradient). Frequencies below
-    ``_UNIT_FLOOR`` of the token's mean power map to 0, with zero gradient; relative, so scaling a
+    ``UNIT_FLOOR`` of the token's mean power map to 0, with zero gradient; relative, so scaling a
     key changes nothing."""
     s = z.real.square() + z.imag.square()  # (..., F)
-    keep = s > _UNIT_FLOOR * s.detach().mean(-1, keepdim=True)
+    keep = s > UNIT_FLOOR * s.detach().mean(-1, keepdim=True)
     # the inner where keeps rsqrt (and its derivative) finite on the bins the outer one drops
     return z * torch.where(keep, torch.rsqrt(torch.where(keep, s, 1.0)), 0.0)
+
+
+def transforms(q: Tensor, k: Tensor, v: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """rfft of q, k, v (..., D) in dtype ``acc``: (..., F) complex each (torch has no bf16 FFT)."""
+    return tuple(torch.fft.rfft(t.to(acc), dim=-1) for t in (q, k, v))
 
 
 def spectra(q: Tensor, k: Tensor, v: Tensor, unitary: bool, acc: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """The query and key spectra Q, K (..., F) complex and the bound spectrum B = K ⊙ V as real
     (..., 2F) (real and imaginary parts side by side) from q, k, v (..., D), in dtype ``acc``."""
-    Q = torch.fft.rfft(q.to(acc), dim=-1)  # (..., F)
-    K = torch.fft.rfft(k.to(acc), dim=-1)  # (..., F)
-    V = torch.fft.rfft(v.to(acc), dim=-1)  # (..., F)
+    Q, K, V = transforms(q, k, v, acc)  # (..., F) × 3
     if unitary:
         Q, K = _unit(Q), _unit(K)
     bound = torch.view_as_real(K * V).flatten(-2)  # (..., 2F)

@@ -36,7 +36,8 @@ from muse.ops._dispatch import absent, define_op, present, sms, use_op
 from muse.ops._launch import cdiv, launch, next_pow2
 from muse.ops._triton import HAS_TRITON, dot_precision, tl, triton, triton_supports
 
-from .naive import accumulation_dtype, check_inputs, full_precision, read_out, spectra
+from .naive import accumulation_dtype, check_inputs, full_precision, transforms
+from .triton_glue import bind, unbind
 
 __all__ = ["scan_backward", "scan_forward", "triton_chunk_holographic", "valid_chunk"]
 
@@ -346,7 +347,8 @@ def triton_chunk_holographic(
     chunk_size: int = 64,
     recall: bool = False,
 ) -> tuple[Tensor, ...]:
-    """``chunk_holographic`` with the scan on the Triton kernels (FFTs in torch); same results.
+    """``chunk_holographic`` with the scan and the binding / unbinding glue on the Triton kernels
+    (FFTs in torch); same results.
     The scan runs in the accumulation dtype (fp32; fp64 for fp64 inputs); the recall is a second
     scan of the same bound spectra, read with the write weights."""
     _, _, D, _, _ = check_inputs(q, k, v, alpha, beta, log_gamma, initial_state)
@@ -359,12 +361,12 @@ def triton_chunk_holographic(
             "impl='triton' runs CUDA tensors (or CPU fp32/fp64 ones under TRITON_INTERPRET=1); "
             f"got {v.device.type} {v.dtype}"
         )
-    Q, K, bound = spectra(q, k, v, unitary, acc)  # (B, N, F) × 2, (B, N, 2F)
-    x, a, lg = bound.contiguous(), alpha.to(acc).contiguous(), log_gamma.to(acc).contiguous()
+    Q, K, bound = bind(*transforms(q, k, v, acc), unitary)  # (B, N, F) × 2, (B, N, 2F)
+    x, a, lg = bound, alpha.to(acc).contiguous(), log_gamma.to(acc).contiguous()
     m0 = initial_state.to(acc).contiguous() if initial_state is not None else None
     read, final_state = _HolographicScan.apply(x, a, beta.to(acc).contiguous(), lg, m0, output_final_state, chunk_size)
-    r = read_out(Q, read, D).to(v.dtype)
+    r = torch.fft.irfft(unbind(Q, read), n=D, dim=-1).to(v.dtype)  # (B, N, D)
     if recall:
         again, _ = _HolographicScan.apply(x, a, None, lg, m0, False, chunk_size)  # read with α
-        return r, final_state, read_out(K, again, D).to(v.dtype)
+        return r, final_state, torch.fft.irfft(unbind(K, again), n=D, dim=-1).to(v.dtype)
     return r, final_state
