@@ -202,6 +202,17 @@ def layer_configs(args, N):
 LAYERS = ("attention_layer", "semiseparable_layer", "holographic_layer")
 
 
+def layer_step(layer, x, dy) -> None:
+    """One forward+backward of a mixer layer: output cotangent dy, and the auxiliary loss (the
+    holographic mixer's) with cotangent 1, as in training."""
+    y, aux = layer(x)
+    outs, grads = [y], [dy]
+    if aux is not None:
+        outs.append(aux)
+        grads.append(torch.ones_like(aux))
+    torch.autograd.backward(outs, grads)
+
+
 def run_shape(N: int, args, device) -> dict:
     B = max(1, args.tokens // N)
     H, p = args.heads, args.d_model // args.heads
@@ -237,15 +248,8 @@ def run_shape(N: int, args, device) -> dict:
             return (torch.randn(B, N, args.d_model, device=device, dtype=bf).requires_grad_(),
                     torch.randn(B, N, args.d_model, device=device, dtype=bf))
 
-        def layer_run(x, dy, layer=layer):
-            y, aux = layer(x)
-            outs, grads = [y], [dy]
-            if aux is not None:
-                outs.append(aux)
-                grads.append(torch.ones_like(aux))
-            torch.autograd.backward(outs, grads)
-
-        row[name] = bench(layer_set, layer_run, list(layer.parameters()), device, args)
+        row[name] = bench(layer_set, lambda x, dy, layer=layer: layer_step(layer, x, dy), list(layer.parameters()),
+                          device, args)
         del layer
     ratio = lambda a, b: a["ms"] / b["ms"] if a.get("ms") and b.get("ms") else None  # noqa: E731
     gratio = lambda a, b: a["graph_ms"] / b["graph_ms"] if a.get("graph_ms") and b.get("graph_ms") else None  # noqa: E731

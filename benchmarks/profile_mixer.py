@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from common import add_run_args, environment, error_line, pick_device, publish  # noqa: E402
-from mixers import LAYERS, layer_configs  # noqa: E402
+from mixers import LAYERS, layer_configs, layer_step  # noqa: E402
 from muse.config import to_dict  # noqa: E402
 from muse.mixers import build_mixer  # noqa: E402
 
@@ -57,12 +57,7 @@ def profile_layer(cfg, B: int, N: int, args, device: torch.device) -> dict:
     dy = torch.randn(B, N, args.d_model, device=device, dtype=bf)
 
     def step():
-        y, aux = layer(x)
-        outs, grads = [y], [dy]
-        if aux is not None:
-            outs.append(aux)
-            grads.append(torch.ones_like(aux))
-        torch.autograd.backward(outs, grads)
+        layer_step(layer, x, dy)
         for t in (x, *layer.parameters()):
             t.grad = None
 

@@ -65,18 +65,34 @@ if HAS_TRITON:
         return tl.where(keep, 1.0 / tl.sqrt(tl.where(keep, s, 1.0)), 0.0)
 
     @triton.jit
+    def _floors(q, k, row, F, FLOOR, UNIT: tl.constexpr, BF: tl.constexpr):
+        """The drop thresholds of Q's and K's frequencies for token ``row`` (0 without ``UNIT``)."""
+        if UNIT:
+            return _mean_power(q, row, F, FLOOR, BF), _mean_power(k, row, F, FLOOR, BF)
+        return 0.0, 0.0
+
+    @triton.jit
+    def _spectra_block(q, k, v, row, f, F, fq, fk, UNIT: tl.constexpr, BF: tl.constexpr):
+        """Q, K, V at frequencies f as (re, im) pairs, and 1/|Q|, 1/|K| (0 on dropped frequencies;
+        1 without ``UNIT``)."""
+        qr, qi = _pair(q, row, f, F)
+        kr, ki = _pair(k, row, f, F)
+        vr, vi = _pair(v, row, f, F)
+        if UNIT:
+            iq, ik = _inv_norm(qr, qi, fq), _inv_norm(kr, ki, fk)
+        else:
+            iq = tl.full((BF,), 1.0, qr.dtype)
+            ik = tl.full((BF,), 1.0, qr.dtype)
+        return qr, qi, kr, ki, vr, vi, iq, ik
+
+    @triton.jit
     def _bind_fwd_kernel(q, k, v, qu, ku, b, F, FLOOR, UNIT: tl.constexpr, BF: tl.constexpr):
         row = tl.program_id(0)
-        if UNIT:
-            fq, fk = _mean_power(q, row, F, FLOOR, BF), _mean_power(k, row, F, FLOOR, BF)
+        fq, fk = _floors(q, k, row, F, FLOOR, UNIT, BF)
         for f0 in range(0, F, BF):
             f = f0 + tl.arange(0, BF)
-            qr, qi = _pair(q, row, f, F)
-            kr, ki = _pair(k, row, f, F)
-            vr, vi = _pair(v, row, f, F)
-            if UNIT:
-                iq, ik = _inv_norm(qr, qi, fq), _inv_norm(kr, ki, fk)
-                qr, qi, kr, ki = qr * iq, qi * iq, kr * ik, ki * ik
+            qr, qi, kr, ki, vr, vi, iq, ik = _spectra_block(q, k, v, row, f, F, fq, fk, UNIT, BF)
+            qr, qi, kr, ki = qr * iq, qi * iq, kr * ik, ki * ik
             _store_pair(qu, row, f, F, qr, qi)
             _store_pair(ku, row, f, F, kr, ki)
             _store_pair(b, row, f, F, kr * vr - ki * vi, kr * vi + ki * vr)  # K̂ ⊙ V
@@ -85,18 +101,11 @@ if HAS_TRITON:
     def _bind_bwd_kernel(q, k, v, gqu, gku, gb, gq, gk, gv, F, FLOOR, UNIT: tl.constexpr, HAS_GQU: tl.constexpr,
                          HAS_GKU: tl.constexpr, BF: tl.constexpr):
         row = tl.program_id(0)
-        if UNIT:
-            fq, fk = _mean_power(q, row, F, FLOOR, BF), _mean_power(k, row, F, FLOOR, BF)
+        fq, fk = _floors(q, k, row, F, FLOOR, UNIT, BF)
         for f0 in range(0, F, BF):
             f = f0 + tl.arange(0, BF)
-            qr, qi = _pair(q, row, f, F)
-            kr, ki = _pair(k, row, f, F)
-            vr, vi = _pair(v, row, f, F)
+            qr, qi, kr, ki, vr, vi, iq, ik = _spectra_block(q, k, v, row, f, F, fq, fk, UNIT, BF)
             br, bi = _pair(gb, row, f, F)
-            iq = tl.full((BF,), 1.0, qr.dtype)
-            ik = tl.full((BF,), 1.0, qr.dtype)
-            if UNIT:
-                iq, ik = _inv_norm(qr, qi, fq), _inv_norm(kr, ki, fk)
             ur, ui = kr * ik, ki * ik  # K̂
             # B = K̂ ⊙ V: dK̂ = dB ⊙ conj(V), dV = dB ⊙ conj(K̂)
             dkr, dki = br * vr + bi * vi, bi * vr - br * vi
