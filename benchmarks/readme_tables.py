@@ -359,6 +359,12 @@ def claims_table() -> str:
     return "\n".join(rows)
 
 
+def hamt_claims_table() -> str:
+    """README: the claims table's HAMT rows (the holographic mixer's original claims, measured)."""
+    lines = claims_table().split("\n")
+    return "\n".join(lines[:2] + [r for r in lines[2:] if r.startswith("| HAMT")])
+
+
 def _hamt_quality(r: dict | None) -> str | None:
     """`hamt-100m`'s row of the Pareto comparison, against `baseline`'s."""
     if r is None:
@@ -436,6 +442,7 @@ def _startup(tuning: bool) -> str:
 
 
 TABLES = {"presets-table": presets_table, "headline": headline, "claims-table": claims_table,
+          "hamt-claims-table": hamt_claims_table,
           "quality-table": quality_table, "ablation-table": ablation_table, "memory-table": memory_table,
           "mixers-table": mixers_table, "throughput-table": _throughput("train_throughput-gpu.json"),
           "throughput-compiled-table": _throughput("train_throughput-compile-reduce-overhead-gpu.json"),
