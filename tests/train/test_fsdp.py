@@ -239,3 +239,15 @@ def test_tiny_trains_on_cuda_in_bf16(cache, tmp_path, parallel, precision):
     res = subprocess.run([sys.executable, "-m", "muse", *args], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(_losses(run)) == 3
+
+
+def test_resumed_ddp_run_keeps_each_rank_s_dropout_stream(cache, tmp_path):
+    """With dropout, two processes draw different masks (seed + 1 + rank). A checkpoint keeps every
+    rank's RNG state, so a run stopped at step 4 and resumed to 8 takes the same steps as one
+    trained to 8 at once; restoring rank 0's state on both ranks (as before) changed steps 5-8."""
+    over = {"model.dropout": 0.1, "train.parallel": "ddp"}
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    _torchrun(_args(cache, whole, STEPS, 4, **over))
+    _torchrun(_args(cache, resumed, HALF, 4, **over))
+    _torchrun(["train", "--resume", str(resumed), "--train.max_steps", str(STEPS)])
+    _close(_losses(resumed), _losses(whole), range(HALF + 1, STEPS + 1))

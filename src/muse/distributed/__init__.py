@@ -2,11 +2,11 @@
 checkpoints, and the collectives that evaluation and logging share."""
 
 from muse.distributed.env import (
-    DistInfo, all_reduce_sum, broadcast_object, exit_process, init_distributed, is_distributed, under_torchrun,
+    DistInfo, all_gather_object, all_reduce_sum, broadcast_object, exit_process, init_distributed, is_distributed, under_torchrun,
 )
 from muse.distributed.parallelize import apply_fsdp, parallelize, resolve_parallel
 
 __all__ = [
-    "DistInfo", "all_reduce_sum", "apply_fsdp", "broadcast_object", "exit_process", "init_distributed",
+    "DistInfo", "all_gather_object", "all_reduce_sum", "apply_fsdp", "broadcast_object", "exit_process", "init_distributed",
     "is_distributed", "parallelize", "resolve_parallel", "under_torchrun",
 ]

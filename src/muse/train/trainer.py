@@ -23,7 +23,7 @@ import yaml
 
 from muse.config import Config, ConfigError, DataConfig, flatten, from_dict, to_dict
 from muse.data import BatchSampler, Tokenizer, prepare_data
-from muse.distributed import all_reduce_sum, init_distributed, parallelize, resolve_parallel
+from muse.distributed import all_gather_object, all_reduce_sum, init_distributed, parallelize, resolve_parallel
 from muse.distributed.checkpoint import load_full_into_sharded, load_sharded, save_sharded
 from muse.evaluate import total_nll
 from muse.runtime import apply_cublas_workspace, autocast_context
@@ -134,8 +134,8 @@ class Trainer:
             st = self._load_state()
             self.scheduler.load_state_dict(st["scheduler"])
             self.scaler.load_state_dict(st["scaler"])
-            set_rng_state(st["rng"])
             self.step, self.tokens = st["step"], st["tokens"]
+            self._restore_rng(st, tc.seed)
             self.best_val, self.train_seconds = st["best_val_loss"], st["train_seconds"]
         else:
             torch.manual_seed(tc.seed + 1 + self.dist.rank)  # dropout streams differ per rank
@@ -376,16 +376,28 @@ class Trainer:
     def _ckpt_step(self) -> int | None:
         return None if self.ckpt_dir is None else int(self.ckpt_dir.name.split("-")[-1])
 
+    def _restore_rng(self, st: dict, seed: int) -> None:
+        """Each rank's RNG streams (dropout) as they were when the checkpoint was written. Under
+        another world size, or from a checkpoint that kept rank 0's state only, rank 0 takes that
+        and the others a stream of their own from the seed and the step (never rank 0's: ranks
+        drawing the same dropout masks would waste the data-parallel batch)."""
+        ranks = st.get("rng_ranks") or [st["rng"]]
+        same = len(ranks) == self.dist.world_size
+        set_rng_state(ranks[self.dist.rank] if same else ranks[0])
+        if not same and self.dist.rank > 0:
+            torch.manual_seed(seed + 1 + self.dist.rank + 1_000_003 * self.step)
+
     def save(self, val_loss: float, elapsed: float) -> None:
         improved = val_loss < self.best_val
         self.best_val = min(self.best_val, val_loss)
         sharded = self.parallel == "fsdp"
+        rngs = all_gather_object(rng_state())  # a collective: before the ranks part ways
         if not (self.dist.is_main or sharded):
             return
         state = {
             # a sharded checkpoint keeps the optimizer's states beside the model's, in shards
             "optimizer": None if sharded else self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": rng_state(), "step": self.step, "tokens": self.tokens,
+            "scaler": self.scaler.state_dict(), "rng": rngs[0], "rng_ranks": rngs, "step": self.step, "tokens": self.tokens,
             "best_val_loss": self.best_val, "train_seconds": self.train_seconds + elapsed,
         }
         meta = {"step": self.step, "tokens": self.tokens, "val_loss": val_loss, "name": self.cfg.name,
