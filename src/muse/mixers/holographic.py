@@ -108,11 +108,12 @@ class HolographicMixer(Mixer):
     # ------------------------------------------------------------------ Mixer API
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:  # (B, N, d)
         q, k, v, alpha, beta, log_gamma = self._project(x)
+        if self.h.aux_weight == 0 and torch.is_grad_enabled():
+            # no loss needs the recall, and stats() is read after evaluation (no grad): a training
+            # step without the aux loss skips that second read
+            r, _ = self._read(q, k, v, alpha, beta, log_gamma)
+            return self._output(r), None
         r, _, v_hat = self._read(q, k, v, alpha, beta, log_gamma, recall=True)  # (B, N, D) × 2
-        if self.h.aux_weight == 0:
-            # the fidelity is still measured for stats() (what the aux-loss ablation compares); the
-            # recall's own graph goes with the tensor
-            v_hat = v_hat.detach()
         return self._output(r), self._aux(v_hat, v, alpha)
 
     def init_state(self, batch_size: int, device, dtype) -> dict[str, Tensor]:
