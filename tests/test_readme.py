@@ -2,6 +2,7 @@
 the README is a user's guide whose commands match CI's and what `muse train` prints."""
 
 import importlib.util
+import json
 import re
 import shutil
 from pathlib import Path
@@ -72,6 +73,18 @@ def test_presets_table_takes_each_preset_s_own_measurements():
     assert dense != budget[("phase8-max", "phase8-max")]["peak"]
     assert mod._bytes(dense) not in line["phase8-max"]
     assert mod._bytes(budget[("phase8-max", "phase8-max")]["peak"]) in line["phase8-max"]
+
+
+def test_presets_table_puts_the_dense_model_of_equal_memory_beside_each_muse_preset():
+    """Each MUSE preset of the Pareto comparison shows the best dense model within its B=32 peak
+    and the verdict, from the comparison's own equal-memory budgets; dense presets show none."""
+    mod = _tables()
+    res = json.loads((ROOT / "benchmarks/results/compare-wikitext2-pareto/results.json").read_text())
+    line = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([\w-]+)` \|.*$", mod.presets_table(), re.M)}
+    for b in res["pareto"]["budgets"]:
+        cell = line[b["muse"]].rstrip(" |").rsplit("| ", 1)[1]
+        assert f"{b['dense_perplexity']:.2f}" in cell and f"({b['verdict']})" in cell
+    assert line["baseline"].endswith("| – |")
 
 
 def test_readme_is_a_guide_not_a_log():
