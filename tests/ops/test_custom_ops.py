@@ -66,12 +66,12 @@ def _cases():
         ("rms_norm_bwd", (_r(3, 7, 2, 5), x, w, rstd)),
         ("tt_gather_fwd", (ids, cores, RF, CF, NC, torch.float32)),
         ("tt_gather_bwd", (_r(11, NC), ids, cores, RF, CF)),
-        ("holographic_fwd", (_r(B, N, 9), hx_a, hx_b, hx_lg, _r(B, 3, 9), True, 16)),
-        ("holographic_fwd", (_r(B, N, 9), hx_a, hx_b, hx_lg, None, False, 16)),
-        ("holographic_bwd", (_r(B, N, 9), _r(B, 3, 9), _r(B, N, 9), hx_a, hx_b, hx_lg, _r(B, 3, 9), 16)),
-        ("holographic_bwd", (_r(B, N, 9), None, _r(B, N, 9), hx_a, hx_b, hx_lg, None, 16)),
-        ("holographic_fwd", (_r(B, N, 9), hx_a, None, hx_lg, _r(B, 3, 9), False, 16)),  # read with alpha
-        ("holographic_bwd", (_r(B, N, 9), None, _r(B, N, 9), hx_a, None, hx_lg, _r(B, 3, 9), 16)),
+        ("holographic_fwd", (_r(B, N, 9), hx_a, hx_b, hx_lg, _r(B, 3, 9), True, 16, False)),
+        ("holographic_fwd", (_r(B, N, 9), hx_a, hx_b, hx_lg, None, False, 16, False)),
+        ("holographic_fwd", (_r(B, N, 9), hx_a, hx_b, hx_lg, _r(B, 3, 9), False, 16, True)),  # and the recall
+        ("holographic_bwd", (_r(B, N, 9), _r(B, 3, 9), None, _r(B, N, 9), hx_a, hx_b, hx_lg, _r(B, 3, 9), 16)),
+        ("holographic_bwd", (_r(B, N, 9), None, None, _r(B, N, 9), hx_a, hx_b, hx_lg, None, 16)),
+        ("holographic_bwd", (_r(B, N, 9), None, _r(B, N, 9), _r(B, N, 9), hx_a, hx_b, hx_lg, _r(B, 3, 9), 16)),
         ("holographic_bind", (_r(B, N, 5, 2), _r(B, N, 5, 2), _r(B, N, 5, 2), True)),
         ("holographic_bind", (_r(B, N, 5, 2), _r(B, N, 5, 2), _r(B, N, 5, 2), False)),
         ("holographic_bind_bwd", (*(_r(B, N, 5, 2) for _ in range(6)), True)),

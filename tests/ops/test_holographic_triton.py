@@ -202,3 +202,27 @@ def test_glue_kernels_match_torch(D, unitary):
     pairs = lambda z: torch.view_as_real(z.detach().resolve_conj()).cpu() if z.is_complex() else z.cpu()  # noqa: E731
     assert rel_err(pairs(got), pairs(ref)) < tol
     assert all(rel_err(pairs(a), pairs(b)) < tol for a, b in zip(ga, gb))
+
+
+@pytest.mark.parametrize("used", ["read", "recall"])
+def test_read_and_recall_from_one_walk_when_one_is_unused(used):
+    """The read and the recall come from one scan walk: with only one of them in the loss (the
+    other's gradient None), every gradient still equals the chunked reference's."""
+    from muse.ops.holographic import chunk_holographic
+
+    dtype = torch.float64 if DEVICE == "cpu" else torch.float32
+    inputs = make_inputs(2, 40, 10, 3, seed=9, dtype=torch.float64)
+    g = torch.randn(2, 40, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def grads(fn, tensors):
+        leaves = [t.detach().clone().requires_grad_() for t in tensors]
+        r, _, v_hat = fn(*leaves, recall=True)
+        out = r if used == "read" else v_hat
+        got = torch.autograd.grad((out * g.to(out)).sum(), leaves, allow_unused=True)  # q: none for the recall
+        return [torch.zeros_like(t) if d is None else d for t, d in zip(leaves, got)]
+
+    ref = grads(lambda *a, **k: chunk_holographic(*a, chunk_size=16, **k), inputs)
+    got = grads(triton_fn(16), on_device(inputs, dtype))
+    tol = F64_TOL if dtype == torch.float64 else F32_TOL
+    for i, (a, b) in enumerate(zip(got, ref)):
+        assert (a.cpu() == 0).all() if (b == 0).all() else rel_rms(a.cpu(), b) < tol, f"gradient {i}"

@@ -22,6 +22,11 @@ per program:
   P = dread·M_enterᵀ, Q = X·Gᵀ, R = Σ G ⊙ M_enter) and from them dα, dβ (C, S) and the chunk's
   part of d log γ (S,), summed on the host. No atomics: deterministic.
 
+With ``recall`` the same kernels also read the memory with the write weights α (the mixer's
+auxiliary loss): a second mixing matrix A2 = Σ_j α γ^(i−i') α, a second output per chunk in the
+same forward walk, its gradient folded into the same backward walk (the recall's part of G) and
+into the same per-chunk reductions. One walk each way instead of two.
+
 Only the inputs are saved for the backward; A and the chunk memories are recomputed. Temporaries
 per call, acc = fp32 (fp64 for fp64 inputs): forward A (B, NC, C, C); backward A and two
 (B, NC, SP, W) memory buffers plus (B, NC, SP) for d log γ.
@@ -78,6 +83,11 @@ if HAS_TRITON:
         return m + ((i_b * NC + i_c) * SP + s[:, None]).to(tl.int64) * W + v[None, :], v[None, :] < W
 
     @triton.jit
+    def _mix_offsets(i_b, i_c, NC, i, C: tl.constexpr):
+        """Offsets of chunk i_c's (C, C) block in a (B, NC, C, C) mixing-matrix buffer."""
+        return ((i_b * NC + i_c) * C + i[:, None]).to(tl.int64) * C + i[None, :]
+
+    @triton.jit
     def _mix_kernel(alpha, beta, lg, mix, N, S, NC, C: tl.constexpr):
         i_c, i_b = tl.program_id(0), tl.program_id(1)
         i = tl.arange(0, C)
@@ -96,9 +106,10 @@ if HAS_TRITON:
         tl.store(mix + ((i_b * NC + i_c) * C + i[:, None]).to(tl.int64) * C + i[None, :], A)
 
     @triton.jit
-    def _scan_fwd_kernel(x, alpha, beta, lg, mix, m0, y, mfin, states, N, S, W, NC, C: tl.constexpr,
+    def _scan_fwd_kernel(x, alpha, beta, lg, mix, mix2, m0, y, y2, mfin, states, N, S, W, NC, C: tl.constexpr,
                          SP: tl.constexpr, BV: tl.constexpr, HAS_M0: tl.constexpr, STORE_Y: tl.constexpr,
-                         STORE_FINAL: tl.constexpr, STORE_STATES: tl.constexpr, PREC: tl.constexpr):
+                         RECALL: tl.constexpr, STORE_FINAL: tl.constexpr, STORE_STATES: tl.constexpr,
+                         PREC: tl.constexpr):
         i_v, i_b = tl.program_id(0), tl.program_id(1)
         v = i_v * BV + tl.arange(0, BV)
         i, s = tl.arange(0, C), tl.arange(0, SP)
@@ -115,21 +126,27 @@ if HAS_TRITON:
             if STORE_STATES:
                 ptr, vm = _state_ptrs(states, i_b, i_c, NC, s, v, W, SP)
                 tl.store(ptr, M, mask=vm)
+            a_t = _slot_tile(alpha, i_b, rows, s, N, S)  # (C, SP)
             if STORE_Y:
-                A = tl.load(mix + ((i_b * NC + i_c) * C + i[:, None]).to(tl.int64) * C + i[None, :])  # (C, C)
+                A = tl.load(mix + _mix_offsets(i_b, i_c, NC, i, C))  # (C, C)
                 be = _slot_tile(beta, i_b, rows, s, N, S) * w_read  # (C, SP)
                 out = tl.dot(A, X, input_precision=PREC) + tl.dot(be, M, input_precision=PREC)  # (C, BV)
                 tl.store(y + (i_b * N + rows[:, None]).to(tl.int64) * W + v[None, :], out,
                          mask=(rows[:, None] < N) & (v[None, :] < W))
-            al = _slot_tile(alpha, i_b, rows, s, N, S) * w_write  # (C, SP)
+                if RECALL:  # the same memory read with the write weights, in the same walk
+                    A2 = tl.load(mix2 + _mix_offsets(i_b, i_c, NC, i, C))
+                    out = tl.dot(A2, X, input_precision=PREC) + tl.dot(a_t * w_read, M, input_precision=PREC)
+                    tl.store(y2 + (i_b * N + rows[:, None]).to(tl.int64) * W + v[None, :], out,
+                             mask=(rows[:, None] < N) & (v[None, :] < W))
+            al = a_t * w_write  # (C, SP)
             M = decay_L[:, None] * M + tl.dot(tl.trans(al), X, input_precision=PREC)  # (SP, BV)
         if STORE_FINAL:
             tl.store(mfin + (i_b * S + s[:, None]).to(tl.int64) * W + v[None, :], M, mask=sm)
 
     @triton.jit
-    def _scan_bwd_kernel(dy, x, alpha, beta, lg, mix, dmfin, dx, gstates, dm0, N, S, W, NC, C: tl.constexpr,
-                         SP: tl.constexpr, BV: tl.constexpr, HAS_DMFIN: tl.constexpr, STORE_DM0: tl.constexpr,
-                         PREC: tl.constexpr):
+    def _scan_bwd_kernel(dy, dy2, x, alpha, beta, lg, mix, mix2, dmfin, dx, gstates, dm0, N, S, W, NC,
+                         C: tl.constexpr, SP: tl.constexpr, BV: tl.constexpr, HAS_DMFIN: tl.constexpr,
+                         RECALL: tl.constexpr, STORE_DM0: tl.constexpr, PREC: tl.constexpr):
         i_v, i_b = tl.program_id(0), tl.program_id(1)
         v = i_v * BV + tl.arange(0, BV)
         i, s = tl.arange(0, C), tl.arange(0, SP)
@@ -146,19 +163,26 @@ if HAS_TRITON:
             ptr, vm = _state_ptrs(gstates, i_b, i_c, NC, s, v, W, SP)
             tl.store(ptr, G, mask=vm)
             dY = _value_tile(dy, i_b, rows, v, N, W)  # (C, BV)
-            A = tl.load(mix + ((i_b * NC + i_c) * C + i[:, None]).to(tl.int64) * C + i[None, :])  # (C, C)
-            al = _slot_tile(alpha, i_b, rows, s, N, S) * w_write  # (C, SP)
-            dX = tl.dot(tl.trans(A), dY, input_precision=PREC) + tl.dot(al, G, input_precision=PREC)
+            A = tl.load(mix + _mix_offsets(i_b, i_c, NC, i, C))  # (C, C)
+            a_t = _slot_tile(alpha, i_b, rows, s, N, S)  # (C, SP)
+            dX = tl.dot(tl.trans(A), dY, input_precision=PREC) + tl.dot(a_t * w_write, G, input_precision=PREC)
+            be = _slot_tile(beta, i_b, rows, s, N, S) * w_read  # (C, SP)
+            G_in = tl.dot(tl.trans(be), dY, input_precision=PREC)  # (SP, BV): the reads' part
+            if RECALL:  # the recall read: the same memory with the write weights
+                dY2 = _value_tile(dy2, i_b, rows, v, N, W)
+                A2 = tl.load(mix2 + _mix_offsets(i_b, i_c, NC, i, C))
+                dX += tl.dot(tl.trans(A2), dY2, input_precision=PREC)
+                G_in += tl.dot(tl.trans(a_t * w_read), dY2, input_precision=PREC)
             tl.store(dx + (i_b * N + rows[:, None]).to(tl.int64) * W + v[None, :], dX,
                      mask=(rows[:, None] < N) & (v[None, :] < W))
-            be = _slot_tile(beta, i_b, rows, s, N, S) * w_read  # (C, SP)
-            G = decay_L[:, None] * G + tl.dot(tl.trans(be), dY, input_precision=PREC)  # (SP, BV)
+            G = decay_L[:, None] * G + G_in  # (SP, BV)
         if STORE_DM0:
             tl.store(dm0 + (i_b * S + s[:, None]).to(tl.int64) * W + v[None, :], G, mask=sm)
 
     @triton.jit
-    def _mix_bwd_kernel(dy, x, alpha, beta, lg, states, gstates, dalpha, dbeta, dlg, N, S, W, NC,
-                        C: tl.constexpr, SP: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    def _mix_bwd_kernel(dy, dy2, x, alpha, beta, lg, states, gstates, dalpha, dbeta, dlg, N, S, W, NC,
+                        C: tl.constexpr, SP: tl.constexpr, BV: tl.constexpr, RECALL: tl.constexpr,
+                        PREC: tl.constexpr):
         i_c, i_b = tl.program_id(0), tl.program_id(1)
         i, s = tl.arange(0, C), tl.arange(0, SP)
         rows = i_c * C + i
@@ -168,6 +192,8 @@ if HAS_TRITON:
         P = tl.zeros((C, SP), dtype=acc_t)  # dread_i · M_enter_j
         Q = tl.zeros((C, SP), dtype=acc_t)  # X_i · G_j
         R = tl.zeros((SP,), dtype=acc_t)  # G_j · M_enter_j
+        dA2 = tl.zeros((C, C), dtype=acc_t)  # the recall read's dA and P
+        P2 = tl.zeros((C, SP), dtype=acc_t)
         for v0 in range(0, W, BV):
             v = v0 + tl.arange(0, BV)
             dY = _value_tile(dy, i_b, rows, v, N, W)
@@ -180,6 +206,10 @@ if HAS_TRITON:
             P += tl.dot(dY, tl.trans(Me), input_precision=PREC)
             Q += tl.dot(X, tl.trans(Gx), input_precision=PREC)
             R += tl.sum(Gx * Me, 1)
+            if RECALL:
+                dY2 = _value_tile(dy2, i_b, rows, v, N, W)
+                dA2 += tl.dot(dY2, tl.trans(X), input_precision=PREC)
+                P2 += tl.dot(dY2, tl.trans(Me), input_precision=PREC)
         w_read, w_write, decay_L, lg_s = _decays(lg, i, s, L, S)
         al = _slot_tile(alpha, i_b, rows, s, N, S)
         be = _slot_tile(beta, i_b, rows, s, N, S)
@@ -189,6 +219,9 @@ if HAS_TRITON:
         d_al = w_write * Q
         d_lg = tl.sum(be * (fi[:, None] + 1) * w_read * P, 0) + tl.sum(al * (L - 1 - fi)[:, None] * w_write * Q, 0)
         d_lg += L.to(acc_t) * decay_L * R
+        if RECALL:  # the recall reads the carried memory with α
+            d_al += w_read * P2
+            d_lg += tl.sum(al * (fi[:, None] + 1) * w_read * P2, 0)
         # the in-chunk mixing matrix, one slot at a time
         causal = i[:, None] >= i[None, :]
         lag = (i[:, None] - i[None, :]).to(acc_t)
@@ -200,6 +233,11 @@ if HAS_TRITON:
             d_be = tl.where(s[None, :] == j, d_be + tl.sum(Wm * a_j[None, :], 1)[:, None], d_be)
             d_al = tl.where(s[None, :] == j, d_al + tl.sum(Wm * b_j[:, None], 0)[:, None], d_al)
             d_lg = tl.where(s == j, d_lg + tl.sum(tl.sum(Wm * lag * b_j[:, None] * a_j[None, :], 1), 0), d_lg)
+            if RECALL:  # A2[i, i'] = Σ_j α_ij γ_j^(i−i') α_i'j: α on both sides
+                Wm = dA2 * tl.exp(tl.where(causal, lag * lg_j, float("-inf")))
+                both = tl.sum(Wm * a_j[None, :], 1) + tl.sum(Wm * a_j[:, None], 0)
+                d_al = tl.where(s[None, :] == j, d_al + both[:, None], d_al)
+                d_lg = tl.where(s == j, d_lg + tl.sum(tl.sum(Wm * lag * a_j[:, None] * a_j[None, :], 1), 0), d_lg)
         tile = (i_b * N + rows[:, None]).to(tl.int64) * S + s[None, :]
         ok = (rows[:, None] < N) & (s[None, :] < S)
         tl.store(dalpha + tile, d_al, mask=ok)
@@ -234,103 +272,105 @@ def _mix(alpha, beta, lg, C: int) -> Tensor:
     return mix
 
 
-def scan_forward(x, alpha, beta, lg, m0, output_final_state: bool, C: int):
+def scan_forward(x, alpha, beta, lg, m0, output_final_state: bool, C: int, recall: bool = False):
     """Forward launcher (``muse::holographic_fwd``): (read (B, N, W), final memory (B, S, W) or
-    None) from x (B, N, W), alpha, beta (B, N, S), lg (S,), m0 (B, S, W) or None, all contiguous
-    and of one dtype (fp32/fp64). beta None reads with the write weights (the recall): one tensor
-    passed for two inputs would break a compiled graph at the autograd function."""
+    None, recall (B, N, W) or None) from x (B, N, W), alpha, beta (B, N, S), lg (S,), m0 (B, S, W)
+    or None, all contiguous and of one dtype (fp32/fp64). ``recall``: also read the same memory
+    with the write weights alpha, in the same walk over the chunks."""
     B, N, W, S, NC, SP = _sizes(x, alpha, C)
-    beta = alpha if beta is None else beta
     BV = _block_v(x)
     y = torch.empty_like(x)
+    y2 = torch.empty_like(x) if recall else None
     mfin = x.new_empty((B, S, W)) if output_final_state else None
-    launch(_scan_fwd_kernel, (cdiv(W, BV), B), x, alpha, beta, lg, _mix(alpha, beta, lg, C), m0, y, mfin, None,
-           N, S, W, NC, C=C, SP=SP, BV=BV, HAS_M0=m0 is not None, STORE_Y=True, STORE_FINAL=output_final_state,
-           STORE_STATES=False, PREC=dot_precision(x.dtype))
-    return y, mfin
+    mix2 = _mix(alpha, alpha, lg, C) if recall else None
+    launch(_scan_fwd_kernel, (cdiv(W, BV), B), x, alpha, beta, lg, _mix(alpha, beta, lg, C), mix2, m0, y, y2, mfin,
+           None, N, S, W, NC, C=C, SP=SP, BV=BV, HAS_M0=m0 is not None, STORE_Y=True, RECALL=recall,
+           STORE_FINAL=output_final_state, STORE_STATES=False, PREC=dot_precision(x.dtype))
+    return y, mfin, y2
 
 
-def scan_backward(dy, dmfin, x, alpha, beta, lg, m0, C: int):
-    """Backward launcher (``muse::holographic_bwd``): (dx, dalpha, dbeta, dlg, dm0), dbeta None
-    for beta None (read with alpha: both parts in dalpha), dm0 None without m0."""
+def scan_backward(dy, dmfin, dy2, x, alpha, beta, lg, m0, C: int):
+    """Backward launcher (``muse::holographic_bwd``): (dx, dalpha, dbeta, dlg, dm0) from the read's
+    gradient dy, the final memory's dmfin (or None) and the recall's dy2 (or None); dm0 None
+    without m0."""
     B, N, W, S, NC, SP = _sizes(x, alpha, C)
-    recall, beta = beta is None, alpha if beta is None else beta
+    recall = dy2 is not None
     BV, prec = _block_v(x), dot_precision(x.dtype)
     mix = _mix(alpha, beta, lg, C)
+    mix2 = _mix(alpha, alpha, lg, C) if recall else None
     states = x.new_empty((B, NC, SP, W))
-    launch(_scan_fwd_kernel, (cdiv(W, BV), B), x, alpha, beta, lg, mix, m0, None, None, states,
-           N, S, W, NC, C=C, SP=SP, BV=BV, HAS_M0=m0 is not None, STORE_Y=False, STORE_FINAL=False,
+    launch(_scan_fwd_kernel, (cdiv(W, BV), B), x, alpha, beta, lg, mix, None, m0, None, None, None, states,
+           N, S, W, NC, C=C, SP=SP, BV=BV, HAS_M0=m0 is not None, STORE_Y=False, RECALL=False, STORE_FINAL=False,
            STORE_STATES=True, PREC=prec)
     dx, gstates = torch.empty_like(x), x.new_empty((B, NC, SP, W))
     dm0 = x.new_empty((B, S, W)) if m0 is not None else None
-    launch(_scan_bwd_kernel, (cdiv(W, BV), B), dy, x, alpha, beta, lg, mix, dmfin, dx, gstates, dm0,
-           N, S, W, NC, C=C, SP=SP, BV=BV, HAS_DMFIN=dmfin is not None, STORE_DM0=m0 is not None, PREC=prec)
+    launch(_scan_bwd_kernel, (cdiv(W, BV), B), dy, dy2, x, alpha, beta, lg, mix, mix2, dmfin, dx, gstates, dm0,
+           N, S, W, NC, C=C, SP=SP, BV=BV, HAS_DMFIN=dmfin is not None, RECALL=recall, STORE_DM0=m0 is not None,
+           PREC=prec)
     dalpha, dbeta, dlg = torch.empty_like(alpha), torch.empty_like(beta), x.new_empty((B, NC, SP))
-    launch(_mix_bwd_kernel, (NC, B), dy, x, alpha, beta, lg, states, gstates, dalpha, dbeta, dlg,
-           N, S, W, NC, C=C, SP=SP, BV=BV, PREC=prec)
-    if recall:
-        dalpha, dbeta = dalpha + dbeta, None
+    launch(_mix_bwd_kernel, (NC, B), dy, dy2, x, alpha, beta, lg, states, gstates, dalpha, dbeta, dlg,
+           N, S, W, NC, C=C, SP=SP, BV=BV, RECALL=recall, PREC=prec)
     return dx, dalpha, dbeta, dlg.sum((0, 1))[:S], dm0
 
 
 # The launchers as ops (muse.ops._dispatch): one graph node each under torch.compile, outputs of
-# the real shapes for fake tensors. An absent final memory / dm0 is a (0,) tensor of x's dtype.
-def _fwd_fake(x, alpha, beta, lg, m0, output_final_state, C):
+# the real shapes for fake tensors. An absent final memory, recall or dm0 is a (0,) tensor of x's dtype.
+def _fwd_fake(x, alpha, beta, lg, m0, output_final_state, C, recall):
     B, N, W = x.shape
-    return x.new_empty(x.shape), x.new_empty((B, alpha.shape[-1], W)) if output_final_state else absent(x)
+    return (x.new_empty(x.shape), x.new_empty((B, alpha.shape[-1], W)) if output_final_state else absent(x),
+            x.new_empty(x.shape) if recall else absent(x))
 
 
-def _bwd_fake(dy, dmfin, x, alpha, beta, lg, m0, C):
+def _bwd_fake(dy, dmfin, dy2, x, alpha, beta, lg, m0, C):
     dm0 = m0.new_empty(m0.shape) if m0 is not None else absent(x)
-    dbeta = beta.new_empty(beta.shape) if beta is not None else absent(x)
-    return x.new_empty(x.shape), alpha.new_empty(alpha.shape), dbeta, lg.new_empty(lg.shape), dm0
+    return x.new_empty(x.shape), alpha.new_empty(alpha.shape), beta.new_empty(beta.shape), lg.new_empty(lg.shape), dm0
 
 
 def _c(t):
     return t.contiguous() if t is not None else None
 
 
-def _fwd_launch(x, alpha, beta, lg, m0, output_final_state, C):
-    return scan_forward(_c(x), _c(alpha), _c(beta), _c(lg), _c(m0), output_final_state, C)
+def _fwd_launch(x, alpha, beta, lg, m0, output_final_state, C, recall):
+    return scan_forward(_c(x), _c(alpha), _c(beta), _c(lg), _c(m0), output_final_state, C, recall)
 
 
-def _bwd_launch(dy, dmfin, x, alpha, beta, lg, m0, C):
-    return scan_backward(_c(dy), _c(dmfin), _c(x), _c(alpha), _c(beta), _c(lg), _c(m0), C)
+def _bwd_launch(dy, dmfin, dy2, x, alpha, beta, lg, m0, C):
+    return scan_backward(_c(dy), _c(dmfin), _c(dy2), _c(x), _c(alpha), _c(beta), _c(lg), _c(m0), C)
 
 
 _x = lambda *a: a[0]  # noqa: E731
 _fwd_op = define_op(
     "holographic_fwd",
-    "(Tensor x, Tensor alpha, Tensor? beta, Tensor log_gamma, Tensor? m0, bool output_final_state, int C)"
-    " -> (Tensor, Tensor)",
-    _fwd_launch, _fwd_fake, placeholders=(None, _x),
+    "(Tensor x, Tensor alpha, Tensor beta, Tensor log_gamma, Tensor? m0, bool output_final_state, int C,"
+    " bool recall) -> (Tensor, Tensor, Tensor)",
+    _fwd_launch, _fwd_fake, placeholders=(None, _x, _x),
 )
 _bwd_op = define_op(
     "holographic_bwd",
-    "(Tensor dy, Tensor? dmfin, Tensor x, Tensor alpha, Tensor? beta, Tensor log_gamma, Tensor? m0, int C)"
-    " -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
-    _bwd_launch, _bwd_fake, placeholders=(None, None, lambda *a: a[2], None, lambda *a: a[2]),
+    "(Tensor dy, Tensor? dmfin, Tensor? dy2, Tensor x, Tensor alpha, Tensor beta, Tensor log_gamma, Tensor? m0,"
+    " int C) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    _bwd_launch, _bwd_fake, placeholders=(None, None, None, None, lambda *a: a[3]),
 )
 
 
 class _HolographicScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, alpha, beta, lg, m0, output_final_state: bool, C: int):
-        args = (x, alpha, beta, lg, m0, output_final_state, C)
-        y, mfin = present(_fwd_op(*args), (True, output_final_state)) if use_op(x) else scan_forward(*args)
+    def forward(ctx, x, alpha, beta, lg, m0, output_final_state: bool, C: int, recall: bool):
+        args = (x, alpha, beta, lg, m0, output_final_state, C, recall)
+        out = present(_fwd_op(*args), (True, output_final_state, recall)) if use_op(x) else scan_forward(*args)
         ctx.save_for_backward(x, alpha, beta, lg, m0)
         ctx.C = C
-        return y, mfin
+        return out
 
     @staticmethod
-    def backward(ctx, dy, dmfin):
+    def backward(ctx, dy, dmfin, dy2):
         x, alpha, beta, lg, m0 = ctx.saved_tensors
-        args = (_c(dy) if dy is not None else torch.zeros_like(x), _c(dmfin), x, alpha, beta, lg, m0, ctx.C)
+        args = (_c(dy) if dy is not None else torch.zeros_like(x), _c(dmfin), _c(dy2), x, alpha, beta, lg, m0, ctx.C)
         if use_op(x):
-            dx, da, db, dlg, dm0 = present(_bwd_op(*args), (True, True, beta is not None, True, m0 is not None))
+            dx, da, db, dlg, dm0 = present(_bwd_op(*args), (True, True, True, True, m0 is not None))
         else:
             dx, da, db, dlg, dm0 = scan_backward(*args)
-        return dx, da, db, dlg, dm0, None, None
+        return dx, da, db, dlg, dm0, None, None, None
 
 
 @full_precision
@@ -350,7 +390,8 @@ def triton_chunk_holographic(
     """``chunk_holographic`` with the scan and the binding / unbinding glue on the Triton kernels
     (FFTs in torch); same results.
     The scan runs in the accumulation dtype (fp32; fp64 for fp64 inputs); the recall is a second
-    scan of the same bound spectra, read with the write weights."""
+    read of the same memory with the write weights, made in the same walk over the chunks (forward
+    and backward)."""
     _, _, D, _, _ = check_inputs(q, k, v, alpha, beta, log_gamma, initial_state)
     if not valid_chunk(chunk_size):
         raise ValueError(f"impl='triton' needs chunk_size a power of two in [16, 128]; got {chunk_size!r}")
@@ -364,9 +405,9 @@ def triton_chunk_holographic(
     Q, K, bound = bind(*transforms(q, k, v, acc), unitary)  # (B, N, F) × 2, (B, N, 2F)
     x, a, lg = bound, alpha.to(acc).contiguous(), log_gamma.to(acc).contiguous()
     m0 = initial_state.to(acc).contiguous() if initial_state is not None else None
-    read, final_state = _HolographicScan.apply(x, a, beta.to(acc).contiguous(), lg, m0, output_final_state, chunk_size)
+    b = beta.to(acc).contiguous()
+    read, final_state, again = _HolographicScan.apply(x, a, b, lg, m0, output_final_state, chunk_size, recall)
     r = torch.fft.irfft(unbind(Q, read), n=D, dim=-1).to(v.dtype)  # (B, N, D)
-    if recall:
-        again, _ = _HolographicScan.apply(x, a, None, lg, m0, False, chunk_size)  # read with α
+    if recall:  # `again`: the same memory read with α, from the same walk
         return r, final_state, torch.fft.irfft(unbind(K, again), n=D, dim=-1).to(v.dtype)
     return r, final_state
