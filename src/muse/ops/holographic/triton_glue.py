@@ -68,8 +68,10 @@ if HAS_TRITON:
     def _floors(q, k, row, F, FLOOR, UNIT: tl.constexpr, BF: tl.constexpr):
         """The drop thresholds of Q's and K's frequencies for token ``row`` (0 without ``UNIT``)."""
         if UNIT:
-            return _mean_power(q, row, F, FLOOR, BF), _mean_power(k, row, F, FLOOR, BF)
-        return 0.0, 0.0
+            fq, fk = _mean_power(q, row, F, FLOOR, BF), _mean_power(k, row, F, FLOOR, BF)
+        else:  # unused; scalars of FLOOR's type keep one signature
+            fq, fk = FLOOR * 0.0, FLOOR * 0.0
+        return fq, fk
 
     @triton.jit
     def _spectra_block(q, k, v, row, f, F, fq, fk, UNIT: tl.constexpr, BF: tl.constexpr):
