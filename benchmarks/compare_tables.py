@@ -142,18 +142,18 @@ def preset_quality(name: str) -> dict | None:
     return by_label(load(PARETO)).get(name)
 
 
-def equal_memory_cell(name: str) -> str:
-    """The presets table's equal-memory cell: the best dense model of the Pareto comparison within
-    the preset's B=32 peak, and the verdict there; "–" for a preset without a verdict (dense ones)."""
-    res = load(PARETO)
-    v = next((b for b in (res or {}).get("pareto", {}).get("budgets", []) if b["muse"] == name), None)
-    if v is None:
-        return "–"
-    if v["dense"] is None:
-        return f"none fits in {v['budget_mib']:,.0f} MiB"
-    dense = v["dense"].replace("baseline+", "").replace("+n_heads=", ", h=").replace("+n_layers=", ", L=")
-    return (f"`{dense}`: {v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} of {v['budget_mib']:,.0f} MiB "
-            f"({v['verdict']})")
+def equal_memory_cells() -> dict[str, str]:
+    """The presets table's equal-memory cells, by MUSE preset: the best dense model of the Pareto
+    comparison within the preset's B=32 peak, and the verdict there (dense presets have none)."""
+    cells = {}
+    for v in ((load(PARETO) or {}).get("pareto", {}).get("budgets", [])):
+        if v["dense"] is None:
+            cells[v["muse"]] = f"none fits in {v['budget_mib']:,.0f} MiB"
+            continue
+        dense = v["dense"].replace("baseline+", "").replace("+n_heads=", ", h=").replace("+n_layers=", ", L=")
+        cells[v["muse"]] = (f"`{dense}`: {v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} of "
+                            f"{v['budget_mib']:,.0f} MiB ({v['verdict']})")
+    return cells
 
 
 # ----------------------------------------------------------------------------- legacy runs

@@ -24,7 +24,7 @@ if str(ROOT / "src") not in sys.path:  # the presets of this checkout (configs/)
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from compare_tables import (  # noqa: E402
-    ablation_table, equal_memory_cell, preset_quality, quality, quality_headline, quality_table,
+    ablation_table, equal_memory_cells, preset_quality, quality, quality_headline, quality_table,
 )
 from inference_tables import decode_markdown, decode_memory_markdown, startup_markdown  # noqa: E402
 from speed_tables import lowrank_ffn_markdown, mixers_markdown, short_sha, throughput_markdown  # noqa: E402
@@ -110,6 +110,7 @@ def presets_table() -> str:
     own, own_src = _own_recipe_peaks()
     budget, budget_src = _budget_cells({n: r["actual_params"] for n, r in rows.items()})
     quality_rows, quality_note, _ = quality()
+    cells = equal_memory_cells()
     lines = [
         "| preset | V · d · L | mixer · embedding · FFN · head | parameters (dense-equivalent) "
         "| full-step peak memory | WikiText-2 test ppl³ | train tokens/s³ | best dense model within its B=32 peak³ |",
@@ -124,7 +125,7 @@ def presets_table() -> str:
             f"{m['embedding']['kind']} · {m['ffn']['kind']} · {m['head']['kind']} | {_human(r['actual_params'])} "
             f"({_human(r['dense_equivalent_params'])}) | {'; '.join(peak) or '–'} "
             f"| {format(q['test']['perplexity'], '.2f') if q else '–'} "
-            f"| {format(q['tokens_per_s_median'], ',.0f') if q else '–'} | {equal_memory_cell(n)} |"
+            f"| {format(q['tokens_per_s_median'], ',.0f') if q else '–'} | {cells.get(n, '–')} |"
         )
     lines += ["", f"- Parameters: exact counts of the models built on the `meta` device (`benchmarks/params.py`, "
                   f"commit `{short_sha(res)}`, {res['date'][:10]})."]
