@@ -12,7 +12,7 @@ import sys
 
 from muse.compare.spec import Recipe, Run, Spec, grid_specs, one_at_a_time, parse_grid, parse_spec, resolve
 
-__all__ = ["Recipe", "Run", "Spec", "compare", "grid_specs", "one_at_a_time", "parse_grid", "parse_spec", "resolve"]
+__all__ = ["Recipe", "Run", "Spec", "compare", "grid_specs", "measure_only", "one_at_a_time", "parse_grid", "parse_spec", "resolve"]
 
 
 def _say(text: str) -> None:
@@ -76,4 +76,36 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
         print("muse compare: matplotlib is not installed; plots skipped (pip install 'muse[plot]')", file=sys.stderr)
     _say(payload["pareto"]["summary"])
     _say("wrote " + ", ".join(str(p) for p in written))
+    return payload
+
+
+def measure_only(runs: list[Run], opts, meta: dict) -> dict:
+    """Each model's full-step peak at the recipe's B and N with its memory features, without
+    training (one measurement per model and length: the learning rate does not change it); for
+    planning which models share a memory budget before spending the training time. Writes
+    ``OUT/memory.json`` and prints the models from the smallest peak up."""
+    from muse.compare.report import fmt
+    from muse.compare.run import family, measure_memory, write_json
+    from muse.runtime import environment_info, resolve_device
+
+    firsts = {}
+    for run in runs:
+        firsts.setdefault(run.group, run)
+    rows = []
+    for i, (group, run) in enumerate(firsts.items(), 1):
+        cfg = run.config
+        device = resolve_device(opts.device if opts.device != "auto" else cfg.train.device)
+        mem = measure_memory(cfg, str(device))
+        rows.append({"model": group, "family": family(cfg), "seq_len": run.seq_len, "batch_size": cfg.train.batch_size,
+                     "precision": cfg.train.precision, "optimizer": cfg.train.optimizer,
+                     "checkpointing": cfg.model.checkpointing, **environment_info(device), **mem})
+        _say(f"[{i}/{len(firsts)}] {group}: full-step peak {fmt(mem['peak_memory_mib'], ',.1f')} MiB "
+             f"({mem['peak_memory_method'] or mem['peak_memory_error']})")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    payload = {**meta, "rows": rows}
+    write_json(opts.out / "memory.json", payload)
+    width = max(len(r["model"]) for r in rows)
+    for r in sorted(rows, key=lambda r: (r["peak_memory_mib"] is None, r["peak_memory_mib"] or 0.0)):
+        print(f"{r['model']:<{width}}  {r['family']:<5}  {fmt(r['peak_memory_mib'], ',.1f'):>10} MiB  {r['peak_memory_method'] or r['peak_memory_error']}")
+    _say(f"wrote {opts.out / 'memory.json'}")
     return payload

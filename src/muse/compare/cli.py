@@ -52,6 +52,9 @@ def add_recipe_arguments(p: argparse.ArgumentParser, out: str) -> None:
                    help="train only the runs whose label matches one of these shell patterns now; the reports then "
                         "cover the runs already done (split a comparison across machines: copy rows/ together)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--memory-only", action="store_true",
+                   help="measure each model's full-step peak at the recipe and stop (no training): which models "
+                        "share a memory budget; writes OUT/memory.json")
     p.add_argument("--title", help="heading of results.md and the plots")
 
 
@@ -121,6 +124,11 @@ def run_specs(args, specs, title: str) -> int:
     meta = _meta(args, runs, recipe, title)
     opts = Options(args.out, args.runs_dir, args.device, args.retry_failed, only=tuple(args.only or ()),
                    command=meta["command"])
+    if args.memory_only:
+        from muse.compare import measure_only
+
+        measure_only(runs, opts, meta)
+        return 0
     payload = compare(runs, opts, meta, plots=not args.no_plots)
     return 0 if all(r["status"] == "complete" for r in payload["rows"]) else 1
 
