@@ -16,6 +16,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PARETO = "compare-wikitext2-pareto"
 TIED = "compare-wikitext2-tied"  # the candidate for `standard` against dense models with tied heads
 ABLATION = "ablate-standard-components"
+EQUAL_MEMORY = "compare-wikitext2-equal-memory"  # every memory feature for every model (lr sweep owed)
+AUX = "ablate-hamt-aux"  # hamt-100m with and without the auxiliary loss
 
 
 def load(name: str) -> dict | None:
@@ -118,9 +120,12 @@ def quality_headline() -> str | None:
             f"`{v['muse']}` peaks at {v['budget_mib']:,.0f} MiB with test perplexity {v['muse_perplexity']:.2f}, the "
             f"dense `{v['dense']}` at {v['dense_peak_mib']:,.0f} MiB with {v['dense_perplexity']:.2f}" for v in losses
         ) + ". "
+    one_lr = len(res["recipe"]["lrs"]) == 1
     for v in wins:
         text += (f"`{v['muse']}` ({v['budget_mib']:,.0f} MiB, {v['muse_perplexity']:.2f}) beats every dense model that "
-                 f"fits in its memory (best: `{v['dense']}`, {v['dense_perplexity']:.2f}). ")
+                 f"fits in its memory (best: `{v['dense']}`, {v['dense_perplexity']:.2f})"
+                 + (f", every model at one learning rate ({res['recipe']['lrs'][0]:g}; the sweep is owed)" if one_lr
+                    else "") + ". ")
     for v in (v for v in budgets if v["verdict"] == BEYOND):
         text += (f"`{v['muse']}` reaches {v['muse_perplexity']:.2f}, below every dense model of the grid, but at "
                  f"{v['budget_mib']:,.0f} MiB, beyond all of them (the best of them: `{v['dense']}`, "
@@ -128,14 +133,36 @@ def quality_headline() -> str | None:
     if res.get("not_run"):
         text += f"Not run yet: {', '.join(f'`{x}`' for x in res['not_run'])}. "
     tied = load(TIED)
-    for v in (tied or {}).get("pareto", {}).get("budgets", []):
-        if v["verdict"] == "MUSE dominates":
-            lrs = sorted({r["lr"] for r in tied["rows"]})
-            text += (f"Against dense models with tied heads, `{v['muse']}` ({v['budget_mib']:,.0f} MiB, "
-                     f"{v['muse_perplexity']:.2f}) beats every dense model that fits in its memory (best: "
-                     f"`{v['dense']}`, {v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} MiB)"
-                     + (f", at one learning rate ({lrs[0]:g}; the sweep is owed)" if len(lrs) == 1 else "") + ". ")
+    tied_wins = [v for v in (tied or {}).get("pareto", {}).get("budgets", []) if v["verdict"] == "MUSE dominates"]
+    for v in sorted(tied_wins, key=lambda v: v["muse_perplexity"])[:1]:  # the best of them
+        lrs = sorted({r["lr"] for r in tied["rows"]})
+        text += (f"Against dense models with tied heads too, `{v['muse']}` ({v['budget_mib']:,.0f} MiB, "
+                 f"{v['muse_perplexity']:.2f}) beats every dense model that fits in its memory (best: "
+                 f"`{v['dense']}`, {v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} MiB)"
+                 + (f", at one learning rate ({lrs[0]:g})" if len(lrs) == 1 else "") + ". ")
     return text + "See the comparison below."
+
+
+def equal_memory_peaks_table() -> str:
+    """The equal-memory recipe's peaks (`muse compare --memory-only`), before its training runs."""
+    path = RESULTS / EQUAL_MEMORY / "memory.json"
+    if not path.exists():
+        return "_Not measured yet: `muse compare @configs/experiments/compare-wikitext2-equal-memory.args --memory-only`._"
+    res = json.loads(path.read_text())
+    rows = sorted(res["rows"], key=lambda r: r["peak_memory_mib"] or math.inf)
+    lines = ["| model | kind | full-step peak |", "|---|---|---:|"]
+    lines += [f"| `{r['model']}` | {r['family']} | {r['peak_memory_mib']:,.1f} MiB ({r['peak_memory_method']}) |"
+              for r in rows]
+    r0, rc = rows[0], res["recipe"]
+    sets = ", ".join(f"`{k}={v}`" for k, v in rc.get("set", {}).items())
+    lines += ["", f"B={rc['batch_size']}, N={', '.join(map(str, rc['seq_lens']))}, {sets}; `{res['command']}`; "
+                  f"{r0['device']}, torch {r0['torch']}, commit `{r0['git_sha'][:7]}`, {r0['date'][:10]}."]
+    return "\n".join(lines)
+
+
+def aux_rows() -> list[dict]:
+    res = load(AUX)
+    return [r for r in selected(res) if r["status"] == "complete"] if res else []
 
 
 def preset_quality(name: str) -> dict | None:

@@ -231,6 +231,30 @@ def test_compare_two_models_writes_everything_and_resumes(corpus, tmp_path, caps
     assert row["label"].endswith("+factor_init=gaussian") and row["status"] == "complete"
 
 
+def test_memory_only_measures_each_model_once_and_trains_nothing(corpus, tmp_path, capsys, monkeypatch):
+    import muse.compare.run as run_mod
+
+    def boom(*a, **k):
+        raise AssertionError("--memory-only trained a run")
+
+    monkeypatch.setattr(run_mod, "train_and_score", boom)
+    out, cache = tmp_path / "mem", tmp_path / "cache"
+    big = TINY.replace("d_model=32", "d_model=64")
+    argv = ["compare", big, TINY, *_common(corpus, cache, out), "--lr", "1e-3", "3e-3", "--memory-only"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "memory.json").read_text())
+    rows = {r["model"]: r for r in res["rows"]}
+    assert list(rows) == [big.replace("model.", ""), TINY.replace("model.", "")]  # one row per model, not per lr
+    for r in rows.values():
+        assert r["peak_memory_method"] == "estimate" and r["peak_memory_mib"] > 0  # no CUDA here: labelled
+        assert r["batch_size"] == 8 and r["seq_len"] == 32 and r["device"].startswith("cpu") and r["git_sha"]
+    assert rows[big.replace("model.", "")]["peak_memory_mib"] > rows[TINY.replace("model.", "")]["peak_memory_mib"]
+    table = [line.split()[0] for line in printed.splitlines() if line.startswith("tiny")]
+    assert table == [TINY.replace("model.", ""), big.replace("model.", "")]  # smallest peak first
+    assert not (out / "rows").exists() and not (out / "results.json").exists()
+
+
 def test_ablate_2x2_and_a_time_cap_row(corpus, tmp_path, capsys):
     out, cache = tmp_path / "abl", tmp_path / "cache"
     argv = ["ablate", TINY, "--grid", "model.ffn.rank=4,8", "--grid", "model.mixer.semiseparable.max_rank=4,8",

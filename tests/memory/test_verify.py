@@ -33,7 +33,7 @@ def test_verify_cli_estimate_every_section(tmp_path, monkeypatch, capsys):
     # the full suite takes minutes on 2 cores (test_verify_full, marked slow): keep one row of
     # each kind here, so every section and code path still runs end to end
     monkeypatch.setattr(verify, "TT_SHAPES", [(10_000, 512)])
-    monkeypatch.setattr(verify, "FULL_MODEL", [verify.FULL_MODEL[0], verify.FULL_MODEL[3], verify.FULL_MODEL[5]])
+    monkeypatch.setattr(verify, "FULL_MODEL", [verify.FULL_MODEL[0], verify.FULL_MODEL[3], verify.FULL_MODEL[6]])
     monkeypatch.setattr(verify, "BUDGET_RUNS", [verify.BUDGET_RUNS[0], verify.BUDGET_RUNS[1]])
     monkeypatch.setattr(verify, "TT_RANKS", [4, 8, 16])
     out = tmp_path / "v"

@@ -193,7 +193,7 @@ def test_glue_kernels_match_torch(D, unitary):
         assert torch.isfinite(a).all() and rel_err(a, b) < tol, f"gradient {i}"
     # unbind alone: conj(Q̂) ⊙ M, forward and backward
     Qc = torch.complex(*torch.randn(2, 2, 5, generator=g, dtype=dtype)).to(DEVICE).requires_grad_()
-    M = torch.randn(2, 10, generator=g, dtype=dtype, device=DEVICE).requires_grad_()
+    M = torch.randn(2, 10, generator=g, dtype=dtype).to(DEVICE).requires_grad_()
     ref = Qc.conj() * torch.complex(M[..., 0::2], M[..., 1::2])
     got = unbind(Qc, M)
     w = torch.complex(*torch.randn(2, 2, 5, generator=g, dtype=dtype)).to(DEVICE)

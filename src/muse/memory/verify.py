@@ -46,6 +46,7 @@ FULL_MODEL = [
     ("baseline pure bf16 + checkpointing", "baseline", {}, dict(precision="bf16-pure", optimizer="adamw",
                                                                 checkpointing=True)),
     ("standard", "standard", {}, {}),
+    ("hybrid", "hybrid", {}, {}),
     ("ultra", "ultra", {}, {}),
     ("extreme", "extreme", {}, {}),
 ]
