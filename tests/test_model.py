@@ -26,6 +26,8 @@ def small(preset: str, **over):
         "model.vocab_size": 97, "model.d_model": 32, "model.n_layers": 2, "model.n_heads": 4,
         "model.max_seq_len": 40, "model.embedding.vocab_factors": None, "model.embedding.dim_factors": None,
     }
+    if load_config(preset).model.attention_layers:  # a hybrid: its attention block, the last, kept
+        base["model.attention_layers"] = [base["model.n_layers"] - 1]
     base.update(over)
     return load_config(preset, base)
 
