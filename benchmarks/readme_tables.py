@@ -24,7 +24,8 @@ if str(ROOT / "src") not in sys.path:  # the presets of this checkout (configs/)
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from compare_tables import (  # noqa: E402
-    ablation_table, aux_rows, equal_memory_cells, equal_memory_peaks_table, preset_quality, quality, quality_headline, quality_table,
+    ablation_table, aux_rows, equal_memory_cells, equal_memory_peaks_table, preset_quality, quality, quality_headline,
+    quality_table,
 )
 from inference_tables import decode_markdown, decode_memory_markdown, startup_markdown  # noqa: E402
 from speed_tables import lowrank_ffn_markdown, mixers_markdown, short_sha, throughput_markdown  # noqa: E402
@@ -63,8 +64,8 @@ def _throughput_ratios(results: str) -> tuple[list[tuple[int, float]], dict | No
 
 
 # Presets in the order a reader meets them; any others follow alphabetically.
-PRESET_ORDER = ("tiny", "baseline", "standard", "hybrid", "ultra", "extreme", "ultimate", "large", "large-standard", "xlarge",
-                "xlarge-standard", "phase8-max", "phase8-max-tt", "xxl-100b", "gpt2-124m", "distilgpt2")
+PRESET_ORDER = ("tiny", "baseline", "standard", "hybrid", "ultra", "extreme", "ultimate", "large", "large-standard",
+                "xlarge", "xlarge-standard", "phase8-max", "phase8-max-tt", "xxl-100b", "gpt2-124m", "distilgpt2")
 
 
 def _own_recipe_peaks() -> tuple[dict[str, int], dict | None]:

@@ -249,6 +249,7 @@ def test_memory_only_measures_each_model_once_and_trains_nothing(corpus, tmp_pat
     for r in rows.values():
         assert r["peak_memory_method"] == "estimate" and r["peak_memory_mib"] > 0  # no CUDA here: labelled
         assert r["batch_size"] == 8 and r["seq_len"] == 32 and r["device"].startswith("cpu") and r["git_sha"]
+        assert r["peak_memory_cublas_workspace"]  # part of the peak: recorded with it
     assert rows[big.replace("model.", "")]["peak_memory_mib"] > rows[TINY.replace("model.", "")]["peak_memory_mib"]
     table = [line.split()[0] for line in printed.splitlines() if line.startswith("tiny")]
     assert table == [TINY.replace("model.", ""), big.replace("model.", "")]  # smallest peak first

@@ -12,7 +12,8 @@ import sys
 
 from muse.compare.spec import Recipe, Run, Spec, grid_specs, one_at_a_time, parse_grid, parse_spec, resolve
 
-__all__ = ["Recipe", "Run", "Spec", "compare", "grid_specs", "measure_only", "one_at_a_time", "parse_grid", "parse_spec", "resolve"]
+__all__ = ["Recipe", "Run", "Spec", "compare", "grid_specs", "measure_only", "one_at_a_time", "parse_grid",
+           "parse_spec", "resolve"]
 
 
 def _say(text: str) -> None:
@@ -106,6 +107,7 @@ def measure_only(runs: list[Run], opts, meta: dict) -> dict:
     write_json(opts.out / "memory.json", payload)
     width = max(len(r["model"]) for r in rows)
     for r in sorted(rows, key=lambda r: (r["peak_memory_mib"] is None, r["peak_memory_mib"] or 0.0)):
-        print(f"{r['model']:<{width}}  {r['family']:<5}  {fmt(r['peak_memory_mib'], ',.1f'):>10} MiB  {r['peak_memory_method'] or r['peak_memory_error']}")
+        how = r["peak_memory_method"] or r["peak_memory_error"]
+        print(f"{r['model']:<{width}}  {r['family']:<5}  {fmt(r['peak_memory_mib'], ',.1f'):>10} MiB  {how}")
     _say(f"wrote {opts.out / 'memory.json'}")
     return payload

@@ -122,6 +122,7 @@ def measure_memory(cfg: Config, device: str) -> dict:
         "peak_memory_method": res["method"],  # measured | estimate
         "peak_memory_device": res["device"],
         "peak_memory_error": res.get("error"),
+        "peak_memory_cublas_workspace": res.get("cublas_workspace"),  # part of the peak (DESIGN §2)
         "step_tokens_per_s": res.get("tokens_per_s"),
     }
 
