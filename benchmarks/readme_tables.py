@@ -415,9 +415,8 @@ def _hamt_measured() -> str | None:
         got.append(text)
     # the newest mixers run with holographic rows (a run of a few lengths, e.g. mixers-glue-gpu.json,
     # supersedes the full sweep of mixers-gpu.json for the lengths it has)
-    runs = [r for r in _load("mixers*-gpu.json")
-            if any(f.get("holographic_layer", {}).get("graph_ms") for f in r.get("figures", []))]
-    mix = max(runs, key=lambda r: r["date"]) if runs else None
+    mix = _newest("mixers*-gpu.json",
+                  lambda r: any(f.get("holographic_layer", {}).get("graph_ms") for f in r.get("figures", [])))
     figs = [f for f in (mix or {}).get("figures", []) if f.get("holographic_layer", {}).get("graph_ms")]
     if figs:
         got.append("layer forward+backward vs attention's (d=1024, bf16, CUDA graph): " + ", ".join(
@@ -433,8 +432,8 @@ def _hamt_measured() -> str | None:
     return "; ".join(got) + f" ({(dec or mix)['device']}, {(dec or mix)['date'][:10]})"
 
 
-def _newest(pattern: str) -> dict | None:
-    runs = _load(pattern)
+def _newest(pattern: str, keep: Callable[[dict], bool] = lambda r: True) -> dict | None:
+    runs = [r for r in _load(pattern) if keep(r)]
     return max(runs, key=lambda r: r["date"]) if runs else None
 
 

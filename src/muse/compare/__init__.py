@@ -86,8 +86,8 @@ def measure_only(runs: list[Run], opts, meta: dict) -> dict:
     planning which models share a memory budget before spending the training time. Writes
     ``OUT/memory.json`` and prints the models from the smallest peak up."""
     from muse.compare.report import fmt
-    from muse.compare.run import family, measure_memory, write_json
-    from muse.runtime import environment_info, resolve_device
+    from muse.compare.run import family, measure_memory, run_device, write_json
+    from muse.runtime import environment_info
 
     firsts = {}
     for run in runs:
@@ -95,7 +95,7 @@ def measure_only(runs: list[Run], opts, meta: dict) -> dict:
     rows = []
     for i, (group, run) in enumerate(firsts.items(), 1):
         cfg = run.config
-        device = resolve_device(opts.device if opts.device != "auto" else cfg.train.device)
+        device = run_device(opts, cfg)
         mem = measure_memory(cfg, str(device))
         rows.append({"model": group, "family": family(cfg), "seq_len": run.seq_len, "batch_size": cfg.train.batch_size,
                      "precision": cfg.train.precision, "optimizer": cfg.train.optimizer,

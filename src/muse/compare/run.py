@@ -162,17 +162,24 @@ def _status(cfg: Config, steps: int, tokens: int, limit: tuple | None, error: st
     return "incomplete", f"stopped before the time budget: {tokens:,} tokens"
 
 
+def run_device(opts: Options, cfg: Config):
+    """The device a run uses: ``--device``, else the config's ``train.device``."""
+    from muse.runtime import resolve_device
+
+    return resolve_device(opts.device if opts.device != "auto" else cfg.train.device)
+
+
 def train_and_score(run: Run, opts: Options) -> dict:
     """One run, start to row (see the module docstring)."""
     import torch
 
     from muse.evaluate import evaluate_checkpoint
-    from muse.runtime import environment_info, resolve_device
+    from muse.runtime import environment_info
     from muse.train.checkpoint import CheckpointError, resolve_checkpoint
     from muse.train.trainer import Trainer, TrainingError
 
     cfg, tc = run.config, run.config.train
-    device = resolve_device(opts.device if opts.device != "auto" else tc.device)
+    device = run_device(opts, cfg)
     cfg.train.device = str(device) if device.type == "cuda" else "cpu"
     row = {
         "label": run.label, "group": run.group, "spec_label": run.spec.label, "key": run.key, "family": family(cfg),
