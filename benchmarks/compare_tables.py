@@ -88,8 +88,8 @@ def ablation_table() -> str:
     if res is None:
         return "_Not measured yet: `muse ablate @configs/experiments/ablate-standard-components.args` on a GPU._"
     rows = by_label(res)
-    base = next(iter(rows.values()))
-    lines = ["| model | parameters | full-step peak | train tokens/s | test ppl | test ppl vs `standard` |",
+    base_label, base = next(iter(rows.items()))
+    lines = [f"| model | parameters | full-step peak | train tokens/s | test ppl | test ppl vs `{base_label}` |",
              "|---|---:|---:|---:|---:|---:|"]
     for label, r in rows.items():
         rel = ppl(r) / ppl(base) if math.isfinite(ppl(base)) else math.nan

@@ -134,7 +134,7 @@ def run_preset(preset: str, args, device: torch.device, dtype: torch.dtype) -> d
         cfg = load_config(preset, over)
         torch.manual_seed(0)
         model = build_model(cfg, device=device, dtype=dtype).eval()
-        row.update(mixer=cfg.model.mixer.kind, params=model.num_params(), max_context=model.max_context,
+        row.update(mixer=cfg.model.mixer_layout, params=model.num_params(), max_context=model.max_context,
                    config=to_dict(cfg.model))
         t0 = time.perf_counter()
         row["decode"], decoder = decode_figures(model, args, device)
@@ -169,7 +169,7 @@ def run_preset(preset: str, args, device: torch.device, dtype: torch.dtype) -> d
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["baseline", "standard"])
+    p.add_argument("--presets", nargs="+", default=["baseline", "standard", "compact"])
     p.add_argument("--prompt-lens", type=int, nargs="+", default=[512, 2048, 16384],
                    help="prefill prompt lengths; each preset takes those within its context")
     p.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK)

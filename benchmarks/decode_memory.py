@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from common import DTYPES, add_run_args, sync, error_line, environment, parse_set, pick_device, publish  # noqa: E402
 from inference_tables import decode_memory_markdown  # noqa: E402
 from muse import build_model  # noqa: E402
-from muse.config import load_config  # noqa: E402
+from muse.config import load_config, to_dict  # noqa: E402
 from muse.generate import Decoder  # noqa: E402
 from muse.memory.profile import tensor_bytes  # noqa: E402
 from muse.model import PREFILL_CHUNK  # noqa: E402
@@ -58,7 +58,7 @@ def measure(preset: str, L: int, args, device: torch.device, dtype: torch.dtype)
     cfg = load_config(preset, {**parse_set(args.set), "model.max_seq_len": L + steps + 1})
     torch.manual_seed(0)
     model = build_model(cfg, device=device, dtype=dtype).eval()
-    row: dict = {"context": L, "mixer": cfg.model.mixer.kind, "params_mib": _mib(model.parameters()),
+    row: dict = {"context": L, "mixer": cfg.model.mixer_layout, "config": to_dict(cfg.model), "params_mib": _mib(model.parameters()),
                  "held_before_mib": held}
     g = torch.Generator().manual_seed(L)
     prompt = torch.randint(0, cfg.model.vocab_size, (1, L), generator=g).to(device)
@@ -103,7 +103,9 @@ def run_preset(preset: str, args, device: torch.device, dtype: torch.dtype) -> d
         out["contexts"].append(r)
     ok = [r for r in out["contexts"] if "error" not in r]
     if ok:
-        out["mixer"] = ok[0]["mixer"]
+        out["mixer"], out["config"] = ok[0]["mixer"], ok[0]["config"]  # the model (max_seq_len: the first context's)
+        for r in ok:
+            del r["config"]
         key = "decode_peak_mib" if ok[0]["decode_peak_mib"] is not None else "state_mib"
         vals = [r[key] for r in ok]
         out["peak_spread"] = {"of": key, "value": (max(vals) - min(vals)) / min(vals)}
@@ -112,7 +114,7 @@ def run_preset(preset: str, args, device: torch.device, dtype: torch.dtype) -> d
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["baseline", "standard", "hamt-100m"])
+    p.add_argument("--presets", nargs="+", default=["baseline", "standard", "compact", "hamt-100m"])
     p.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 32768])
     p.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK)
     p.add_argument("--warmup", type=int, default=10)

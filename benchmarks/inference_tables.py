@@ -1,8 +1,11 @@
 """Markdown tables of the inference-side benchmarks (`decode.py`, `decode_memory.py`, `startup.py`),
-shared by those scripts (the .md beside each JSON) and `readme_tables.py` (README and docs/). No
-torch import."""
+shared by those scripts (the .md beside each JSON) and `readme_tables.py` (README and docs/).
+Each preset is named as it ships today (`provenance.label`): a row of a config since renamed or
+changed says so."""
 
 from __future__ import annotations
+
+from provenance import label
 
 
 def _title(what: str, res: dict) -> str:
@@ -20,24 +23,25 @@ def decode_markdown(res: dict) -> str:
         "| preset | eager step ms/token | captured step ms/token | `generate` ms/token |",
         "|---|---:|---:|---:|",
     ]
+    name = {r["preset"]: label(r["preset"], model=r.get("config"), overrides=c.get("overrides")) for r in res["figures"]}
     for r in res["figures"]:
         if "error" in r:
-            lines.append(f"| `{r['preset']}` | FAILED: {r['error']} | | |")
+            lines.append(f"| {name[r['preset']]} | FAILED: {r['error']} | | |")
             continue
         d = r["decode"]
         cap = d.get("captured")
         gen = cap or d["eager"]
-        lines.append(f"| `{r['preset']}` | {d['eager']['step_ms']:.2f} | {cap['step_ms']:.2f} |" if cap
-                     else f"| `{r['preset']}` | {d['eager']['step_ms']:.2f} | - |")
+        lines.append(f"| {name[r['preset']]} | {d['eager']['step_ms']:.2f} | {cap['step_ms']:.2f} |" if cap
+                     else f"| {name[r['preset']]} | {d['eager']['step_ms']:.2f} | - |")
         lines[-1] += f" {gen['generate_ms_per_token']:.2f} |"
     lines += ["", "| preset | prompt tokens | parallel prefill tok/s | stepwise tok/s (path) | speedup |",
               "|---|---:|---:|---:|---:|"]
     for r in res["figures"]:
         for p in r.get("prefill", []):
             if "skipped" in p or "error" in p:
-                lines.append(f"| `{r['preset']}` | {p['N']:,} | {p.get('skipped') or 'FAILED: ' + p['error']} | | |")
+                lines.append(f"| {name[r['preset']]} | {p['N']:,} | {p.get('skipped') or 'FAILED: ' + p['error']} | | |")
             else:
-                lines.append(f"| `{r['preset']}` | {p['N']:,} | {p['parallel_tokens_per_s']:,.0f} | "
+                lines.append(f"| {name[r['preset']]} | {p['N']:,} | {p['parallel_tokens_per_s']:,.0f} | "
                              f"{p['stepwise_tokens_per_s']:,.0f} ({p['stepwise_path']}) | {p['speedup']:,.0f}x |")
     lines += ["", f"Decode: median of {c['decode_tokens']} timed steps after {c['decode_warmup']} "
               f"(a {c['decode_prompt']}-token prompt). Prefill: median of {c['prefill_repeats']} "
@@ -87,15 +91,17 @@ def decode_memory_markdown(res: dict) -> str:
         "| preset | mixer | context | state MiB | decode peak MiB | ms/token |",
         "|---|---|---:|---:|---:|---:|",
     ]
+    name = {p["preset"]: label(p["preset"], model=p.get("config"), mixer=p.get("mixer"), overrides=c.get("overrides"))
+            for p in res["figures"]}
     for p in res["figures"]:
         for r in p["contexts"]:
             if "error" in r:
-                lines.append(f"| `{p['preset']}` | | {r['context']:,} | FAILED: {r['error']} | | |")
+                lines.append(f"| {name[p['preset']]} | | {r['context']:,} | FAILED: {r['error']} | | |")
                 continue
             peak = _fmt_mib(r["decode_peak_mib"]) if r["decode_peak_mib"] is not None else "–"
-            lines.append(f"| `{p['preset']}` | {r['mixer']} | {r['context']:,} | {_fmt_mib(r['state_mib'])} | {peak} "
+            lines.append(f"| {name[p['preset']]} | {r['mixer']} | {r['context']:,} | {_fmt_mib(r['state_mib'])} | {peak} "
                          f"| {r['step_ms']:.2f} |")
-    spreads = [f"`{p['preset']}` {100 * p['peak_spread']['value']:.1f} % ({p['peak_spread']['of']})"
+    spreads = [f"{name[p['preset']]} {100 * p['peak_spread']['value']:.1f} % ({p['peak_spread']['of']})"
                for p in res["figures"] if "peak_spread" in p]
     lines += ["", f"Spread over the contexts, (max − min) / min: {', '.join(spreads) or '–'}. State: the decoding "
               "state's tensors (KV cache or recurrent state), all layers. Decode peak: "

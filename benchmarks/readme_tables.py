@@ -28,6 +28,7 @@ from compare_tables import (  # noqa: E402
     quality_table,
 )
 from inference_tables import decode_markdown, decode_memory_markdown, startup_markdown  # noqa: E402
+from provenance import current_name, is_current, label  # noqa: E402
 from speed_tables import lowrank_ffn_markdown, mixers_markdown, short_sha, throughput_markdown  # noqa: E402
 
 
@@ -55,37 +56,47 @@ def _quality() -> dict[str, dict]:
     return quality()[0]
 
 
-def _throughput_ratios(results: str) -> tuple[list[tuple[int, float]], dict | None]:
-    """[(N, `standard` / `baseline` tokens/s)] of one train_throughput results file, and the run."""
+def _throughput_ratios(results: str) -> tuple[list[tuple[int, float]], dict | None, str]:
+    """[(N, other / reference tokens/s)] of one train_throughput results file, the run, and the
+    other preset as it is named today (`standard` until it was rebuilt, `compact` since)."""
     runs = _load(results)
     if not runs:
-        return [], None
-    return [(r["N"], r["ratio_tokens_per_s"]) for r in runs[0]["figures"] if r.get("ratio_tokens_per_s")], runs[0]
+        return [], None, ""
+    other = runs[0]["config"]["presets"][1]
+    model = next((r[other]["config"] for r in runs[0]["figures"] if "config" in r[other]), None)
+    return ([(r["N"], r["ratio_tokens_per_s"]) for r in runs[0]["figures"] if r.get("ratio_tokens_per_s")], runs[0],
+            label(other, model=model, overrides=runs[0]["config"].get("overrides")))
+
+
+def _verify_params(row: dict) -> int:
+    """The parameter count of a `muse verify` full-model row (older rows record only the bytes)."""
+    step = row["train"]
+    return row.get("actual_params") or step["parameters"] // (2 if step["precision"] == "bf16-pure" else 4)
 
 
 # Presets in the order a reader meets them; any others follow alphabetically.
-PRESET_ORDER = ("tiny", "baseline", "standard", "hybrid", "ultra", "extreme", "ultimate", "large", "large-standard",
+PRESET_ORDER = ("tiny", "baseline", "standard", "compact", "ultra", "extreme", "ultimate", "large", "large-standard",
                 "xlarge", "xlarge-standard", "phase8-max", "phase8-max-tt", "xxl-100b", "gpt2-124m", "distilgpt2")
 
 
 def _own_recipe_peaks() -> tuple[dict[str, int], dict | None]:
     """{preset: full-step peak bytes} from `muse verify`'s full-model rows that ran a preset as it
     ships (its own precision, optimizer and checkpointing, read from configs/), and that run."""
-    from muse.config import ConfigError, load_config
+    from muse.config import load_config
 
     src = _verify_sources().get("full_model")
     if src is None:
         return {}, None
     out = {}
     for r in src[1]["full_model"]:
-        try:
-            cfg = load_config(r["preset"])
-        except ConfigError:  # a preset since removed
+        name = current_name(r["preset"], params=_verify_params(r))  # the preset it measured, named as today
+        if name is None:  # a config no preset ships any more
             continue
+        cfg = load_config(name)
         t = r["train"]
         if (t["precision"], t["optimizer"], t["checkpointing"]) == (
                 cfg.train.precision, cfg.train.optimizer, cfg.model.checkpointing):
-            out.setdefault(r["preset"], t["peak"])
+            out.setdefault(name, t["peak"])
     return out, src[1]
 
 
@@ -97,9 +108,10 @@ def _budget_cells(actual: dict[str, int]) -> tuple[dict[str, list[str]], dict | 
         return {}, None
     cells: dict[str, list[str]] = {}
     for r in src[1]["budget_8gib"]:
-        if actual.get(r["preset"]) == r["actual_params"]:
+        name = current_name(r["preset"], params=r["actual_params"])
+        if name is not None and actual.get(name) == r["actual_params"]:
             with_opt = "" if r["optimizer"] == "adamw8bit" else f" with `{r['optimizer']}`"
-            cells.setdefault(r["preset"], []).append(f"{_bytes(r['peak'])} {r['status']}²{with_opt}")
+            cells.setdefault(name, []).append(f"{_bytes(r['peak'])} {r['status']}²{with_opt}")
     return cells, src[1]
 
 
@@ -122,7 +134,8 @@ def presets_table() -> str:
         peak = ([f"{_bytes(own[n])}¹"] if n in own else []) + budget.get(n, [])
         q = quality_rows.get(n)
         lines.append(
-            f"| `{n}` | {m['vocab_size']:,} · {m['d_model']} · {m['n_layers']} | {m['mixer']['kind']} · "
+            f"| `{n}` | {m['vocab_size']:,} · {m['d_model']} · {m['n_layers']} | {m['mixer']['kind']}"
+            + (f" + attention at {m['attention_layers']}" if m.get("attention_layers") else "") + " · "
             f"{m['embedding']['kind']} · {m['ffn']['kind']} · {m['head']['kind']} | {_human(r['actual_params'])} "
             f"({_human(r['dense_equivalent_params'])}) | {'; '.join(peak) or '–'} "
             f"| {format(q['test']['perplexity'], '.2f') if q else '–'} "
@@ -150,7 +163,8 @@ def headline() -> str:
         parts.append(text)
     src = _verify_sources()
     if "full_model" in src:
-        rows = {r["label"]: r["train"] for r in src["full_model"][1]["full_model"]}
+        rows = {r["label"]: r["train"] for r in src["full_model"][1]["full_model"]
+                if is_current(r["preset"], params=_verify_params(r))}
         if {"baseline fp32", "standard"} <= rows.keys():
             base, std = rows["baseline fp32"]["peak"], rows["standard"]["peak"]
             text = (f"**Memory.** A full `standard` training step (B=2, N=512, with its pure-bf16, 8-bit AdamW and "
@@ -158,16 +172,17 @@ def headline() -> str:
                     f"`baseline`'s {_bytes(base)}")
             if "budget_8gib" in src:
                 same = {r["preset"]: r["peak"] for r in src["budget_8gib"][1]["budget_8gib"]
-                        if r["preset"] in ("baseline", "standard") and r["status"] == "PASS"}
+                        if r["preset"] in ("baseline", "standard") and r["status"] == "PASS"
+                        and is_current(r["preset"], params=r["actual_params"])}
                 if len(same) == 2:
                     text += (f"; with that recipe for both (B=1), the dense model peaks at {_bytes(same['baseline'])} "
                              f"and `standard` at {_bytes(same['standard'])} "
                              f"(×{same['standard'] / same['baseline']:.2f})")
             parts.append(text + ".")
-    graph, g = _throughput_ratios("train_throughput-compile-default-cudagraph-gpu.json")
+    graph, g, other = _throughput_ratios("train_throughput-compile-default-cudagraph-gpu.json")
     span = lambda rs: f"{min(x for _, x in rs):.2f}–{max(x for _, x in rs):.2f}×"  # noqa: E731
     if graph:
-        text = (f"**Speed.** Compiled, with the training step captured as one CUDA graph, `standard` trains at "
+        text = (f"**Speed.** Compiled, with the training step captured as one CUDA graph, {other} trains at "
                 f"{graph[0][1]:.2f}× `baseline`'s tokens/s at N = {graph[0][0]:,} and {graph[-1][1]:.2f}× at "
                 f"N = {graph[-1][0]:,}")
         for results, how in (
@@ -175,14 +190,14 @@ def headline() -> str:
                  "eager with the step captured (`train.cuda_graph`, on by default on one CUDA device)"),
                 ("train_throughput-gpu.json",
                  "eager and uncaptured (`train.cuda_graph false`), bound by kernel launches on the host")):
-            ratios, _ = _throughput_ratios(results)
-            if ratios:
+            ratios, _, name = _throughput_ratios(results)
+            if ratios and name == other:
                 text += f"; {how}, at {span(ratios)}"
         parts.append(text + f" ({g['device']}).")
     dec = _newest("decode-gpu.json")
     if dec:
         rows = {r["preset"]: r for r in dec["figures"] if "decode" in r}
-        steps = [f"`{n}` {r['decode']['captured']['step_ms']:.2f} ms" for n, r in rows.items()
+        steps = [f"{label(n, model=r.get('config'))} {r['decode']['captured']['step_ms']:.2f} ms" for n, r in rows.items()
                  if r["decode"].get("captured")]
         longest = max((p for r in rows.values() for p in r.get("prefill", []) if "speedup" in p),
                       key=lambda p: p["N"], default=None)
@@ -231,7 +246,9 @@ def memory_table() -> str:
 
     def full(r):
         t, f = r["train"], r["fwdbwd"]
-        return (f"| {r['label']} | {t['precision']} | {t['optimizer']} | {'yes' if t['checkpointing'] else 'no'} "
+        shown = label(r["preset"], params=_verify_params(r))
+        name = r["label"] if shown == f"`{r['preset']}`" else r["label"].replace(r["preset"], shown, 1)
+        return (f"| {name} | {t['precision']} | {t['optimizer']} | {'yes' if t['checkpointing'] else 'no'} "
                 f"| {from_bytes(f['peak'])} | {from_bytes(t['peak'])} | {100 * (1 - r['train_reduction']):.1f} % |")
 
     table("full_model", "model (V=10 000, d=512, L=6, B=2, N=512)",
@@ -314,18 +331,18 @@ def claims_table() -> str:
     rel = {n: q[n]["test"]["perplexity"] / q["baseline"]["test"]["perplexity"] for n in ("standard", "ultra")
            if both and n in q}
     add("Quality cost", '"1–2 %" (never measured)', both and "; ".join(
-        f"`{n}` vs `baseline`: test perplexity ×{x:.2f} (+{100 * (x - 1):.0f} %)" for n, x in rel.items())
+        f"`{n}` vs `baseline`: test perplexity ×{x:.2f} ({100 * (x - 1):+.0f} %)" for n, x in rel.items())
         + " at equal training tokens", how)
     speed = [f"×{q['standard']['tokens_per_s_median'] / q['baseline']['tokens_per_s_median']:.2f} tokens/s at N=512 "
              "(the WikiText-2 runs)"] if both else []
-    for name, how in (("train_throughput-compile-default-cudagraph-gpu.json", "compiled + captured"),
-                      ("train_throughput-gpu.json", "eager")):
-        ratios, _ = _throughput_ratios(name)
+    for name, mode in (("train_throughput-compile-default-cudagraph-gpu.json", "compiled + captured"),
+                       ("train_throughput-gpu.json", "eager")):
+        ratios, _, other = _throughput_ratios(name)
         if ratios:
-            speed.append(f"×{min(x for _, x in ratios):.2f}–{max(x for _, x in ratios):.2f} {how} at "
-                         f"N={ratios[0][0]:,}–{ratios[-1][0]:,}")
+            speed.append(f"×{min(x for _, x in ratios):.2f}–{max(x for _, x in ratios):.2f} {mode} at "
+                         f"N={ratios[0][0]:,}–{ratios[-1][0]:,} ({other} / `baseline`)")
     add("Speed cost", "training 2–3× slower, inference 1.5–2× slower",
-        speed and "training (`standard` / `baseline`): " + "; ".join(speed) + "; inference: not measured yet",
+        speed and "training: " + "; ".join(speed) + "; inference: not measured yet",
         f"{how}, `benchmarks/train_throughput.py`")
     budget = src.get("budget_8gib", (None, {"budget_8gib": []}))[1]["budget_8gib"]
 

@@ -1,9 +1,12 @@
 """Markdown tables of the speed benchmarks (`mixers.py`, `train_throughput.py`, `lowrank_ffn.py`),
 shared by those scripts (the .md beside each JSON) and `readme_tables.py` (README and docs/), so
-both print the same table from the same results. No torch import.
+both print the same table from the same results. Presets are named as they ship today
+(`provenance.label`).
 """
 
 from __future__ import annotations
+
+from provenance import label
 
 
 def short_sha(res: dict) -> str:
@@ -122,13 +125,13 @@ def _paths_note(figures: list[dict], presets) -> str:
     """"Kernels run: ..." from the per-preset ``paths`` the benchmark recorded (absent in older
     results): what each MUSE op resolved to, merged over the rows."""
     parts = []
-    for name in presets:
+    for name, shown in presets:
         found: dict[str, set] = {}
         for r in figures:
             for op, impls in (r[name].get("paths") or {}).items():
                 found.setdefault(op, set()).update(impls)
         if found:
-            parts.append(f"`{name}` " + ", ".join(f"{op} {'/'.join(sorted(v))}" for op, v in sorted(found.items())))
+            parts.append(f"{shown} " + ", ".join(f"{op} {'/'.join(sorted(v))}" for op, v in sorted(found.items())))
     return f"Kernels run: {'; '.join(parts)}. " if parts else ""
 
 
@@ -136,9 +139,11 @@ def throughput_markdown(res: dict) -> str:
     """The `benchmarks/train_throughput.py` table (also written beside its JSON as .md)."""
     c = res["config"]
     a, b = c["presets"]
+    na, nb = (label(p, model=next((r[p]["config"] for r in res["figures"] if "config" in r[p]), None),
+                    overrides=c.get("overrides")) for p in (a, b))
     lines = [
-        f"| N | B | `{a}` tokens/s | `{b}` tokens/s | `{b}` / `{a}` | `{a}` step ms | `{b}` step ms "
-        f"| `{a}` peak | `{b}` peak | memory `{b}` / `{a}` |",
+        f"| N | B | {na} tokens/s | {nb} tokens/s | {nb} / {na} | {na} step ms | {nb} step ms "
+        f"| {na} peak | {nb} peak | memory {nb} / {na} |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     errors = []
@@ -151,7 +156,7 @@ def throughput_markdown(res: dict) -> str:
         ratio = _ratio(r["ratio_tokens_per_s"]) + (f" ({spread[0]:.2f}–{spread[1]:.2f})" if spread else "")
         lines.append(f"| {r['N']:,} | {r['B']} | {tps(x)} | {tps(y)} | {ratio} "
                      f"| {ms(x)} | {ms(y)} | {mib(x)} | {mib(y)} | {_ratio(r['ratio_peak_memory'])} |")
-        errors += [f"N={r['N']:,} `{n}`: {r[n]['error']}" for n in (a, b) if r[n].get("error")]
+        errors += [f"N={r['N']:,} {m}: {r[n]['error']}" for n, m in ((a, na), (b, nb)) if r[n].get("error")]
     lines.append("")
     lines.append(
         f"Full training steps (forward, backward, {c['optimizer']} step), {c['precision']}, checkpointing "
@@ -168,7 +173,7 @@ def throughput_markdown(res: dict) -> str:
            "timed steps")
         + f". Scan: `impl=\"{c['impl']}\"`. "
         + "".join(f"`{k}: {v}`. " for k, v in (c.get("overrides") or {}).items())
-        + _paths_note(res["figures"], (a, b))
+        + _paths_note(res["figures"], ((a, na), (b, nb)))
         + f"{res['device']}, torch {res['torch']}, commit `{short_sha(res)}`, {res['date'][:10]} "
         f"(`benchmarks/train_throughput.py`)."
     )

@@ -91,7 +91,7 @@ def run_one(preset: str, N: int, B: int, args, device: torch.device) -> dict:
     out = {
         "tokens_per_s": tps, "step_ms": 1e3 * B * N / tps if tps else None,
         "peak_mib": r["peak"] / 2**20 if r.get("peak") is not None else None,
-        "timed_steps": r.get("timed_steps"), "mixer": cfg.model.mixer.kind,
+        "timed_steps": r.get("timed_steps"), "mixer": cfg.model.mixer_layout,
         "parameter_bytes": r.get("parameters"), "config": to_dict(cfg.model),
         "paths": r.get("paths"),  # the implementation each MUSE op ran ("auto" resolved)
     }

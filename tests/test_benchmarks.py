@@ -35,7 +35,7 @@ def throughput_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("throughput")
     rc = _script("train_throughput").main([
         "--seqs", "32", "64", "--tokens", "64", "--impl", "chunked", "--precision", "fp32", "--warmup-steps", "1",
-        "--steps", "2", "--set", "model.d_model=64", "--set", "model.n_layers=1", "--set", "model.n_heads=4",
+        "--steps", "2", "--set", "model.d_model=64", "--set", "model.n_layers=2", "--set", "model.n_heads=4",
         "--set", "model.vocab_size=256", "--out", str(out)])
     assert rc == 0
     return out
@@ -103,16 +103,16 @@ def test_throughput_json(throughput_result):
     assert res["config"]["compile"] is None
     for r, (n, b) in zip(res["figures"], [(32, 2), (64, 1)]):
         assert (r["N"], r["B"]) == (n, b)
-        assert r["baseline"]["mixer"] == "attention" and r["standard"]["mixer"] == "semiseparable"
+        assert r["baseline"]["mixer"] == "attention" and r["standard"]["mixer"] == "semiseparable + attention at [1]"
         for p in ("baseline", "standard"):
             assert "error" not in r[p] and r[p]["tokens_per_s"] > 0 and r[p]["step_ms"] > 0
             assert r[p]["config"]["max_seq_len"] == n and r[p]["config"]["d_model"] == 64
         assert r["ratio_tokens_per_s"] > 0 and "ratio_peak_memory" in r
         # which implementation each op ran, "auto" resolved (CPU: the torch paths)
         assert r["baseline"]["paths"] == {"linear_cross_entropy": ["chunked"]}
-        assert r["standard"]["paths"] == {
+        assert r["standard"]["paths"] == {  # a dense embedding: no TT gather
             "gate_inputs": ["naive"], "linear_cross_entropy": ["chunked"], "lowrank_mlp": ["torch"],
-            "rms_norm": ["naive"], "semiseparable": ["chunked"], "tt_gather": ["torch"]}
+            "rms_norm": ["naive"], "semiseparable": ["chunked"]}
     md = (throughput_result / "train_throughput-cpu.md").read_text()
     assert md.startswith("| N | B |")
     assert "Kernels run: `baseline` linear_cross_entropy chunked; `standard` gate_inputs naive, " in md
@@ -218,7 +218,7 @@ def test_decode_benchmark_on_cpu(tmp_path):
     """CPU run at tiny sizes: eager decode only (the captured step is a GPU figure), a prompt
     longer than baseline's position table skipped, JSON + table under the -cpu name."""
     rc = _script("decode").main([
-        "--set", "model.d_model=32", "--set", "model.n_layers=1", "--set", "model.n_heads=2",
+        "--set", "model.d_model=32", "--set", "model.n_layers=2", "--set", "model.n_heads=2",
         "--set", "model.vocab_size=128", "--set", "model.max_seq_len=40", "--prompt-lens", "24", "50",
         "--prefill-chunk", "16", "--prefill-repeats", "1", "--decode-prompt", "5", "--decode-warmup", "1",
         "--decode-tokens", "4", "--dtype", "fp32", "--out", str(tmp_path)])
@@ -226,21 +226,22 @@ def test_decode_benchmark_on_cpu(tmp_path):
     res = json.loads((tmp_path / "decode-cpu.json").read_text())
     assert res["benchmark"] == "decode" and ENV_KEYS <= res.keys() and res["device_type"] == "cpu"
     assert "random" in res["config"]["weights"] and res["config"]["batch"] == 1
-    base, std = res["figures"]
-    assert (base["preset"], base["mixer"], std["preset"], std["mixer"]) == \
-        ("baseline", "attention", "standard", "semiseparable")
-    for r in (base, std):
+    base, std, com = res["figures"]
+    assert [(r["preset"], r["mixer"]) for r in res["figures"]] == [
+        ("baseline", "attention"), ("standard", "semiseparable + attention at [1]"), ("compact", "semiseparable")]
+    for r in (base, std, com):
         d = r["decode"]
         assert "captured" not in d and d["eager"]["step_ms"] > 0 and d["eager"]["generate_ms_per_token"] > 0
         assert d["eager"]["generate_cuda_graph"] is False
-    assert base["prefill"][1] == {"N": 50, "skipped": "longer than model.max_seq_len=40"}
-    for p in (base["prefill"][0], *std["prefill"]):
+    for r in (base, std):  # an attention layer's KV cache is sized by max_seq_len
+        assert r["prefill"][1] == {"N": 50, "skipped": "longer than model.max_seq_len=40"}
+    for p in (base["prefill"][0], std["prefill"][0], *com["prefill"]):
         assert p["parallel_tokens_per_s"] > 0 and p["stepwise_tokens_per_s"] > 0 and p["stepwise_path"] == "eager"
         assert p["max_abs_diff"] < 1e-4  # fp32: parallel and stepwise last logits agree
-    assert [p["N"] for p in std["prefill"]] == [24, 50]
-    assert std["prefill"][0]["paths"]["semiseparable"] == ["chunked"]
+    assert [p["N"] for p in com["prefill"]] == [24, 50]
+    assert std["prefill"][0]["paths"]["semiseparable"] == com["prefill"][0]["paths"]["semiseparable"] == ["chunked"]
     md = (tmp_path / "decode-cpu.md").read_text()
-    assert "| `standard` | 50 |" in md and "longer than model.max_seq_len=40" in md
+    assert "| `compact` | 50 |" in md and "longer than model.max_seq_len=40" in md
 
 
 def test_decode_memory_benchmark_on_cpu(tmp_path):
@@ -248,21 +249,23 @@ def test_decode_memory_benchmark_on_cpu(tmp_path):
     holographic states do not; JSON + table under the -cpu name (no decode peak off CUDA)."""
     rc = _script("decode_memory").main([
         "--contexts", "16", "64", "--tokens", "3", "--warmup", "1", "--dtype", "fp32", "--prefill-chunk", "16",
-        "--set", "model.d_model=32", "--set", "model.n_layers=1", "--set", "model.n_heads=2",
+        "--set", "model.d_model=32", "--set", "model.n_layers=2", "--set", "model.n_heads=2",
         "--set", "model.vocab_size=128", "--set", "model.mixer.holographic.hcm_dim=30", "--out", str(tmp_path)])
     assert rc == 0
     res = json.loads((tmp_path / "decode_memory-cpu.json").read_text())
     assert res["benchmark"] == "decode_memory" and ENV_KEYS <= res.keys() and res["config"]["contexts"] == [16, 64]
     rows = {p["preset"]: p for p in res["figures"]}
-    assert [rows[n]["mixer"] for n in ("baseline", "standard", "hamt-100m")] == ["attention", "semiseparable",
-                                                                                 "holographic"]
+    assert [rows[n]["mixer"] for n in ("baseline", "standard", "compact", "hamt-100m")] == [
+        "attention", "semiseparable + attention at [1]", "semiseparable", "holographic"]
     kv = [r["state_mib"] for r in rows["baseline"]["contexts"]]
     assert kv[1] / kv[0] == pytest.approx((64 + 5) / (16 + 5))  # the cache holds max_seq_len = L + 4 + 1 positions
-    for name in ("standard", "hamt-100m"):
+    # standard's one attention layer of two: half of baseline's cache growth
+    assert rows["standard"]["peak_spread"]["value"] > 0
+    for name in ("compact", "hamt-100m"):
         assert rows[name]["peak_spread"] == {"of": "state_mib", "value": 0.0}
         assert all(r["step_ms"] > 0 and r["decode_peak_mib"] is None for r in rows[name]["contexts"])
     # hamt: one (S, 2F) fp32 memory per layer, S = 16 slots, F = 30 // 2 + 1
-    assert rows["hamt-100m"]["contexts"][0]["state_mib"] * 2**20 == 16 * 32 * 4
+    assert rows["hamt-100m"]["contexts"][0]["state_mib"] * 2**20 == 2 * 16 * 32 * 4  # two layers
     assert rows["hamt-100m"]["contexts"][0]["paths"]["holographic"] == ["chunked"]
     md = (tmp_path / "decode_memory-cpu.md").read_text()
     assert "| `hamt-100m` | holographic | 64 |" in md and "`hamt-100m` 0.0 %" in md

@@ -59,9 +59,9 @@ def test_grid_errors(item, needle):
 
 
 def test_one_at_a_time_swaps_each_differing_component():
-    specs = one_at_a_time(parse_spec("standard"), parse_spec("baseline"))
+    specs = one_at_a_time(parse_spec("compact"), parse_spec("baseline"))
     labels = [s.label for s in specs]
-    assert labels[:2] == ["standard", "baseline"]
+    assert labels[:2] == ["compact", "baseline"]
     swapped = {lab.split("'s ")[-1]: s for lab, s in zip(labels[2:], specs[2:])}
     assert set(swapped) == {"embedding", "mixer", "ffn", "head", "memory features"}  # the norms agree
     mixer = swapped["mixer"].overrides
@@ -72,10 +72,21 @@ def test_one_at_a_time_swaps_each_differing_component():
     # every variant is a valid config
     runs = resolve(specs, Recipe({"train.max_tokens": 1000, "train.max_steps": 0}, seq_lens=(512,), lrs=(1e-3,)))
     assert [r.config.model.embedding.kind for r in runs[2:]] == ["dense", "tt", "tt", "tt", "tt"]
-    # memory features set for every model are no component to swap (it would retrain standard)
+    # memory features set for every model are no component to swap (it would retrain compact)
     same = {"train.precision": "bf16", "train.optimizer": "adamw", "model.checkpointing": False}
-    assert "memory features" not in " ".join(s.label for s in one_at_a_time(parse_spec("standard"),
+    assert "memory features" not in " ".join(s.label for s in one_at_a_time(parse_spec("compact"),
                                                                               parse_spec("baseline"), same))
+
+
+def test_one_at_a_time_from_a_hybrid_swaps_its_attention_layers_with_the_mixer():
+    """`standard` has one attention layer among semiseparable ones: taking baseline's mixer takes
+    baseline's (empty) attention_layers with it, or the variant would be an invalid config."""
+    specs = one_at_a_time(parse_spec("standard"), parse_spec("baseline"))
+    mixer = next(s for s in specs if s.label.endswith("'s mixer"))
+    assert mixer.overrides["model.attention_layers"] == []
+    runs = resolve(specs, Recipe({"train.max_tokens": 1000, "train.max_steps": 0}, seq_lens=(512,), lrs=(1e-3,)))
+    assert {r.config.model.mixer_kind(5) for r in runs} == {"attention"}  # layer 5: attention in every variant
+    assert {r.config.model.mixer_kind(0) for r in runs} == {"semiseparable", "attention"}
 
 
 def test_resolve_refuses_recipe_overrides_and_disagreeing_configs():
@@ -250,6 +261,7 @@ def test_memory_only_measures_each_model_once_and_trains_nothing(corpus, tmp_pat
         assert r["peak_memory_method"] == "estimate" and r["peak_memory_mib"] > 0  # no CUDA here: labelled
         assert r["batch_size"] == 8 and r["seq_len"] == 32 and r["device"].startswith("cpu") and r["git_sha"]
         assert r["peak_memory_cublas_workspace"]  # part of the peak: recorded with it
+    assert rows[big.replace("model.", "")]["config"]["model"]["d_model"] == 64  # what ran, beside its label
     assert rows[big.replace("model.", "")]["peak_memory_mib"] > rows[TINY.replace("model.", "")]["peak_memory_mib"]
     table = [line.split()[0] for line in printed.splitlines() if line.startswith("tiny")]
     assert table == [TINY.replace("model.", ""), big.replace("model.", "")]  # smallest peak first
@@ -376,7 +388,7 @@ def test_rows_survive_new_config_fields_but_not_changed_values():
     from muse.compare.spec import same_run
     from muse.config import load_config, to_dict
 
-    cfg = load_config("standard", {"train.max_tokens": 1000})
+    cfg = load_config("compact", {"train.max_tokens": 1000})
     saved = to_dict(cfg)
     assert same_run(saved, cfg)
     del saved["model"]["attention_layers"], saved["model"]["mixer"]["holographic"]  # fields added later

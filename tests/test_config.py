@@ -146,7 +146,7 @@ def test_missing_file(tmp_path):
 
 def test_presets_present():
     expected = {
-        "tiny", "baseline", "standard", "ultra", "extreme", "ultimate", "large", "large-standard", "xlarge",
+        "tiny", "baseline", "standard", "compact", "ultra", "extreme", "ultimate", "large", "large-standard", "xlarge",
         "xlarge-standard", "phase8-max", "phase8-max-tt", "xxl-100b", "gpt2-124m", "distilgpt2", "hamt-small",
         "hamt-100m",
     }

@@ -53,7 +53,7 @@ def test_config_refuses_what_gpt2_cannot_express():
     with pytest.raises(ConfigError, match="model.kind must be one of muse, hf-gpt2; got 'gpt2'"):
         small(**{"model.kind": "gpt2"})
     with pytest.raises(ConfigError) as e:
-        small("standard", **{"model.kind": "hf-gpt2"})  # TT embedding, semiseparable mixer, low-rank FFN/head
+        small("compact", **{"model.kind": "hf-gpt2"})  # TT embedding, semiseparable mixer, low-rank FFN/head
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("model.kind hf-gpt2")
     for field in ("embedding.kind 'tt'", "mixer.kind 'semiseparable'", "ffn.kind 'lowrank'", "head.kind 'lowrank'"):

@@ -171,13 +171,14 @@ def test_attention_layers_make_a_hybrid():
     model = build_model(small("standard", **{"model.n_layers": 3, "model.attention_layers": [0, 2]}))
     assert [type(b.mixer) for b in model.blocks] == [AttentionMixer, SemiseparableMixer, AttentionMixer]
     assert model.max_context == 40  # a KV cache is sized by model.max_seq_len
-    assert build_model(small("standard")).max_context is None
+    assert build_model(small("compact")).max_context is None  # all semiseparable: no KV cache
 
 
 @pytest.mark.parametrize("over, needle", [
-    ({"model.attention_layers": [2]}, r"distinct layer indices in \[0, 2\)"),
+    ({"model.attention_layers": [2]}, r"distinct layer indices in \[-2, 2\)"),
     ({"model.attention_layers": [1, 1]}, "distinct layer indices"),
-    ({"model.attention_layers": [-1]}, "distinct layer indices"),
+    ({"model.attention_layers": [-3]}, r"distinct layer indices in \[-2, 2\)"),
+    ({"model.attention_layers": [1, -1]}, "distinct layer indices"),  # the same block twice
 ])
 def test_attention_layers_are_checked(over, needle):
     with pytest.raises(ConfigError, match=needle):

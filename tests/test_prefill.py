@@ -20,8 +20,8 @@ MODELS = [
     ("tiny", {"model.mixer.semiseparable.band_width": 4, "model.mixer.semiseparable.decay": "fixed"}),
     ("baseline", {}),  # dense GPT-2: learned positions, attention
     ("baseline", {"model.positions": "rope", "model.n_heads": 2}),
-    ("standard", {}),  # semiseparable, no positions, low-rank head
-    ("standard", {"model.attention_layers": [1]}),  # hybrid: attention (no positions) after a semiseparable layer
+    ("compact", {}),  # semiseparable, no positions, low-rank head
+    ("standard", {}),  # hybrid: attention (no positions, tied head) after a semiseparable layer
     ("hamt-small", {"model.attention_layers": [0], "model.positions": "rope"}),  # rope attention, then holographic
 ]
 

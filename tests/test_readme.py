@@ -135,3 +135,39 @@ def test_commands_printed_after_training_are_the_readmes(tmp_path, monkeypatch, 
     readme = {_normalise(line) for line in (ROOT / "README.md").read_text().splitlines()}
     missing = [c for c in printed if _normalise(c) not in readme]
     assert not missing, f"README.md's quickstart must show these commands as `muse train` prints them: {missing}"
+
+
+def test_figures_are_named_by_the_preset_they_measured_today():
+    """A results row names the preset it ran; after a preset is rebuilt (standard's old config is
+    `compact` now) its figures must not be printed under the name's new meaning."""
+    _tables()  # puts benchmarks/ on sys.path
+    import provenance as pv
+
+    from muse.config import load_config, to_dict
+
+    old = to_dict(load_config("compact", {"model.max_seq_len": 2048, "model.mixer.semiseparable.impl": "triton"}))
+    assert pv.label("standard", model=old["model"]) == "`compact` (run as `standard`)"  # length, kernels: not the model
+    assert pv.label("standard", model=to_dict(load_config("standard"))["model"]) == "`standard`"
+    gone = to_dict(load_config("compact", {"model.ffn.rank": 48}))["model"]
+    assert pv.label("standard", model=gone) == "`standard` (an earlier config)"
+    # muse verify's rows record sizes only: the parameter count decides
+    counts = {n: r["actual_params"] for n, r in ((r["name"], r) for r in json.loads(
+        (ROOT / "benchmarks/results/params.json").read_text())["figures"])}
+    assert pv.current_name("standard", params=counts["compact"]) == "compact"
+    assert pv.is_current("standard", params=counts["standard"]) and not pv.is_current("standard", params=1)
+    # decode_memory's older rows record the mixer layout only
+    assert pv.is_current("standard", mixer="semiseparable + attention at [5]")
+    assert pv.current_name("standard", mixer="semiseparable") is None
+
+
+def test_rendered_tables_do_not_print_an_old_config_under_a_new_name():
+    mod = _tables()
+    old = json.loads((ROOT / "benchmarks/results/train_throughput-gpu.json").read_text())
+    if old["figures"][0]["standard"]["config"]["embedding"]["kind"] == "tt":  # measured before the rebuild
+        assert "`compact` (run as `standard`) tokens/s" in mod.throughput_markdown(old)
+    table = mod.presets_table()
+    std = next(line for line in table.splitlines() if line.startswith("| `standard` |"))
+    verify = json.loads((ROOT / "benchmarks/results/verify-cublas-16-8.json").read_text())
+    stale = [r for r in verify["full_model"] if r["preset"] == "standard" and "actual_params" not in r]
+    for r in stale:  # the old standard's measured peak is compact's, not standard's
+        assert f"{r['train']['peak'] / 2**20:,.1f} MiB¹" not in std

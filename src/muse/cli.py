@@ -38,8 +38,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     m = cfg.model
     title = (
         f"{report['name']}: V={m.vocab_size}, d={m.d_model}, L={m.n_layers}, heads={m.n_heads}, N={m.max_seq_len} "
-        f"(mixer {m.mixer.kind}" + (f", attention at layers {m.attention_layers}" if m.attention_layers else "")
-        + f", embedding {m.embedding.kind}, ffn {m.ffn.kind}, head {m.head.kind})"
+        f"(mixer {m.mixer_layout}, embedding {m.embedding.kind}, ffn {m.ffn.kind}, head {m.head.kind})"
         + (" as transformers' GPT2LMHeadModel" if m.kind == "hf-gpt2" else "")
     )
     table = Table(title=title)

@@ -116,8 +116,8 @@ def test_tiny_model_compiles_to_one_graph():
         model(bad, tgt)  # eager: unchanged
 
 
-def test_checkpointed_standard_model_compiles_to_one_graph():
-    """`standard`'s layout (TT embedding, gated semiseparable mixer, low-rank FFN, low-rank head
+def test_checkpointed_compact_model_compiles_to_one_graph():
+    """`compact`'s layout (TT embedding, gated semiseparable mixer, low-rank FFN, low-rank head
     on the fused cross-entropy) with activation checkpointing: one graph. The gate statistics
     are not recorded under compile (a module attribute set inside a checkpointed block would
     break the graph at every block), so stats() reports none rather than a stale figure."""
@@ -128,7 +128,7 @@ def test_checkpointed_standard_model_compiles_to_one_graph():
         "model.mixer.semiseparable.impl": "triton", "model.mixer.semiseparable.chunk_size": 16,
         "model.mixer.semiseparable.max_rank": 8, "model.mixer.semiseparable.min_rank": 2,
     }
-    model, _, counter, _, stats = _compile_model("standard", over)
+    model, _, counter, _, stats = _compile_model("compact", over)
     assert "gate_mean" in stats
     assert {"muse.linear_ce_fwd.default", "muse.semiseparable_fwd.default", "muse.tt_gather_fwd.default"} <= _targets(
         counter.graphs[0]

@@ -16,7 +16,7 @@ from muse.train import step as step_mod
 from muse.train.step import TrainStep, build_training, training_loss
 
 CPU = torch.device("cpu")
-# a `standard` model small enough for float64 on a CPU: TT embedding, semiseparable mixer (whose
+# a `compact` model small enough for float64 on a CPU: TT embedding, semiseparable mixer (whose
 # gates add an auxiliary loss), low-rank FFN and head, activation checkpointing
 SMALL = {"model.d_model": 32, "model.n_layers": 2, "model.n_heads": 2, "model.vocab_size": 97,
          "model.max_seq_len": 16, "train.seq_len": 16, "train.precision": "fp32", "train.lr": 1e-2,
@@ -25,7 +25,7 @@ CLIP = 0.05  # well below the gradient norm (asserted), so clipping changes the 
 
 
 def _small(**over):
-    cfg = load_config("standard", {**SMALL, **over})
+    cfg = load_config("compact", {**SMALL, **over})
     torch.manual_seed(0)
     model, opt = build_training(cfg, CPU)
     model.double()  # in place: the optimizer keeps the same parameters

@@ -87,6 +87,7 @@ def measure_only(runs: list[Run], opts, meta: dict) -> dict:
     ``OUT/memory.json`` and prints the models from the smallest peak up."""
     from muse.compare.report import fmt
     from muse.compare.run import family, measure_memory, run_device, write_json
+    from muse.config import to_dict
     from muse.runtime import environment_info
 
     firsts = {}
@@ -99,7 +100,8 @@ def measure_only(runs: list[Run], opts, meta: dict) -> dict:
         mem = measure_memory(cfg, str(device))
         rows.append({"model": group, "family": family(cfg), "seq_len": run.seq_len, "batch_size": cfg.train.batch_size,
                      "precision": cfg.train.precision, "optimizer": cfg.train.optimizer,
-                     "checkpointing": cfg.model.checkpointing, **environment_info(device), **mem})
+                     "checkpointing": cfg.model.checkpointing, **environment_info(device), **mem,
+                     "config": to_dict(cfg)})  # what was measured, whatever the label means later
         _say(f"[{i}/{len(firsts)}] {group}: full-step peak {fmt(mem['peak_memory_mib'], ',.1f')} MiB "
              f"({mem['peak_memory_method'] or mem['peak_memory_error']})")
     opts.out.mkdir(parents=True, exist_ok=True)

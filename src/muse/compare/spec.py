@@ -36,7 +36,8 @@ VOLATILE_KEYS = ("name", "description", "data.cache_dir", "train.out_dir", "trai
 # the parts one-at-a-time ablation swaps, each with the keys that travel together
 COMPONENTS = {
     "embedding": ("model.embedding",),
-    "mixer": ("model.mixer", "model.positions"),  # attention brings its positions, an O(N) mixer drops them
+    # attention brings its positions, an O(N) mixer drops them; a hybrid's attention layers go with the mixer
+    "mixer": ("model.mixer", "model.positions", "model.attention_layers"),
     "ffn": ("model.ffn",),
     "head": ("model.head",),
     "norm": ("model.norm",),

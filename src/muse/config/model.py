@@ -288,7 +288,9 @@ class ModelConfig:
     # dense N(0, init_std²) matrix: the top of a dense init's spectrum, orthogonal factors)
     factor_init: str = "gaussian"
     # hybrid models: these layers (0-based) use attention whatever mixer.kind says, the way the
-    # H3 / Mamba-2 hybrids put a few attention layers among O(N) ones ([] : none)
+    # H3 / Mamba-2 hybrids put a few attention layers among O(N) ones ([] : none). A negative index
+    # counts from the last (-1: the last block), so a preset's layout survives an n_layers override;
+    # it is stored resolved ([-1] with 6 layers is [5]).
     attention_layers: list[int] = field(default_factory=list)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     mixer: MixerConfig = field(default_factory=MixerConfig)
@@ -318,10 +320,13 @@ class ModelConfig:
             if self.mixer.kind == "attention":
                 raise ConfigError("model.attention_layers applies only when mixer.kind is not attention (every layer "
                                   "already is); set it to [] or choose another mixer.kind")
-            bad = [i for i in self.attention_layers if not 0 <= i < self.n_layers]
-            if bad or len(set(self.attention_layers)) != len(self.attention_layers):
-                raise ConfigError(f"model.attention_layers must be distinct layer indices in [0, {self.n_layers}) "
-                                  f"(model.n_layers {self.n_layers}); got {self.attention_layers!r}")
+            n = self.n_layers
+            bad = [i for i in self.attention_layers if isinstance(i, bool) or not -n <= i < n]
+            resolved = [i % n for i in self.attention_layers]
+            if bad or len(set(resolved)) != len(resolved):
+                raise ConfigError(f"model.attention_layers must be distinct layer indices in [-{n}, {n}) (negative: "
+                                  f"counted from the last; model.n_layers {n}); got {self.attention_layers!r}")
+            self.attention_layers = resolved
         if self.head.loss_impl == "fused" and (
             self.head.kind == "tt" or (self.head.kind == "tied" and self.embedding.kind != "dense")
         ):
@@ -339,6 +344,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def mixer_layout(self) -> str:
+        """The mixers in a few words: the kind, and a hybrid's attention layers."""
+        return self.mixer.kind + (f" + attention at {self.attention_layers}" if self.attention_layers else "")
 
     def mixer_kind(self, layer_idx: int) -> str:
         """The mixer of block ``layer_idx``: attention where ``attention_layers`` says so."""

@@ -31,6 +31,7 @@ from torch import nn
 from muse.config import load_config
 from muse.layers.embedding import TTEmbedding
 from muse.memory.budget import fmt_bytes
+from muse.memory.params import param_report
 from muse.memory.profile import StepPlan, estimate, measure, tensor_bytes, workspace_bytes
 
 TT_SHAPES = [(10_000, 512), (50_000, 1024)]
@@ -46,7 +47,7 @@ FULL_MODEL = [
     ("baseline pure bf16 + checkpointing", "baseline", {}, dict(precision="bf16-pure", optimizer="adamw",
                                                                 checkpointing=True)),
     ("standard", "standard", {}, {}),
-    ("hybrid", "hybrid", {}, {}),
+    ("compact", "compact", {}, {}),
     ("ultra", "ultra", {}, {}),
     ("extreme", "extreme", {}, {}),
 ]
@@ -147,7 +148,7 @@ def full_model(device: torch.device | None, B: int = 2, N: int = 512, cublas: st
     rows, ref = [], {}
     for label, preset, over, fields in FULL_MODEL:
         cfg = _load(preset, over, cublas)
-        row = {"label": label, "preset": preset}
+        row = {"label": label, "preset": preset, "actual_params": param_report(cfg)["actual_params"]}
         for mode in ("fwdbwd", "train"):
             plan = _plan(cfg, fields, mode, B, N)
             t0 = time.perf_counter()
@@ -178,8 +179,6 @@ def budget_check(device: torch.device | None, B: int = 1, N: int = 512, cublas: 
             r["budget"] = BUDGET
             r["status"] = "PASS (estimate)" if r["peak"] <= BUDGET else "FAIL (estimate)"
         _progress(4, f"{shape} {variant}", r, t0)
-        from muse.memory.params import param_report
-
         rows.append({"shape": shape, "variant": variant, "preset": preset,
                      "actual_params": param_report(cfg)["actual_params"], **r})
     return rows
