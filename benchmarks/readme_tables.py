@@ -179,41 +179,47 @@ def headline() -> str:
                              f"and `standard` at {_bytes(same['standard'])} "
                              f"(×{same['standard'] / same['baseline']:.2f})")
             parts.append(text + ".")
-    graph, g, other = _throughput_ratios("train_throughput-compile-default-cudagraph-gpu.json")
-    span = lambda rs: f"{min(x for _, x in rs):.2f}–{max(x for _, x in rs):.2f}×"  # noqa: E731
-    if graph:
-        text = (f"**Speed.** Compiled, with the training step captured as one CUDA graph, {other} trains at "
-                f"{graph[0][1]:.2f}× `baseline`'s tokens/s at N = {graph[0][0]:,} and {graph[-1][1]:.2f}× at "
-                f"N = {graph[-1][0]:,}")
-        for results, how in (
-                ("train_throughput-cudagraph-gpu.json",
-                 "eager with the step captured (`train.cuda_graph`, on by default on one CUDA device)"),
-                ("train_throughput-gpu.json",
-                 "eager and uncaptured (`train.cuda_graph false`), bound by kernel launches on the host")):
-            ratios, _, name = _throughput_ratios(results)
-            if ratios and name == other:
-                text += f"; {how}, at {span(ratios)}"
-        parts.append(text + f" ({g['device']}).")
+    speed = []
+    for results, how in SPEED_RUNS:
+        ratios, run, other = _throughput_ratios(results)
+        if ratios:
+            speed.append(f"{how}, {other} at {ratios[0][1]:.2f}× at N = {ratios[0][0]:,}"
+                         + (f" and {ratios[-1][1]:.2f}× at N = {ratios[-1][0]:,}" if len(ratios) > 1 else "")
+                         + f" ({run['device']}, commit `{short_sha(run)}`)")
+    if speed:
+        parts.append("**Speed.** Training tokens/s against `baseline`'s: " + "; ".join(speed) + ".")
     dec = _newest("decode-gpu.json")
     if dec:
         rows = {r["preset"]: r for r in dec["figures"] if "decode" in r}
         steps = [f"{label(n, model=r.get('config'))} {r['decode']['captured']['step_ms']:.2f} ms" for n, r in rows.items()
                  if r["decode"].get("captured")]
-        longest = max((p for r in rows.values() for p in r.get("prefill", []) if "speedup" in p),
-                      key=lambda p: p["N"], default=None)
+        longest = max(((n, p) for n, r in rows.items() for p in r.get("prefill", []) if "speedup" in p),
+                      key=lambda x: x[1]["N"], default=None)
         if steps:
             text = f"**Generation.** One decoding step (B=1, bf16, captured as a CUDA graph): {', '.join(steps)}"
             if longest:
-                text += (f"; a {longest['N']:,}-token prompt is read in one parallel pass at "
-                         f"{longest['parallel_tokens_per_s']:,.0f} tokens/s, {longest['speedup']:.0f}× feeding it "
-                         f"token by token")
+                n, p = longest
+                text += (f"; {label(n, model=rows[n].get('config'))} reads a {p['N']:,}-token prompt in one parallel "
+                         f"pass at {p['parallel_tokens_per_s']:,.0f} tokens/s, {p['speedup']:.0f}× feeding it token "
+                         f"by token")
             parts.append(text + f" ({dec['device']}).")
     return "\n\n".join(parts) if parts else "_No results recorded yet._"
 
 
+# The headline's training-speed runs (train_throughput.py results, `baseline` against another
+# preset): the current `standard`'s first, then older runs under the names their presets have now.
+SPEED_RUNS = (
+    ("train_throughput-cudagraph-h200.json",
+     "eager with the step captured as one CUDA graph (`train.cuda_graph`, on by default on one CUDA device)"),
+    ("train_throughput-compile-default-cudagraph-gpu.json", "compiled and captured"),
+    ("train_throughput-cudagraph-gpu.json", "eager and captured"),
+    ("train_throughput-gpu.json", "eager and uncaptured (`train.cuda_graph false`), bound by kernel launches on the host"),
+)
+
+
 # The memory table's sources, newest first: each section comes from the first run holding it.
 # A partial run (`run_verify(sections=...)`) re-measures some sections without the hour-long rest.
-VERIFY_RUNS = ("verify-cublas-16-8.json", "verify.json")
+VERIFY_RUNS = ("verify-b2-cublas-16-8-h200.json", "verify-cublas-16-8.json", "verify.json")
 
 
 def _verify_sources() -> dict[str, tuple[str, dict]]:
@@ -482,6 +488,7 @@ TABLES = {"presets-table": presets_table, "headline": headline, "claims-table": 
           "throughput-compiled-table": _throughput("train_throughput-compile-reduce-overhead-gpu.json"),
           "throughput-graph-table": _throughput("train_throughput-compile-default-cudagraph-gpu.json"),
           "throughput-eager-graph-table": _throughput("train_throughput-cudagraph-gpu.json"),
+          "throughput-standard-graph-table": _throughput("train_throughput-cudagraph-h200.json"),
           "throughput-graph-repeats-table": _throughput("train_throughput-compile-default-cudagraph-x3-gpu.json"),
           "lowrank-ffn-table": lowrank_ffn_table, "decode-table": decode_table,
           "decode-memory-table": decode_memory_table,

@@ -424,3 +424,19 @@ def test_muse_train_with_cuda_graph(tmp_path, monkeypatch, capsys, setting, opti
     assert main(["train", "--resume", str(tmp_path / "graph"), "--train.max_steps", "18",
                  "--train.progress", "false"]) == 0  # a resumed run captures again (LRs and steps reloaded)
     assert len(steps) == 2 and steps[1].captured
+
+
+@gpu
+@pytest.mark.parametrize("preset", ["baseline", "standard"])
+def test_a_compiled_model_is_captured(preset):
+    """train.compile with train.cuda_graph: the compiled forward inside the captured step, the
+    fastest training path (`benchmarks/train_throughput.py --compile default --cuda-graph`). At
+    8570290 every preset failed to capture on an H200 (docs/performance-notes.md §13): this is the
+    check that fails until that is found."""
+    from muse.memory.profile import StepPlan, measure
+
+    cfg = load_config(preset, {**SMALL, "train.compile": True, "train.compile_mode": "default",
+                               "train.cuda_graph": True})
+    plan = StepPlan(batch=2, seq=96, precision="fp32", optimizer="adamw", checkpointing=False, mode="train")
+    r = measure(cfg, plan, torch.device("cuda"), warmup=1, steps=2)
+    assert r["cuda_graph"] and r["compile"] == "default" and r["tokens_per_s"] > 0
