@@ -435,7 +435,7 @@ def _hamt_measured() -> str | None:
         spread = holo.get("peak_spread", {})
         if spread.get("of") == "decode_peak_mib":
             text += f"; decode peak +{100 * spread['value']:.1f} % over that span (see performance-notes §9)"
-        got.append(text)
+        got.append(text + f" ({dec['device']}, {dec['date'][:10]})")
     # the newest mixers run with holographic rows (a run of a few lengths, e.g. mixers-glue-gpu.json,
     # supersedes the full sweep of mixers-gpu.json for the lengths it has)
     mix = _newest("mixers*-gpu.json",
@@ -444,7 +444,7 @@ def _hamt_measured() -> str | None:
     if figs:
         got.append("layer forward+backward vs attention's (d=1024, bf16, CUDA graph): " + ", ".join(
             f"{f['attention_layer']['graph_ms'] / f['holographic_layer']['graph_ms']:.2f}× at N={f['N']:,}"
-            for f in figs if f["N"] in (8192, 32768, 65536)))
+            for f in figs if f["N"] in (8192, 32768, 65536)) + f" ({mix['device']}, {mix['date'][:10]})")
     if not got:
         return None
     hamt = preset_quality("hamt-100m")
@@ -452,7 +452,7 @@ def _hamt_measured() -> str | None:
         got.append(f"slot use {100 * hamt['test']['slot_utilisation']:.0f} % at `hamt-100m` after training (below)")
     else:
         got.append("slot use not measured yet")
-    return "; ".join(got) + f" ({(dec or mix)['device']}, {(dec or mix)['date'][:10]})"
+    return "; ".join(got)
 
 
 def _newest(pattern: str, keep: Callable[[dict], bool] = lambda r: True) -> dict | None:
