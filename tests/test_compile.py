@@ -69,3 +69,23 @@ def test_compile_model_keeps_the_mode_and_turns_padding_off(monkeypatch):
         assert set(seen[-1]) == {"options"}
         assert seen[-1]["options"] == {**inductor.list_mode_options(mode), "comprehensive_padding": False}
     assert seen[2]["options"]["triton.cudagraphs"] is True
+
+
+@pytest.mark.parametrize("preset", ["baseline", "compact"])
+def test_recording_the_kernel_paths_does_not_recompile(preset):
+    """A captured step's last warm-up step records which kernels MUSE's ops run
+    (``muse.ops.record_paths``); a compiled model must not guard on that recording, or that step
+    recompiles every graph that notes a path (it did, on ``_dispatch._paths``)."""
+    from muse.ops import record_paths
+
+    cfg = load_config(preset, {**SMALL, "model.embedding.vocab_factors": None, "model.embedding.dim_factors": None})
+    model = build_model(cfg)
+    idx = torch.randint(0, cfg.model.vocab_size, (2, 33))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager")  # dynamo's guards without Inductor's compile time
+    compiled(idx[:, :-1], idx[:, 1:]).loss.backward()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        with record_paths():
+            compiled(idx[:, :-1], idx[:, 1:]).loss.backward()
+        compiled(idx[:, :-1], idx[:, 1:]).loss.backward()
+    torch._dynamo.reset()

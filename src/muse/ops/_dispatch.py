@@ -74,8 +74,13 @@ def record_paths():
 
 
 def note_path(op: str, impl: str) -> str:
-    """Note that ``op`` runs ``impl`` (inside ``record_paths()``); returns ``impl``."""
-    if _paths is not None and not _is_compiling():
+    """Note that ``op`` runs ``impl`` (inside ``record_paths()``); returns ``impl``.
+
+    ``_is_compiling()`` is asked first: dynamo folds it to True while tracing and never reads
+    ``_paths``, so a compiled graph does not guard on it. (Read first, ``_paths`` became a guard,
+    and the captured step's last warm-up, which records the paths, recompiled every graph that
+    notes one.)"""
+    if not _is_compiling() and _paths is not None:
         _paths.setdefault(op, set()).add(impl)
     return impl
 
