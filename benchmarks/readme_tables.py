@@ -340,16 +340,23 @@ def claims_table() -> str:
         f"`{n}` vs `baseline`: test perplexity ×{x:.2f} ({100 * (x - 1):+.0f} %)" for n, x in rel.items())
         + " at equal training tokens", how)
     speed = [f"×{q['standard']['tokens_per_s_median'] / q['baseline']['tokens_per_s_median']:.2f} tokens/s at N=512 "
-             "(the WikiText-2 runs)"] if both else []
-    for name, mode in (("train_throughput-compile-default-cudagraph-gpu.json", "compiled + captured"),
+             "(the WikiText-2 runs, `standard` / `baseline`)"] if both else []
+    for name, mode in (("train_throughput-cudagraph-h200.json", "eager + captured"),
+                       ("train_throughput-compile-default-cudagraph-gpu.json", "compiled + captured"),
                        ("train_throughput-gpu.json", "eager")):
-        ratios, _, other = _throughput_ratios(name)
+        ratios, run, other = _throughput_ratios(name)
         if ratios:
             speed.append(f"×{min(x for _, x in ratios):.2f}–{max(x for _, x in ratios):.2f} {mode} at "
-                         f"N={ratios[0][0]:,}–{ratios[-1][0]:,} ({other} / `baseline`)")
+                         f"N={ratios[0][0]:,}–{ratios[-1][0]:,} ({other} / `baseline`, {run['device']})")
+    dec = _newest("decode-gpu.json")
+    steps = {r["preset"]: r["decode"]["captured"]["step_ms"] for r in (dec or {}).get("figures", [])
+             if r.get("decode", {}).get("captured") and is_current(r["preset"], model=r.get("config"))}
+    infer = (f"one decoding step {steps['standard']:.2f} ms against `baseline`'s {steps['baseline']:.2f} ms "
+             f"(×{steps['baseline'] / steps['standard']:.2f} the speed; B=1, captured, {dec['device']})"
+             if {"standard", "baseline"} <= steps.keys() else "inference: not measured yet")
     add("Speed cost", "training 2–3× slower, inference 1.5–2× slower",
-        speed and "training: " + "; ".join(speed) + "; inference: not measured yet",
-        f"{how}, `benchmarks/train_throughput.py`")
+        speed and "training: " + "; ".join(speed) + "; " + infer,
+        f"{how}, `benchmarks/train_throughput.py`, `benchmarks/decode.py`")
     budget = src.get("budget_8gib", (None, {"budget_8gib": []}))[1]["budget_8gib"]
 
     def facts(name: str, first: str) -> str:  # the preset's parameters and its 8 GiB check rows
