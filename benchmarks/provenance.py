@@ -4,9 +4,9 @@ A preset's name outlives its config: `standard` was rebuilt (December 2026: one 
 a dense embedding tied to the head) and its old config ships as `compact`. A result row names the
 preset it ran, so the tables must not print an old config's figure under the name's new meaning.
 Rows that record their model config (the throughput, decode and decode-memory benchmarks) are
-matched on it, less what a run sets for itself (length, dropout, checkpointing, which kernels run
-the same arithmetic: the `*impl` keys); `muse verify`'s
-rows, which record sizes only, on the parameter count.
+matched on it, less what a run sets for itself (length, dropout, checkpointing, and the `*impl`
+keys: which kernels run the same arithmetic); `muse verify`'s rows, which record sizes only, on
+the parameter count.
 """
 
 from __future__ import annotations
@@ -27,32 +27,34 @@ def model_identity(model: dict) -> tuple:
                         if k not in RUN_KEYS and not k.endswith("impl")))
 
 
-@lru_cache(maxsize=None)
-def _preset_models(overrides: str = "{}") -> dict[str, tuple]:
-    """{preset: model identity} of every shipped preset, with a run's ``--set`` overrides (JSON)."""
-    from muse.config import ConfigError, list_presets, load_config, to_dict
+def _over_presets(value) -> dict:
+    """{preset: value(preset)} over the shipped presets, leaving out those ``value`` refuses."""
+    from muse.config import ConfigError, list_presets
 
     out = {}
     for name in list_presets():
         try:
-            out[name] = model_identity(to_dict(load_config(name, json.loads(overrides)))["model"])
-        except ConfigError:  # an override this preset cannot take
+            out[name] = value(name)
+        except ConfigError:  # e.g. an override this preset cannot take
             continue
     return out
+
+
+@lru_cache(maxsize=None)
+def _preset_models(overrides: str = "{}") -> dict[str, tuple]:
+    """{preset: model identity} of every shipped preset, with a run's ``--set`` overrides (JSON)."""
+    from muse.config import load_config, to_dict
+
+    return _over_presets(lambda n: model_identity(to_dict(load_config(n, json.loads(overrides)))["model"]))
 
 
 @lru_cache(maxsize=None)
 def _preset_params() -> dict[str, int]:
-    from muse.config import ConfigError, list_presets, load_config
+    """{preset: parameter count} as the presets ship."""
+    from muse.config import load_config
     from muse.memory.params import param_report
 
-    out = {}
-    for name in list_presets():
-        try:
-            out[name] = param_report(load_config(name))["actual_params"]
-        except ConfigError:  # pragma: no cover - every shipped preset loads (tests/test_config.py)
-            continue
-    return out
+    return _over_presets(lambda n: param_report(load_config(n))["actual_params"])
 
 
 def current_name(preset: str, *, model: dict | None = None, params: int | None = None,
