@@ -117,6 +117,8 @@ def _budget_cells(actual: dict[str, int]) -> tuple[dict[str, list[str]], dict | 
 
 def presets_table() -> str:
     """One row per shipped preset: its parts, parameters, measured peak memory, quality, speed."""
+    from muse.config import load_config
+
     (res,) = _load("params.json")
     rows = {r["name"]: r for r in res["figures"]}
     names = [n for n in PRESET_ORDER if n in rows] + sorted(set(rows) - set(PRESET_ORDER))
@@ -134,8 +136,7 @@ def presets_table() -> str:
         peak = ([f"{_bytes(own[n])}¹"] if n in own else []) + budget.get(n, [])
         q = quality_rows.get(n)
         lines.append(
-            f"| `{n}` | {m['vocab_size']:,} · {m['d_model']} · {m['n_layers']} | {m['mixer']['kind']}"
-            + (f" + attention at {m['attention_layers']}" if m.get("attention_layers") else "") + " · "
+            f"| `{n}` | {m['vocab_size']:,} · {m['d_model']} · {m['n_layers']} | {load_config(n).model.mixer_layout} · "
             f"{m['embedding']['kind']} · {m['ffn']['kind']} · {m['head']['kind']} | {_human(r['actual_params'])} "
             f"({_human(r['dense_equivalent_params'])}) | {'; '.join(peak) or '–'} "
             f"| {format(q['test']['perplexity'], '.2f') if q else '–'} "
