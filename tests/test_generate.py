@@ -117,3 +117,22 @@ def test_generate_checks_sampling_arguments():
         generate(model, torch.tensor([[1]]), 3, top_p=2.0)
     with pytest.raises(ValueError, match="--max-new-tokens"):
         generate(model, torch.tensor([[1]]), -1)
+
+
+def test_a_request_beyond_the_context_prints_only_its_error(trained_run, capsys, monkeypatch):
+    """A model with a bounded context (an attention layer's KV cache): a prompt plus
+    --max-new-tokens beyond it is refused before anything is printed (the prompt is not echoed)."""
+    import muse.runtime
+
+    real = muse.runtime.load_for_inference
+
+    def bounded(*a, **k):
+        model, *rest = real(*a, **k)
+        model.max_context = 8
+        return (model, *rest)
+
+    monkeypatch.setattr(muse.runtime, "load_for_inference", bounded)
+    assert main(["generate", str(trained_run), "--prompt", " The", "--max-new-tokens", "20"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().splitlines() == [
+        err.strip()] and "exceeds model.max_seq_len=8" in err and err.startswith("muse: error: prompt (")

@@ -203,7 +203,7 @@ def _prompt_text(prompt: str) -> str:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from muse.generate import check_sampling, generate
+    from muse.generate import check_request, check_sampling, generate
     from muse.runtime import load_for_inference, resolve_device
 
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
@@ -230,6 +230,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             shown = text
 
+    check_request(model, prompt, args.max_new_tokens)  # before the prompt is echoed
     sys.stdout.write(prompt_text)
     stats: dict = {}
     generate(

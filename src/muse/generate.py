@@ -17,7 +17,7 @@ from torch import Tensor
 
 from muse.runtime import side_stream_call
 
-__all__ = ["Decoder", "check_sampling", "generate", "sample_next"]
+__all__ = ["Decoder", "check_request", "check_sampling", "generate", "sample_next"]
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
@@ -197,6 +197,21 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
+def check_request(model, prompt: Tensor, max_new_tokens: int) -> None:
+    """Raise ValueError for what :func:`generate` cannot do with ``model`` and ``prompt``, before
+    any work: `muse generate` asks first, so a refused request prints nothing but its error."""
+    if prompt.dim() != 2 or prompt.size(0) != 1 or prompt.size(1) == 0:
+        raise ValueError(f"prompt must be a (1, T ≥ 1) tensor of token ids; got shape {tuple(prompt.shape)}")
+    if not callable(getattr(model, "prefill", None)):  # muse.hf.HFCausalLM: no incremental decoding
+        kind = getattr(getattr(model, "cfg", None), "kind", type(model).__name__)
+        raise ValueError(f"muse generate decodes MUSE models only (prefill and step); this model is {kind}")
+    if model.max_context is not None and prompt.size(1) + max_new_tokens > model.max_context:
+        raise ValueError(
+            f"prompt ({prompt.size(1)} tokens) + --max-new-tokens ({max_new_tokens}) exceeds "
+            f"model.max_seq_len={model.max_context} of this model"
+        )
+
+
 def generate(
     model,
     prompt: Tensor,
@@ -217,17 +232,8 @@ def generate(
     new_tokens, decode_s (clocks read after a device sync), device and cuda_graph (whether the
     step was replayed from a graph).
     """
-    if prompt.dim() != 2 or prompt.size(0) != 1 or prompt.size(1) == 0:
-        raise ValueError(f"prompt must be a (1, T ≥ 1) tensor of token ids; got shape {tuple(prompt.shape)}")
     check_sampling(max_new_tokens, temperature, top_k, top_p)
-    if not callable(getattr(model, "prefill", None)):  # muse.hf.HFCausalLM: no incremental decoding
-        kind = getattr(getattr(model, "cfg", None), "kind", type(model).__name__)
-        raise ValueError(f"muse generate decodes MUSE models only (prefill and step); this model is {kind}")
-    if model.max_context is not None and prompt.size(1) + max_new_tokens > model.max_context:
-        raise ValueError(
-            f"prompt ({prompt.size(1)} tokens) + --max-new-tokens ({max_new_tokens}) exceeds "
-            f"model.max_seq_len={model.max_context} of this model"
-        )
+    check_request(model, prompt, max_new_tokens)
     was_training = model.training
     model.eval()
     generator = None
