@@ -190,7 +190,9 @@ def test_cuda_graph_needs_cuda(tmp_path, capsys):
 
 def test_readme_tables_from_results(mixers_result, throughput_result, tmp_path, monkeypatch):
     tables = _script("readme_tables")
-    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    import results_files  # benchmarks/ is on sys.path now: the module every table reads results through
+
+    monkeypatch.setattr(results_files, "RESULTS", tmp_path)
     assert tables.mixers_table() == tables.TABLES["throughput-table"]() == "_No GPU run recorded yet._"
     # the tables read the -gpu names; feed them this run's files
     (tmp_path / "mixers-gpu.json").write_text((mixers_result / "mixers-cpu.json").read_text())

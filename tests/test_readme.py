@@ -62,17 +62,17 @@ def test_presets_table_takes_each_preset_s_own_measurements():
     fp32 AdamW, not its bf16 rows), and the 8 GiB rows count only for the preset's own model (the
     dense model of phase8-max's shape is another model)."""
     mod = _tables()
-    src = mod._verify_sources()  # {section: (results file, run)}: each section from its newest run
+    src = mod.verify_sources()  # {section: (results file, run)}: each section from its newest run
     rows = {r["label"]: r for r in src["full_model"][1]["full_model"]}
     budget = {(r["preset"], r["variant"]): r for r in src["budget_8gib"][1]["budget_8gib"]}
     table = mod.presets_table()
     line = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([\w-]+)` \|.*$", table, re.M)}
     fp32, bf16 = rows["baseline fp32"]["train"]["peak"], rows["baseline bf16 autocast"]["train"]["peak"]
-    assert mod._bytes(fp32) in line["baseline"] and mod._bytes(bf16) not in line["baseline"]
+    assert mod.fmt_bytes(fp32) in line["baseline"] and mod.fmt_bytes(bf16) not in line["baseline"]
     dense = budget[("phase8-max", "dense")]["peak"]
     assert dense != budget[("phase8-max", "phase8-max")]["peak"]
-    assert mod._bytes(dense) not in line["phase8-max"]
-    assert mod._bytes(budget[("phase8-max", "phase8-max")]["peak"]) in line["phase8-max"]
+    assert mod.fmt_bytes(dense) not in line["phase8-max"]
+    assert mod.fmt_bytes(budget[("phase8-max", "phase8-max")]["peak"]) in line["phase8-max"]
 
 
 def test_presets_table_puts_the_dense_model_of_equal_memory_beside_each_muse_preset():
