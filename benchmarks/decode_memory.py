@@ -58,7 +58,7 @@ def measure(preset: str, L: int, args, device: torch.device, dtype: torch.dtype)
     cfg = load_config(preset, {**parse_set(args.set), "model.max_seq_len": L + steps + 1})
     torch.manual_seed(0)
     model = build_model(cfg, device=device, dtype=dtype).eval()
-    row: dict = {"context": L, "mixer": cfg.model.mixer_layout, "config": to_dict(cfg.model), "params_mib": _mib(model.parameters()),
+    row: dict = {"context": L, "mixer": cfg.model.mixer_layout, "params_mib": _mib(model.parameters()),
                  "held_before_mib": held}
     g = torch.Generator().manual_seed(L)
     prompt = torch.randint(0, cfg.model.vocab_size, (1, L), generator=g).to(device)
@@ -85,7 +85,8 @@ def measure(preset: str, L: int, args, device: torch.device, dtype: torch.dtype)
 
 
 def run_preset(preset: str, args, device: torch.device, dtype: torch.dtype) -> dict:
-    out: dict = {"preset": preset, "contexts": []}
+    # the model measured (max_seq_len is each context's; provenance ignores it)
+    out: dict = {"preset": preset, "contexts": [], "config": to_dict(load_config(preset, parse_set(args.set)).model)}
     for L in args.contexts:
         t0 = time.perf_counter()
         try:
@@ -103,9 +104,7 @@ def run_preset(preset: str, args, device: torch.device, dtype: torch.dtype) -> d
         out["contexts"].append(r)
     ok = [r for r in out["contexts"] if "error" not in r]
     if ok:
-        out["mixer"], out["config"] = ok[0]["mixer"], ok[0]["config"]  # the model (max_seq_len: the first context's)
-        for r in ok:
-            del r["config"]
+        out["mixer"] = ok[0]["mixer"]
         key = "decode_peak_mib" if ok[0]["decode_peak_mib"] is not None else "state_mib"
         vals = [r[key] for r in ok]
         out["peak_spread"] = {"of": key, "value": (max(vals) - min(vals)) / min(vals)}

@@ -8,8 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from provenance import label
-from speed_tables import short_sha
+from speed_tables import short_sha, throughput_label
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -61,7 +60,6 @@ def throughput_ratios(results: str) -> tuple[list[tuple[int, float]], dict | Non
     runs = load(results)
     if not runs:
         return [], None, ""
-    other = runs[0]["config"]["presets"][1]
-    model = next((r[other]["config"] for r in runs[0]["figures"] if "config" in r[other]), None)
-    return ([(r["N"], r["ratio_tokens_per_s"]) for r in runs[0]["figures"] if r.get("ratio_tokens_per_s")], runs[0],
-            label(other, model=model, overrides=runs[0]["config"].get("overrides")))
+    run = runs[0]
+    return ([(r["N"], r["ratio_tokens_per_s"]) for r in run["figures"] if r.get("ratio_tokens_per_s")], run,
+            throughput_label(run, run["config"]["presets"][1]))

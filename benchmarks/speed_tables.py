@@ -135,12 +135,18 @@ def _paths_note(figures: list[dict], presets) -> str:
     return f"Kernels run: {'; '.join(parts)}. " if parts else ""
 
 
+def throughput_label(res: dict, preset: str) -> str:
+    """``preset`` of a train_throughput run as named today (:func:`provenance.label` on the model
+    the run recorded, with its overrides)."""
+    model = next((r[preset]["config"] for r in res["figures"] if "config" in r[preset]), None)
+    return label(preset, model=model, overrides=res["config"].get("overrides"))
+
+
 def throughput_markdown(res: dict) -> str:
     """The `benchmarks/train_throughput.py` table (also written beside its JSON as .md)."""
     c = res["config"]
     a, b = c["presets"]
-    na, nb = (label(p, model=next((r[p]["config"] for r in res["figures"] if "config" in r[p]), None),
-                    overrides=c.get("overrides")) for p in (a, b))
+    na, nb = throughput_label(res, a), throughput_label(res, b)
     lines = [
         f"| N | B | {na} tokens/s | {nb} tokens/s | {nb} / {na} | {na} step ms | {nb} step ms "
         f"| {na} peak | {nb} peak | memory {nb} / {na} |",

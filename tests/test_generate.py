@@ -136,3 +136,12 @@ def test_a_request_beyond_the_context_prints_only_its_error(trained_run, capsys,
     out, err = capsys.readouterr()
     assert out == "" and err.strip().splitlines() == [
         err.strip()] and "exceeds model.max_seq_len=8" in err and err.startswith("muse: error: prompt (")
+
+
+def test_generate_runs_without_autograd(trained_run):
+    """Decoding records no graph (``generate`` is ``torch.no_grad``): every step sees grad off."""
+    model, _, tok, _, _ = load_for_inference(trained_run, torch.device("cpu"))
+    seen = []
+    generate(model, torch.tensor([tok.encode(" The")]), 3, temperature=0.0,
+             on_token=lambda t: seen.append(torch.is_grad_enabled()))
+    assert seen == [False, False, False] and torch.is_grad_enabled()

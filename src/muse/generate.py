@@ -196,7 +196,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
 def check_request(model, prompt: Tensor, max_new_tokens: int) -> None:
     """Raise ValueError for what :func:`generate` cannot do with ``model`` and ``prompt``, before
     any work: `muse generate` asks first, so a refused request prints nothing but its error."""
@@ -212,6 +211,7 @@ def check_request(model, prompt: Tensor, max_new_tokens: int) -> None:
         )
 
 
+@torch.no_grad()
 def generate(
     model,
     prompt: Tensor,
