@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from muse.compare.report import BEYOND
+from muse.compare.report import BEYOND, PROVISIONAL
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARETO = "compare-wikitext2-pareto"
@@ -114,7 +114,7 @@ def quality_headline() -> str | None:
             f"{ppl(b):.2f}). ")
     budgets = res["pareto"]["budgets"]
     losses = [v for v in budgets if v["verdict"] == "dense wins"]
-    wins = [v for v in budgets if v["verdict"] == "MUSE dominates"]
+    wins = [v for v in budgets if v["verdict"].startswith("MUSE dominates")]
     if losses:
         text += "At equal memory a smaller dense model is better: " + "; ".join(
             f"`{v['muse']}` peaks at {v['budget_mib']:,.0f} MiB with test perplexity {v['muse_perplexity']:.2f}, the "
@@ -125,22 +125,48 @@ def quality_headline() -> str | None:
         text += (f"`{v['muse']}` ({v['budget_mib']:,.0f} MiB, {v['muse_perplexity']:.2f}) beats every dense model that "
                  f"fits in its memory (best: `{v['dense']}`, {v['dense_perplexity']:.2f})"
                  + (f", every model at one learning rate ({res['recipe']['lrs'][0]:g}; the sweep is owed)" if one_lr
-                    else "") + ". ")
-    for v in (v for v in budgets if v["verdict"] == BEYOND):
+                    else "") + (", provisionally: dense runs are not trained yet" if v["verdict"].endswith(PROVISIONAL)
+                                else "") + ". ")
+    for v in (v for v in budgets if v["verdict"].startswith(BEYOND)):
         text += (f"`{v['muse']}` reaches {v['muse_perplexity']:.2f}, below every dense model of the grid, but at "
                  f"{v['budget_mib']:,.0f} MiB, beyond all of them (the best of them: `{v['dense']}`, "
                  f"{v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} MiB): not an equal-memory win. ")
     if res.get("not_run"):
         text += f"Not run yet: {', '.join(f'`{x}`' for x in res['not_run'])}. "
     tied = load(TIED)
-    tied_wins = [v for v in (tied or {}).get("pareto", {}).get("budgets", []) if v["verdict"] == "MUSE dominates"]
+    tied_wins = [v for v in (tied or {}).get("pareto", {}).get("budgets", []) if v["verdict"].startswith("MUSE dominates")]
     for v in sorted(tied_wins, key=lambda v: v["muse_perplexity"])[:1]:  # the best of them
         lrs = sorted({r["lr"] for r in tied["rows"]})
         text += (f"Against dense models with tied heads too, `{v['muse']}` ({v['budget_mib']:,.0f} MiB, "
                  f"{v['muse_perplexity']:.2f}) beats every dense model that fits in its memory (best: "
                  f"`{v['dense']}`, {v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} MiB)"
                  + (f", at one learning rate ({lrs[0]:g})" if len(lrs) == 1 else "") + ". ")
-    return text + "See the comparison below."
+    return text + _equal_memory_sentence() + "See the comparison below."
+
+
+def _equal_memory_sentence() -> str:
+    """Where the equal-memory sweep (every memory feature, the lr sweep) stands, for the headline."""
+    res = load(EQUAL_MEMORY)
+    if res is None:
+        return ""
+    chosen = set(res["selected"])
+    muse = sorted((r for r in res["rows"] if r["label"] in chosen and r["family"] == "muse"
+                   and r["status"] == "complete"), key=ppl)
+    if not muse:
+        return ""
+    m, total = muse[0], len(res["rows"]) + len(res.get("not_run", []))
+    v = next((v for v in res["pareto"]["budgets"] if v["muse"] == m["label"]), None)
+    fits = _untrained_fits(res, m["peak_memory_mib"])
+    text = (f"With every memory feature for every model and a {len(res['recipe']['lrs'])}-value learning-rate sweep "
+            f"(`{EQUAL_MEMORY}`, {len(res['rows'])} of {total} runs so far), `{m['group']}` reaches "
+            f"{ppl(m):.2f} at {m['peak_memory_mib']:,.0f} MiB (lr {m['lr']:g}); ")
+    if v and v["dense"]:
+        text += f"the best trained dense model within that memory, `{v['dense']}`, {v['dense_perplexity']:.2f} ({v['verdict']}). "
+    else:
+        text += "no dense model within that memory is trained yet. "
+    if fits:
+        text += f"Owed: the {len(fits)} dense models that fit there. "
+    return text
 
 
 def equal_memory_peaks_table() -> str:
@@ -157,6 +183,55 @@ def equal_memory_peaks_table() -> str:
     sets = ", ".join(f"`{k}={v}`" for k, v in rc.get("set", {}).items())
     lines += ["", f"B={rc['batch_size']}, N={', '.join(map(str, rc['seq_lens']))}, {sets}; `{res['command']}`; "
                   f"{r0['device']}, torch {r0['torch']}, commit `{r0['git_sha'][:7]}`, {r0['date'][:10]}."]
+    return "\n".join(lines)
+
+
+def _equal_memory_groups(res: dict) -> dict[str, dict[float, dict]]:
+    groups: dict[str, dict[float, dict]] = {}
+    for r in res["rows"]:
+        groups.setdefault(r["group"], {})[r["lr"]] = r
+    return groups
+
+
+def _untrained_fits(res: dict, budget_mib: float) -> list[tuple[str, float]]:
+    """Dense models of the equal-memory grid whose measured peak (``memory.json``) fits in
+    ``budget_mib`` and that have no training run yet."""
+    path = RESULTS / EQUAL_MEMORY / "memory.json"
+    trained = {r["group"] for r in res["rows"]}
+    peaks = json.loads(path.read_text())["rows"] if path.exists() else []
+    return sorted(((r["model"], r["peak_memory_mib"]) for r in peaks if r["family"] == "dense"
+                   and r["model"] not in trained and (r["peak_memory_mib"] or math.inf) <= budget_mib),
+                  key=lambda x: x[1])
+
+
+def equal_memory_table() -> str:
+    """The equal-memory sweep so far: every trained model with its validation loss at each
+    learning rate, the test perplexity of its best-validation run, and the dense models that fit
+    in the best MUSE model's memory but are not trained yet."""
+    res = load(EQUAL_MEMORY)
+    if res is None:
+        return "_Not run yet: `muse compare @configs/experiments/compare-wikitext2-equal-memory.args` on a GPU._"
+    lrs, chosen = res["recipe"]["lrs"], set(res["selected"])
+    lines = ["| model | kind | full-step peak | " + " | ".join(f"val loss, lr {x:g}" for x in lrs) + " | test ppl |",
+             "|---|---|---:|" + "---:|" * (len(lrs) + 1)]
+    best = {}
+    for group, runs in sorted(_equal_memory_groups(res).items(), key=lambda g: min(r["peak_memory_mib"] or math.inf
+                                                                                      for r in g[1].values())):
+        pick = next(r for r in runs.values() if r["label"] in chosen)
+        best[group] = pick
+        cells = [("–" if (r := runs.get(x)) is None else
+                  (f"**{r['best_val_loss']:.4f}**" if r is pick else f"{r['best_val_loss']:.4f}")) for x in lrs]
+        lines.append(f"| `{group}` | {pick['family']} | {pick['peak_memory_mib']:,.1f} MiB | " + " | ".join(cells)
+                     + f" | {ppl(pick):.2f} |")
+    total = len(res["rows"]) + len(res.get("not_run", []))
+    lines += ["", f"{len(res['rows'])} of {total} runs trained. {res['pareto']['summary']}."]
+    muse = [r for r in best.values() if r["family"] == "muse" and r["status"] == "complete"]
+    for m in sorted(muse, key=ppl)[:1]:
+        fits = _untrained_fits(res, m["peak_memory_mib"])
+        if fits:
+            lines[-1] += (f" Dense models that fit in `{m['group']}`'s {m['peak_memory_mib']:,.0f} MiB and are not "
+                          f"trained yet: " + ", ".join(f"`{g}` ({p:,.0f} MiB)" for g, p in fits) + ".")
+    lines += ["", recipe_note(res)]
     return "\n".join(lines)
 
 

@@ -152,6 +152,20 @@ def test_pareto_win_beyond_the_dense_grid_is_not_counted():
                                    "loses at 0; at 1 MUSE is ahead of every dense model of the grid")
 
 
+def test_pareto_is_open_while_dense_runs_are_not_trained():
+    """With dense runs of the comparison not trained yet (``--only``), "no dense model fits" is not
+    known, and a win may be overturned by one of them: open, and provisional."""
+    rows = [_row("dense-small", "dense", 100, 80.0), _row("dense-big", "dense", 300, 50.0),
+            _row("muse-a", "muse", 150, 70.0), _row("muse-b", "muse", 90, 60.0)]
+    v = report.pareto(report.select(rows), untrained_dense=2)
+    by = {b["muse"]: b for b in v["budgets"]}
+    assert by["muse-b"]["verdict"] == report.OPEN
+    assert by["muse-a"]["verdict"] == "MUSE dominates" + report.PROVISIONAL
+    assert v["summary"].startswith("MUSE beats the best dense model that fits in the same memory at 1 of 2 budgets")
+    assert "open at 1" in v["summary"] and "provisional: 2 dense run(s)" in v["summary"]
+    assert report.pareto(report.select(rows))["budgets"][0]["verdict"] == "no dense model fits"
+
+
 def test_lr_sweep_selects_by_validation_not_test():
     rows = [
         _row("m lr=0.001", "muse", 1, 50.0, val=3.0, group="m", lr=1e-3),

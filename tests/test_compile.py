@@ -89,3 +89,43 @@ def test_recording_the_kernel_paths_does_not_recompile(preset):
             compiled(idx[:, :-1], idx[:, 1:]).loss.backward()
         compiled(idx[:, :-1], idx[:, 1:]).loss.backward()
     torch._dynamo.reset()
+
+
+def test_the_captured_batch_runs_the_warm_up_graphs():
+    """The capture copies its batch into static buffers and runs the step once on them: the
+    compiled graphs of the warm-up must serve it, since compiling inside a capture aborts it.
+    ``clone()`` made the views ``ids[:, :-1]`` / ``ids[:, 1:]`` (``muse memory`` and the
+    throughput benchmark pass these) contiguous, the guards on their strides failed, and every
+    compiled-and-captured step failed on the GPU; ``static_copy`` keeps the layout."""
+    from muse.train.graph import static_copy
+
+    cfg = load_config("baseline", SMALL)
+    model = build_model(cfg)
+    idx = torch.randint(0, cfg.model.vocab_size, (1, 2, 33))
+    batch = idx[:, :, :-1], idx[:, :, 1:]  # (1, B, N) views, as muse.memory.profile.plan_step makes them
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager")
+    compiled(batch[0][0], batch[1][0]).loss.backward()
+    static = tuple(static_copy(t) for t in batch)
+    for s, t in zip(static, batch, strict=True):
+        assert (s.shape, s.stride(), s.storage_offset()) == (t.shape, t.stride(), t.storage_offset())
+        assert torch.equal(s, t) and s.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled(static[0][0], static[1][0]).loss.backward()
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="[Rr]ecompil"):  # what clone() did
+        compiled(batch[0][0], batch[1][0]).loss.backward()
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            compiled(batch[0][0].clone(), batch[1][0].clone()).loss.backward()
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("shape, view", [((5, 7), lambda t: t), ((3, 9), lambda t: t[:, 2:]),
+                                         ((4, 6), lambda t: t.t()), ((0, 3), lambda t: t), ((2, 3, 5), lambda t: t[1:, :, ::2])])
+def test_static_copy_keeps_the_layout(shape, view):
+    from muse.train.graph import static_copy
+
+    t = view(torch.randn(shape, dtype=torch.float64))
+    s = static_copy(t)
+    assert (s.shape, s.stride(), s.storage_offset(), s.dtype) == (t.shape, t.stride(), t.storage_offset(), t.dtype)
+    assert torch.equal(s, t)

@@ -36,7 +36,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     then write the reports and plots from all of them; returns results.json's payload."""
     from muse.compare.plots import available, write_plots
     from muse.compare.report import select, write_reports
-    from muse.compare.run import load_row, row_path, selected_now, train_and_score, write_json
+    from muse.compare.run import family, load_row, row_path, selected_now, train_and_score, write_json
 
     from muse.model import build_model
 
@@ -47,7 +47,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
         except (ValueError, ImportError) as e:
             raise ValueError(f"model {run.label!r}: {e}") from None
     opts.out.mkdir(parents=True, exist_ok=True)
-    rows, not_run = [], []
+    rows, not_run, not_run_dense = [], [], []
     for i, run in enumerate(runs, 1):
         head = f"[{i}/{len(runs)}] {run.label}"
         row = load_row(opts.out, run)
@@ -58,6 +58,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
         elif not selected_now(opts, run):
             _say(f"{head}: not run now (--only); left out of the reports")
             not_run.append(run.label)
+            not_run_dense += [run.label] if family(run.config) == "dense" else []
             continue
         else:
             _say(f"{head}: measuring the step's memory, then training ({run.config.train.batch_size} x "
@@ -69,7 +70,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     if not rows:
         _say("no run is done yet: no reports written")
         return {"rows": [], "pareto": {"summary": "no runs"}}
-    payload = write_reports(opts.out, {**meta, "not_run": not_run}, rows)
+    payload = write_reports(opts.out, {**meta, "not_run": not_run, "not_run_dense": not_run_dense}, rows)
     written = [opts.out / n for n in ("results.json", "results.csv", "results.md")]
     if plots and available():
         written += write_plots(opts.out, rows, select(rows), tuple(meta["recipe"]["seq_lens"]), meta.get("title", "compare"))

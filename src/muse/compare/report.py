@@ -42,16 +42,20 @@ def select(rows: list[dict]) -> list[dict]:
 
 
 BEYOND = "beyond the dense grid"
+OPEN = "open: dense runs not trained yet"
+PROVISIONAL = " (provisional)"
 
 
-def pareto(selected: list[dict]) -> dict:
+def pareto(selected: list[dict], untrained_dense: int = 0) -> dict:
     """For every complete MUSE row: the best complete dense row whose peak fits in its memory,
     and whether MUSE's test perplexity is lower there (MUSE *dominates at budget M*).
 
     A win counts only where the dense grid reaches the budget: where every dense model of the
     grid fits in MUSE's memory, a dense model as large as that memory allows was never trained,
     so a lower perplexity there is "beyond the dense grid", not a win (a loss is a loss anywhere:
-    a dense model in less memory did better)."""
+    a dense model in less memory did better). ``untrained_dense``: dense runs of the comparison
+    not trained yet (``--only``); any of them may fit and do better, so while there are some,
+    "no dense model fits" is "open" and a win is marked provisional."""
     ok = [r for r in selected if r["status"] == "complete" and r.get("peak_memory_mib") and ppl(r) < math.inf]
     dense = [r for r in ok if r["family"] == "dense"]
     out = []
@@ -59,27 +63,32 @@ def pareto(selected: list[dict]) -> dict:
         fits = [d for d in dense if d["peak_memory_mib"] <= m["peak_memory_mib"]]
         best = min(fits, key=ppl) if fits else None
         if best is None:
-            verdict = "no dense model fits"
+            verdict = OPEN if untrained_dense else "no dense model fits"
         elif ppl(m) >= ppl(best):
             verdict = "dense wins"
         else:
             verdict = "MUSE dominates" if len(fits) < len(dense) else BEYOND
+            verdict += PROVISIONAL if untrained_dense else ""
         out.append({
             "muse": m["label"], "budget_mib": m["peak_memory_mib"], "muse_perplexity": ppl(m),
             "dense": best["label"] if best else None, "dense_perplexity": ppl(best) if best else None,
             "dense_peak_mib": best["peak_memory_mib"] if best else None, "verdict": verdict,
         })
-    wins = sum(v["verdict"] == "MUSE dominates" for v in out)
+    wins = sum(v["verdict"].startswith("MUSE dominates") for v in out)
     losses = sum(v["verdict"] == "dense wins" for v in out)
     alone = sum(v["verdict"] == "no dense model fits" for v in out)
-    beyond = sum(v["verdict"] == BEYOND for v in out)
+    beyond = sum(v["verdict"].startswith(BEYOND) for v in out)
+    opened = sum(v["verdict"] == OPEN for v in out)
     if not out:
         summary = "no complete MUSE row with a peak memory: no equal-memory verdict"
     else:
         summary = (f"MUSE beats the best dense model that fits in the same memory at {wins} of {len(out)} budgets, "
                    f"loses at {losses}" + (f", and no dense model fits at {alone}" if alone else "")
                    + (f"; at {beyond} MUSE is ahead of every dense model of the grid, all of which use less "
-                      f"memory (no dense model that large was trained: not a win)" if beyond else ""))
+                      f"memory (no dense model that large was trained: not a win)" if beyond else "")
+                   + (f"; open at {opened}: no trained dense model fits there yet" if opened else "")
+                   + (f"; provisional: {untrained_dense} dense run(s) of the comparison are not trained yet "
+                      f"(any of them may fit and do better)" if untrained_dense else ""))
     methods = {r.get("peak_memory_method") for r in ok}
     return {"budgets": out, "summary": summary, "memory": "measured" if methods == {"measured"} else "estimate"}
 
@@ -196,7 +205,7 @@ def markdown(meta: dict, rows: list[dict], selected: list[dict], verdict: dict) 
 def write_reports(out, meta: dict, rows: list[dict]) -> dict:
     """results.json, results.csv, results.md under ``out``; returns the results payload."""
     selected = select(rows)
-    verdict = pareto(selected)
+    verdict = pareto(selected, untrained_dense=len(meta.get("not_run_dense", ())))
     chosen = {id(r) for r in selected}
     payload = {**meta, "rows": [{**r, "selected": id(r) in chosen} for r in rows],
                "selected": [r["label"] for r in selected], "pareto": verdict}

@@ -52,6 +52,7 @@ from muse.runtime import side_stream_call
 
 __all__ = [
     "HOST_SYNC_PATHS", "WARMUP_STEPS", "CapturedStep", "capture_blocker", "make_capturable", "resolve_cuda_graph",
+    "static_copy",
 ]
 
 WARMUP_STEPS = 3
@@ -144,6 +145,18 @@ def make_capturable(opt: torch.optim.Optimizer, device: torch.device) -> None:
                     state["max_exp_avg_sq"] = opt._new_buffer(p, False)
             elif not _on(state["step"], p.device):
                 state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+
+
+def static_copy(t: Tensor) -> Tensor:
+    """A copy of ``t`` in fresh memory with its sizes, strides and storage offset.
+
+    The capture must run the graphs ``train.compile`` built during the warm-up, and dynamo guards
+    on strides: ``t.clone()`` of a view such as ``ids[:, :-1]`` is contiguous, so the captured
+    forward recompiled, and compiling inside a capture aborts it (Inductor reads values on the
+    host). The offset keeps the warm-up's alignment, which Inductor's code may assume."""
+    extent = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True)) if t.numel() else 0
+    base = torch.empty(t.storage_offset() + extent, dtype=t.dtype, device=t.device)
+    return base.as_strided(t.shape, t.stride(), t.storage_offset()).copy_(t)
 
 
 def _on(t: Tensor, device: torch.device) -> bool:
@@ -242,7 +255,7 @@ class CapturedStep:
         return side_stream_call(step, self._side)
 
     def _capture(self, batch: tuple[Tensor, ...]) -> None:
-        self._static = tuple(t.clone() for t in batch)
+        self._static = tuple(static_copy(t) for t in batch)
         self.zero_grad()
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
