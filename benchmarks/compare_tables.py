@@ -156,16 +156,18 @@ def _equal_memory_sentence() -> str:
         return ""
     m, total = muse[0], len(res["rows"]) + len(res.get("not_run", []))
     v = next((v for v in res["pareto"]["budgets"] if v["muse"] == m["label"]), None)
-    fits = _untrained_fits(res, m["peak_memory_mib"])
     text = (f"With every memory feature for every model and a {len(res['recipe']['lrs'])}-value learning-rate sweep "
             f"(`{EQUAL_MEMORY}`, {len(res['rows'])} of {total} runs so far), `{m['group']}` reaches "
             f"{ppl(m):.2f} at {m['peak_memory_mib']:,.0f} MiB (lr {m['lr']:g}); ")
     if v and v["dense"]:
-        text += f"the best trained dense model within that memory, `{v['dense']}`, {v['dense_perplexity']:.2f} ({v['verdict']}). "
+        text += (f"the best trained dense model within that memory, `{v['dense']}`, {v['dense_perplexity']:.2f} at "
+                 f"{v['dense_peak_mib']:,.0f} MiB: {v['verdict']}. ")
     else:
         text += "no dense model within that memory is trained yet. "
+    fits, n = _owed_fits(res, m["peak_memory_mib"]), len(res["recipe"]["lrs"])
     if fits:
-        text += f"Owed: the {len(fits)} dense models that fit there. "
+        text += (f"Owed: {sum(n - k for _, _, k in fits)} runs of the {len(fits)} dense models that fit there "
+                 f"(docs/quality-notes.md §5). ")
     return text
 
 
@@ -193,15 +195,25 @@ def _equal_memory_groups(res: dict) -> dict[str, dict[float, dict]]:
     return groups
 
 
-def _untrained_fits(res: dict, budget_mib: float) -> list[tuple[str, float]]:
+def _owed_fits(res: dict, budget_mib: float) -> list[tuple[str, float, int]]:
     """Dense models of the equal-memory grid whose measured peak (``memory.json``) fits in
-    ``budget_mib`` and that have no training run yet."""
+    ``budget_mib`` and whose learning-rate sweep is not complete: (model, peak MiB, runs done)."""
     path = RESULTS / EQUAL_MEMORY / "memory.json"
-    trained = {r["group"] for r in res["rows"]}
+    done = {g: len(runs) for g, runs in _equal_memory_groups(res).items()}
+    lrs = len(res["recipe"]["lrs"])
     peaks = json.loads(path.read_text())["rows"] if path.exists() else []
-    return sorted(((r["model"], r["peak_memory_mib"]) for r in peaks if r["family"] == "dense"
-                   and r["model"] not in trained and (r["peak_memory_mib"] or math.inf) <= budget_mib),
-                  key=lambda x: x[1])
+    return sorted(((r["model"], r["peak_memory_mib"], done.get(r["model"], 0)) for r in peaks
+                   if r["family"] == "dense" and done.get(r["model"], 0) < lrs
+                   and (r["peak_memory_mib"] or math.inf) <= budget_mib), key=lambda x: -x[1])
+
+
+def _owed_text(res: dict, m: dict) -> str:
+    fits = _owed_fits(res, m["peak_memory_mib"])
+    if not fits:
+        return ""
+    n = len(res["recipe"]["lrs"])
+    return (f"Dense models that fit in `{m['group']}`'s {m['peak_memory_mib']:,.0f} MiB with learning rates not "
+            f"trained yet: " + ", ".join(f"`{g}` ({p:,.0f} MiB, {k} of {n})" for g, p, k in fits) + ".")
 
 
 def equal_memory_table() -> str:
@@ -227,10 +239,7 @@ def equal_memory_table() -> str:
     lines += ["", f"{len(res['rows'])} of {total} runs trained. {res['pareto']['summary']}."]
     muse = [r for r in best.values() if r["family"] == "muse" and r["status"] == "complete"]
     for m in sorted(muse, key=ppl)[:1]:
-        fits = _untrained_fits(res, m["peak_memory_mib"])
-        if fits:
-            lines[-1] += (f" Dense models that fit in `{m['group']}`'s {m['peak_memory_mib']:,.0f} MiB and are not "
-                          f"trained yet: " + ", ".join(f"`{g}` ({p:,.0f} MiB)" for g, p in fits) + ".")
+        lines[-1] += " " + _owed_text(res, m)
     lines += ["", recipe_note(res)]
     return "\n".join(lines)
 

@@ -430,9 +430,9 @@ def test_muse_train_with_cuda_graph(tmp_path, monkeypatch, capsys, setting, opti
 @pytest.mark.parametrize("preset", ["baseline", "standard"])
 def test_a_compiled_model_is_captured(preset):
     """train.compile with train.cuda_graph: the compiled forward inside the captured step, the
-    fastest training path (`benchmarks/train_throughput.py --compile default --cuda-graph`). At
-    8570290 every preset failed to capture on an H200 (docs/performance-notes.md §13): this is the
-    check that fails until that is found."""
+    fastest training path (`benchmarks/train_throughput.py --compile default --cuda-graph`). It
+    failed while the capture copied the (strided) batch with clone(): the capture recompiled and
+    aborted (docs/performance-notes.md §13; the CPU check is in tests/test_compile.py)."""
     from muse.memory.profile import StepPlan, measure
 
     cfg = load_config(preset, {**SMALL, "train.compile": True, "train.compile_mode": "default",
