@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from muse.compare.report import BEYOND, PROVISIONAL
+from muse.compare.report import BEYOND, PROVISIONAL, WIN
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARETO = "compare-wikitext2-pareto"
@@ -114,7 +114,7 @@ def quality_headline() -> str | None:
             f"{ppl(b):.2f}). ")
     budgets = res["pareto"]["budgets"]
     losses = [v for v in budgets if v["verdict"] == "dense wins"]
-    wins = [v for v in budgets if v["verdict"].startswith("MUSE dominates")]
+    wins = [v for v in budgets if v["verdict"].startswith(WIN)]
     if losses:
         text += "At equal memory a smaller dense model is better: " + "; ".join(
             f"`{v['muse']}` peaks at {v['budget_mib']:,.0f} MiB with test perplexity {v['muse_perplexity']:.2f}, the "
@@ -134,7 +134,7 @@ def quality_headline() -> str | None:
     if res.get("not_run"):
         text += f"Not run yet: {', '.join(f'`{x}`' for x in res['not_run'])}. "
     tied = load(TIED)
-    tied_wins = [v for v in (tied or {}).get("pareto", {}).get("budgets", []) if v["verdict"].startswith("MUSE dominates")]
+    tied_wins = [v for v in (tied or {}).get("pareto", {}).get("budgets", []) if v["verdict"].startswith(WIN)]
     for v in sorted(tied_wins, key=lambda v: v["muse_perplexity"])[:1]:  # the best of them
         lrs = sorted({r["lr"] for r in tied["rows"]})
         text += (f"Against dense models with tied heads too, `{v['muse']}` ({v['budget_mib']:,.0f} MiB, "

@@ -41,6 +41,7 @@ def select(rows: list[dict]) -> list[dict]:
     return out
 
 
+WIN = "MUSE dominates"
 BEYOND = "beyond the dense grid"
 OPEN = "open: dense runs not trained yet"
 PROVISIONAL = " (provisional)"
@@ -67,14 +68,14 @@ def pareto(selected: list[dict], untrained_dense: int = 0) -> dict:
         elif ppl(m) >= ppl(best):
             verdict = "dense wins"
         else:
-            verdict = "MUSE dominates" if len(fits) < len(dense) else BEYOND
+            verdict = WIN if len(fits) < len(dense) else BEYOND
             verdict += PROVISIONAL if untrained_dense else ""
         out.append({
             "muse": m["label"], "budget_mib": m["peak_memory_mib"], "muse_perplexity": ppl(m),
             "dense": best["label"] if best else None, "dense_perplexity": ppl(best) if best else None,
             "dense_peak_mib": best["peak_memory_mib"] if best else None, "verdict": verdict,
         })
-    wins = sum(v["verdict"].startswith("MUSE dominates") for v in out)
+    wins = sum(v["verdict"].startswith(WIN) for v in out)
     losses = sum(v["verdict"] == "dense wins" for v in out)
     alone = sum(v["verdict"] == "no dense model fits" for v in out)
     beyond = sum(v["verdict"].startswith(BEYOND) for v in out)
