@@ -316,6 +316,7 @@ def estimate(cfg: Config, plan: StepPlan, build: Builder = build_single) -> dict
         from torch.distributed._tools.mem_tracker import MemTracker
     except ImportError as e:  # pragma: no cover - torch < 2.5
         raise ValueError(f"memory estimates need torch >= 2.5 (MemTracker): {e}") from None
+    from muse.memory.cuda_policy import CudaStepPolicy
     from muse.ops import assume_cuda, record_paths
     from muse.runtime import effective_cublas_workspace
 
@@ -336,8 +337,9 @@ def estimate(cfg: Config, plan: StepPlan, build: Builder = build_single) -> dict
         tracker.track_external(model)
         # assume_cuda: "auto" takes the paths it would on a GPU, not the CPU's: the Triton mixer ops
         # (scan, gates, head norm: their fake implementations) and the fused linear + cross-entropy
-        # (holding a per-token lse) where head.loss_impl resolves to it.
-        with tracker, warnings.catch_warnings(), assume_cuda(), record_paths() as paths:
+        # (holding a per-token lse) where head.loss_impl resolves to it. CudaStepPolicy: CUDA
+        # autocast's fp32 normalisations and CUDA's fused dropout.
+        with tracker, warnings.catch_warnings(), assume_cuda(), CudaStepPolicy(), record_paths() as paths:
             # MemTracker looks for the gradients the offload hook has just dropped: expected, not news
             warnings.filterwarnings("ignore", message="Expected a tensor or a traceable wrapper-subclass")
             grads = plan_step(cfg, plan, model, None, idx)()

@@ -40,6 +40,9 @@ __all__ = [
 
 _assume_cuda = False
 _is_compiling = torch.compiler.is_compiling
+# The GPU that ``assume_cuda`` models: an H100 SXM's streaming multiprocessors (the kernels size
+# their grids and split buffers by them), as the estimate's cuBLAS workspace takes sm90's sizes.
+ASSUMED_SMS = 132
 
 
 @contextlib.contextmanager
@@ -124,7 +127,10 @@ def _sm_count(index: int) -> int:
 
 
 def sms(x: Tensor) -> int:
-    """Streaming multiprocessors of the GPU that holds x (the kernels size their grids by it)."""
+    """Streaming multiprocessors of the GPU that holds x (the kernels size their grids by it);
+    ``ASSUMED_SMS`` for a fake tensor that stands for a GPU one (``assume_cuda``)."""
+    if not x.is_cuda and _assume_cuda and fake(x):
+        return ASSUMED_SMS
     return _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device())
 
 
@@ -176,7 +182,8 @@ _TAGS = (torch.Tag.pt2_compliant_tag,) + ((torch.Tag.flexible_layout,) if hasatt
 _LIB = torch.library.Library("muse", "FRAGMENT")  # a fragment: other modules may define muse:: ops too
 
 
-def define_op(name: str, schema: str, launcher: Callable, fake: Callable, placeholders: Sequence | None = None):
+def define_op(name: str, schema: str, launcher: Callable, fake: Callable, placeholders: Sequence | None = None,
+              scratch: Callable | None = None):
     """Register ``muse::name`` with ``schema`` (no mutation, no aliasing: every output is a
     fresh tensor), ``launcher`` as its CPU (Triton's interpreter) and CUDA kernel and ``fake``
     as its fake / meta implementation; returns the op's default overload (the cheapest to call).
@@ -189,6 +196,12 @@ def define_op(name: str, schema: str, launcher: Callable, fake: Callable, placeh
     the output is always there, else a function of the op's arguments giving the tensor whose
     dtype/device the (0,) placeholder takes (``absent``); the launcher returns None there and
     the registered kernel fills in the placeholder (the fake must return the same ``absent``).
+
+    scratch: a function of the op's arguments giving the ``[(shape, dtype), ...]`` of the
+    temporaries the launcher allocates on a GPU besides its outputs (split partials). Then the
+    op is returned behind a wrapper that, for fake tensors standing for GPU ones (``muse
+    memory``'s estimate), holds such tensors while the op runs: the memory tracker cannot see
+    tensors made inside a fake implementation. Elsewhere the wrapper only calls the op.
     """
     _LIB.define(name + schema, tags=_TAGS)
 
@@ -200,4 +213,21 @@ def define_op(name: str, schema: str, launcher: Callable, fake: Callable, placeh
     _LIB.impl(name, kernel, "CPU")
     _LIB.impl(name, kernel, "CUDA")
     torch.library.register_fake(f"muse::{name}", fake, lib=_LIB)
-    return getattr(torch.ops.muse, name).default
+    op = getattr(torch.ops.muse, name).default
+    if scratch is None:
+        return op
+
+    def call(*args):
+        x = args[0]
+        held = [x.new_empty(shape, dtype=dt) for shape, dt in scratch(*args)] if _fake_gpu(x) else []
+        out = op(*args)
+        del held
+        return out
+
+    return call
+
+
+def _fake_gpu(x: Tensor) -> bool:
+    """x is a fake tensor standing for a GPU one (``fake`` first: False while compiling, so a
+    compiled graph never reads ``_assume_cuda``)."""
+    return fake(x) and _assume_cuda

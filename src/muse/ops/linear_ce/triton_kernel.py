@@ -240,29 +240,29 @@ def _bk(K: int, dtype: torch.dtype) -> int:
     return min(max(16, 1 << (K - 1).bit_length()), 64 if dtype.itemsize <= 2 else 32)
 
 
-def _vocab_splits(T: int, V: int, x: Tensor) -> int:
+def _vocab_splits(T: int, V: int, x: Tensor, gpu: bool | None = None) -> int:
     """Vocabulary splits of the forward: enough programs for ~2 per SM at BM = 128, each split
     keeping >= 1024 columns. Two under the interpreter (the tests cover the combine). Fake
-    tensors never get here: the op's fake gives the combined (T,) outputs, whatever the GPU."""
-    if not x.is_cuda:
+    tensors get here only for the estimate's scratch (``gpu`` True: the GPU's sizes)."""
+    if not (x.is_cuda if gpu is None else gpu):
         return 2 if interpreting() and V >= 64 else 1
     want = _cdiv(2 * _sms(x), _cdiv(T, 128))
     return max(1, min(want, _cdiv(V, 1024)))
 
 
-def _token_split(T: int, V: int, x: Tensor) -> int:
+def _token_split(T: int, V: int, x: Tensor, gpu: bool | None = None) -> int:
     """Tokens per split of the weight-gradient kernel (a multiple of 128, so of every BM): its
     programs tile the vocabulary only (V / BV of them: ~160 at V = 10K, one wave on an H100,
     each looping over all T tokens), so long inputs are split until there are ~4 per SM, each
     split keeping >= 1024 tokens. Splits of 32 tokens under the interpreter (the tests cover
     the sum of partials)."""
-    if not x.is_cuda:
+    if not (x.is_cuda if gpu is None else gpu):
         return 32 if interpreting() else max(T, 1)
     ns = max(1, min(_cdiv(4 * _sms(x), _cdiv(V, 128)), T // 1024))
     return _cdiv(_cdiv(T, ns), 128) * 128
 
 
-def _dx_vocab_split(T: int, V: int, K: int, x: Tensor) -> int:
+def _dx_vocab_split(T: int, V: int, K: int, x: Tensor, gpu: bool | None = None) -> int:
     """Vocabulary columns per split of the input-gradient kernel (a multiple of 128, so of every
     BV). Its programs tile the tokens only (T / BM: 128 at T = 16K, one per SM), each looping over
     all V columns; with a narrow K (a low-rank head's r) each step is light and those programs are
@@ -270,7 +270,7 @@ def _dx_vocab_split(T: int, V: int, K: int, x: Tensor) -> int:
     costs T·K·4 bytes, so wider K splits less (none from K = 256 up: there the work per program
     already hides the latency). Splits of 128 columns under the interpreter (the tests cover the
     sum of partials)."""
-    if not x.is_cuda:
+    if not (x.is_cuda if gpu is None else gpu):
         return 128 if interpreting() else max(V, 1)
     ns = max(1, min(_cdiv(4 * _sms(x), _cdiv(T, 128)), V // 1024, 256 // max(K, 1)))
     return _cdiv(_cdiv(V, ns), 128) * 128
@@ -341,8 +341,26 @@ def ce_backward(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor, lse: Tensor
 
 
 # The launchers as ops (muse.ops._dispatch): one graph node each under torch.compile, outputs of
-# the real shapes for fake tensors. Not modelled by the fakes: the forward's (S, T) partials
-# when the vocabulary is split (S > 1 only for short T on a real GPU).
+# the real shapes for fake tensors, and (the scratch functions) the fp32 split partials the
+# launchers allocate on a GPU, for the memory estimate: the weight-gradient partials (ns, V, K)
+# are 137 MiB at T = 16K, V = 10K, K = 512 on an H100.
+def _fwd_scratch(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor) -> list:
+    T, V = x.shape[0], w.shape[0]
+    S = _cdiv(V, _cdiv(V, _vocab_splits(T, V, x, gpu=True)))
+    return [((S, T), accumulation_dtype(x))] * 2 if S > 1 else []
+
+
+def _bwd_scratch(x: Tensor, w: Tensor, b: Tensor | None, tgt: Tensor, lse: Tensor, dloss: Tensor,
+                 ignore_index: int, need_dx: bool, need_dw: bool) -> list:
+    (T, K), V = x.shape, w.shape[0]
+    out = []
+    if need_dx and (ns := _cdiv(V, _dx_vocab_split(T, V, K, x, gpu=True))) > 1:
+        out.append(((ns, T, K), lse.dtype))
+    if need_dw and (ns := _cdiv(T, _token_split(T, V, x, gpu=True))) > 1:
+        out += [((ns, V, K), lse.dtype)] + ([((ns, V), lse.dtype)] if b is not None else [])
+    return out
+
+
 def _fwd_fake(x, w, b, tgt):
     acc = accumulation_dtype(x)
     return x.new_empty((x.shape[0],), dtype=acc), x.new_empty((x.shape[0],), dtype=acc)
@@ -358,14 +376,14 @@ def _bwd_fake(x, w, b, tgt, lse, dloss, ignore_index, need_dx, need_dw):
 _x = lambda *a: a[0]  # noqa: E731 - the placeholders take x's dtype
 _fwd_op = define_op(
     "linear_ce_fwd", "(Tensor x, Tensor w, Tensor? b, Tensor tgt) -> (Tensor, Tensor)",
-    lambda x, w, b, tgt: ce_forward(x, w, contiguous(b), tgt.contiguous()), _fwd_fake,
+    lambda x, w, b, tgt: ce_forward(x, w, contiguous(b), tgt.contiguous()), _fwd_fake, scratch=_fwd_scratch,
 )
 _bwd_op = define_op(
     "linear_ce_bwd",
     "(Tensor x, Tensor w, Tensor? b, Tensor tgt, Tensor lse, Tensor dloss, int ignore_index, bool need_dx,"
     " bool need_dw) -> (Tensor, Tensor, Tensor)",
     lambda x, w, b, tgt, lse, *rest: ce_backward(x, w, contiguous(b), tgt.contiguous(), lse.contiguous(), *rest),
-    _bwd_fake, placeholders=(_x, _x, _x),
+    _bwd_fake, placeholders=(_x, _x, _x), scratch=_bwd_scratch,
 )
 
 

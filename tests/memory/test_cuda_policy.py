@@ -1,0 +1,90 @@
+"""The estimate's model of a CUDA step (``muse.memory.cuda_policy``, the ops' GPU scratch), and
+the estimate against peaks measured on a GPU."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import muse
+from muse.memory.cuda_policy import CudaStepPolicy
+from muse.memory.profile import StepPlan, estimate
+from muse.ops.semiseparable.triton_chunk import HAS_TRITON
+
+PARETO = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "compare-wikitext2-pareto" / "results.json"
+
+
+def test_layer_norm_runs_in_fp32_under_autocast_as_on_cuda():
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    w, b = torch.ones(8), torch.zeros(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F.layer_norm(x, (8,), w, b).dtype == torch.bfloat16  # CPU autocast's policy
+        with CudaStepPolicy():
+            y = F.layer_norm(x, (8,), w, b)
+            assert F.group_norm(x[None].transpose(1, 2), 2).dtype == torch.float32
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, F.layer_norm(x.float(), (8,), w, b))
+    with CudaStepPolicy():  # no autocast: nothing changes
+        assert F.layer_norm(x, (8,)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_keeps_a_bool_mask_as_on_cuda(dtype):
+    x = torch.randn(64, 64, dtype=dtype, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        with CudaStepPolicy():
+            y = F.dropout(x, 0.5, training=True)
+            assert F.dropout(x, 0.5, training=False) is x
+    assert saved == [torch.bool]
+    kept = y != 0
+    torch.testing.assert_close(y[kept], (x * 2)[kept])
+    assert 0.3 < kept.float().mean().item() < 0.7
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (the estimate models the Triton loss)")
+def test_the_estimate_holds_the_loss_kernels_gpu_partials():
+    """On an H100 the loss's weight gradient at T = 16K, V = 10K, K = 512 is summed from 7 fp32
+    partials (137 MiB) that the launcher allocates besides its outputs; the estimate holds them."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from muse.ops import assume_cuda
+    from muse.ops.linear_ce import linear_cross_entropy
+
+    T, V, K = 16384, 10000, 512
+    peaks = {}
+    for gpu in (False, True):
+        with FakeTensorMode():
+            x = torch.empty(T, K, requires_grad=True)
+            w = torch.empty(V, K, requires_grad=True)
+            tgt = torch.zeros(T, dtype=torch.long)
+            tracker = MemTracker()
+            with tracker, (assume_cuda() if gpu else torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)):
+                linear_cross_entropy(x, w, tgt, impl="triton").backward()
+            peaks[gpu] = sum(d["Total"] for d in tracker.get_tracker_snapshot("peak").values())
+    inputs = (T + V) * K * 4
+    assert peaks[False] < 7 * V * K * 4 <= peaks[True] - inputs  # the partials, beside x and w
+
+
+def _measured(label: str) -> dict:
+    rows = {r["label"]: r for r in json.loads(PARETO.read_text())["rows"]}
+    return rows[label]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (the estimate models the Triton kernels)")
+@pytest.mark.parametrize("preset", ["baseline", "standard", "compact", "ultra"])
+def test_estimate_matches_the_peak_measured_on_an_h100(preset):
+    """The Pareto comparison's peaks were measured on an H100 (B=32, N=512, bf16 autocast, AdamW,
+    dropout 0.1, no checkpointing). Before the estimate modelled CUDA autocast's fp32 LayerNorm,
+    CUDA's fused dropout and the loss's partials, it was 33 % low for `ultra` and 15 % low for
+    `compact`."""
+    row = _measured(preset)
+    assert row["device"].startswith("NVIDIA H100") and row["peak_memory_method"] == "measured"
+    cfg = muse.load_config(preset, {"model.dropout": 0.1})
+    plan = StepPlan(batch=32, seq=512, precision="bf16", optimizer="adamw", checkpointing=False)
+    est = estimate(cfg, plan)["peak"] / 2**20
+    assert math.isclose(est, row["peak_memory_mib"], rel_tol=0.03), (est, row["peak_memory_mib"])
