@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from muse.config import Config, ModelConfig
 from muse.layers.embedding import DenseEmbedding, LowRankEmbedding, TTEmbedding
@@ -20,6 +19,7 @@ from muse.layers.ffn import FFN
 from muse.layers.head import head_logits, lm_loss, make_head
 from muse.layers.norm import make_norm
 from muse.mixers import build_mixer
+from muse.ops import activation_checkpoint
 from muse.ops._dispatch import check_range
 
 # Prompt tokens per parallel prefill pass: long enough to keep a GPU busy, short enough that the
@@ -120,7 +120,7 @@ class MuseLM(nn.Module):
             if self.cfg.checkpointing and self.training and torch.is_grad_enabled():
                 # nothing random to replay without dropout; saving the CUDA RNG state would
                 # also be a host read that a captured step (train.cuda_graph) cannot make
-                x, a = checkpoint(block, x, use_reentrant=False, preserve_rng_state=self.cfg.dropout > 0)
+                x, a = activation_checkpoint(block, x, preserve_rng_state=self.cfg.dropout > 0)
             else:
                 x, a = block(x)
             if a is not None:

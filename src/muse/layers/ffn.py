@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from muse.config import FFNConfig
 from muse.layers.linear import LowRankLinear, make_linear
+from muse.ops import activation_checkpoint
 from muse.ops.lowrank_mlp import lowrank_mlp, resolve_impl
 
 
@@ -51,7 +51,7 @@ class FFN(nn.Module):
             return self._mlp(x)
         chunks = x.reshape(-1, x.size(-1)).split(c)  # views of (T, d), c rows each
         if torch.is_grad_enabled():
-            out = [checkpoint(self._mlp, xc, use_reentrant=False, preserve_rng_state=False) for xc in chunks]  # no RNG
+            out = [activation_checkpoint(self._mlp, xc, preserve_rng_state=False) for xc in chunks]  # no RNG
         else:
             out = [self._mlp(xc) for xc in chunks]
         return torch.cat(out).view(*x.shape[:-1], -1)

@@ -13,12 +13,18 @@ change what the step saves for its backward, and :class:`CudaStepPolicy` gives t
   estimate").
 - **Fused dropout.** CUDA's dropout is one kernel that keeps a bool mask (``native_dropout``);
   the CPU's keeps a noise tensor in the input's dtype, 2 to 4 times the bytes.
+- **Fused attention.** CUDA's SDPA runs a fused kernel (FlashAttention in half precision, the
+  memory-efficient one otherwise) that keeps one log-sum-exp per row; CPU SDPA with dropout or a
+  mask takes the math path and keeps the (N, N) scores (it tripled `baseline`'s estimate at B=32,
+  N=512 with dropout 0.1). On fake tensors the policy calls the fused kernel's op, whose fake
+  implementation has its shapes.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import is_fake
 from torch.overrides import TorchFunctionMode
 
 __all__ = ["CudaStepPolicy"]
@@ -32,8 +38,8 @@ def _fp32(a):
 
 
 class CudaStepPolicy(TorchFunctionMode):
-    """Inside: CUDA autocast's fp32 normalisations (while CPU autocast is on) and CUDA's fused
-    dropout, on whatever tensors run (the estimate's fake ones)."""
+    """Inside: CUDA autocast's fp32 normalisations (while CPU autocast is on), CUDA's fused
+    dropout, and (on fake tensors) CUDA's fused attention."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -43,7 +49,23 @@ class CudaStepPolicy(TorchFunctionMode):
             x, p, training, inplace = _dropout_args(*args, **kwargs)
             if training and not inplace and 0 < p < 1:
                 return torch.native_dropout(x, p, True)[0]
+        elif func is F.scaled_dot_product_attention and is_fake(args[0]):
+            return _fused_sdpa(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """SDPA as CUDA runs it, on fake tensors (B, H, N, p): the fused kernel's op."""
+    if enable_gqa and query.size(-3) != key.size(-3):
+        key = key.repeat_interleave(query.size(-3) // key.size(-3), -3)
+        value = value.repeat_interleave(query.size(-3) // value.size(-3), -3)
+    if attn_mask is None and query.dtype in _LOW and query.size(-1) <= 256:
+        return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, is_causal,
+                                                                  scale=scale)[0]
+    if attn_mask is not None and attn_mask.dtype == torch.bool:  # as SDPA turns a bool mask into a bias
+        attn_mask = torch.zeros(attn_mask.shape, dtype=query.dtype).masked_fill(~attn_mask, float("-inf"))
+    return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, attn_mask, True, dropout_p,
+                                                                  is_causal, scale=scale)[0]
 
 
 def _dropout_args(input, p=0.5, training=True, inplace=False):  # noqa: A002 - F.dropout's names

@@ -12,7 +12,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from muse.config import ModelConfig
 from muse.layers.linear import make_linear
 from muse.mixers.base import Mixer, register_mixer
-from muse.ops import assumes_cuda, fake
 
 # Backends for prefill and decoding. cuDNN attention (which SDPA prefers on an H100) builds a
 # plan on the host for every new shape: for every prompt length in a prefill, and (before the
@@ -27,21 +26,6 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_caus
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
     with sdpa_kernel(_DECODE_BACKENDS):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
-
-
-def causal_sdpa(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
-    """Causal SDPA of q, k, v (B, H, N, p) with attention dropout, as a GPU runs it.
-
-    On fake CPU tensors that model a GPU step (``muse memory``'s estimate, under ``assume_cuda``),
-    CPU SDPA with dropout takes the math path and keeps the (N, N) scores and dropout mask for the
-    backward: it tripled the estimate of ``baseline`` at B=32, N=512. A GPU runs a fused kernel
-    that keeps one log-sum-exp per row, so the estimate calls that kernel's op (FlashAttention in
-    half precision, the memory-efficient kernel in fp32), whose fake implementation has its shapes."""
-    if not q.is_cuda and fake(q) and assumes_cuda(q):
-        if q.dtype in (torch.float16, torch.bfloat16) and q.size(-1) <= 256:
-            return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, True)[0]
-        return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, dropout_p, True)[0]
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
 
 
 class RotaryEmbedding(nn.Module):
@@ -91,7 +75,7 @@ class AttentionMixer(Mixer):
         B, N, d = x.shape
         q, k, v = self._qkv(x, 0)
         p = self.dropout if self.training else 0.0
-        y = causal_sdpa(q, k, v, p)  # (B, H, N, p)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, H, N, p)
         return self.proj(y.transpose(1, 2).reshape(B, N, d)), None
 
     def init_state(self, batch_size: int, device, dtype) -> dict[str, Tensor]:

@@ -1,7 +1,8 @@
-"""MUSE's kernels and their torch references; ``assume_cuda`` makes "auto" model a GPU on fake tensors
-(``fake``: is this one, also inside compiled code), ``record_paths`` reports which implementation
-each op ran."""
+"""MUSE's kernels and their torch references; ``assume_cuda`` makes "auto" model a GPU on fake tensors,
+``record_paths`` reports which implementation each op ran; ``activation_checkpoint`` is the one
+checkpointing wrapper."""
 
-from ._dispatch import assume_cuda, assumes_cuda, fake, record_paths
+from ._checkpoint import activation_checkpoint
+from ._dispatch import assume_cuda, assumes_cuda, record_paths
 
-__all__ = ["assume_cuda", "assumes_cuda", "fake", "record_paths"]
+__all__ = ["activation_checkpoint", "assume_cuda", "assumes_cuda", "record_paths"]

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-from torch.utils.checkpoint import checkpoint
 
+from muse.ops._checkpoint import activation_checkpoint
 from muse.ops._dispatch import fake
 
 from .naive import accumulation_dtype, autocast_operands, check_inputs
@@ -228,7 +228,7 @@ def chunked_nll(
     for i in range(0, h.size(0), chunk_size):
         hc, tc = h[i : i + chunk_size], targets[i : i + chunk_size]
         if recompute:
-            total = total + checkpoint(_chunk_nll, logits_fn, hc, tc, ignore_index, use_reentrant=False)
+            total = total + activation_checkpoint(_chunk_nll, logits_fn, hc, tc, ignore_index)
         else:
             total = total + _chunk_nll(logits_fn, hc, tc, ignore_index)
     return total
