@@ -129,7 +129,7 @@ def _sm_count(index: int) -> int:
 def sms(x: Tensor) -> int:
     """Streaming multiprocessors of the GPU that holds x (the kernels size their grids by it);
     ``ASSUMED_SMS`` for a fake tensor that stands for a GPU one (``assume_cuda``)."""
-    if not x.is_cuda and _assume_cuda and fake(x):
+    if not x.is_cuda and _fake_gpu(x):
         return ASSUMED_SMS
     return _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device())
 
