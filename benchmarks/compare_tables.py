@@ -99,8 +99,63 @@ def ablation_table() -> str:
     return "\n".join(lines)
 
 
+def short(label: str) -> str:
+    """A derived model's label without the preset and section names: `baseline+d_model=384+n_heads=6+
+    n_layers=4+head.kind=tied lr=0.002` -> `d_model=384, h=6, L=4, tied head`."""
+    name = label.split(" lr=")[0]
+    if not name.startswith("baseline+"):
+        return f"`{name}`"
+    return "`" + (name.removeprefix("baseline+").replace("+n_heads=", ", h=").replace("+n_layers=", ", L=")
+                  .replace("+head.kind=tied", ", tied head")) + "`"
+
+
+def verdict_words(verdict: str) -> str:
+    if verdict.startswith(WIN):
+        words = "**MUSE wins**"
+    elif verdict.startswith(BEYOND):
+        words = "beyond the dense grid: not a win"
+    else:
+        words = verdict
+    return words + (" (provisional)" if verdict.endswith(PROVISIONAL) else "")
+
+
+def _recipe_words(res: dict) -> str:
+    rc, s = res["recipe"], res["recipe"].get("set", {})
+    opt = {"adamw": "AdamW", "adamw8bit": "8-bit AdamW"}.get(s.get("train.optimizer"), s.get("train.optimizer", "?"))
+    lrs = rc["lrs"]
+    lr = f"lr {lrs[0]:g}" if len(lrs) == 1 else "best of lr " + "/".join(f"{x:g}" for x in lrs)
+    return (f"{s.get('train.precision', '?')} autocast, {opt}, "
+            f"{'checkpointing' if s.get('model.checkpointing') else 'no checkpointing'}, {lr}")
+
+
+# (experiment, what its dense side is): the comparisons the README's verdict table is made of
+VERDICT_SOURCES = ((PARETO, "dense models"), (TIED, "dense models with tied heads"),
+                   (EQUAL_MEMORY, "dense models, every memory feature for every model"))
+
+
+def verdict_table(links: str = "benchmarks/results/") -> str:
+    """Each MUSE model of the WikiText-2 comparisons beside the best dense model within its
+    full-step peak, and the verdict there (``report.pareto``'s); ``links``: the path from the page
+    to the result folders."""
+    lines = ["| comparison | MUSE model | its peak | test ppl | best dense model within that peak | its peak | test ppl "
+             "| verdict |", "|---|---|---:|---:|---|---:|---:|---|"]
+    for name, against in VERDICT_SOURCES:
+        res = load(name)
+        if res is None:
+            continue
+        how = f"[{against}]({links}{name}/results.md); {_recipe_words(res)}"
+        for i, v in enumerate(res["pareto"]["budgets"]):
+            how = how if i == 0 else ""  # once per comparison
+            dense = ("none trained" if v["dense"] is None else
+                     f"{short(v['dense'])} | {v['dense_peak_mib']:,.0f} MiB | {v['dense_perplexity']:.2f}")
+            lines.append(f"| {how} | {short(v['muse'])} | {v['budget_mib']:,.0f} MiB | {v['muse_perplexity']:.2f} | "
+                         + (dense if v["dense"] else f"{dense} | – | –") + f" | {verdict_words(v['verdict'])} |")
+    return "\n".join(lines)
+
+
 def quality_headline() -> str | None:
-    """The README's quality sentence, from the Pareto comparison."""
+    """The README's answer on quality: `standard` against `baseline` at equal tokens, then the
+    verdict table at equal memory and what is still owed."""
     res = load(PARETO)
     rows = by_label(res)
     if res is None:
@@ -111,64 +166,22 @@ def quality_headline() -> str | None:
     text = (f"**Quality.** On WikiText-2, each trained on the same {human(res['recipe']['max_tokens'])} tokens with one "
             f"recipe, `standard` has {b['actual_params'] / s['actual_params']:.1f}× fewer parameters than the dense "
             f"`baseline` of the same shape and **×{ppl(s) / ppl(b):.2f} its test perplexity** ({ppl(s):.2f} against "
-            f"{ppl(b):.2f}). ")
-    budgets = res["pareto"]["budgets"]
-    losses = [v for v in budgets if v["verdict"] == "dense wins"]
-    wins = [v for v in budgets if v["verdict"].startswith(WIN)]
-    if losses:
-        text += "At equal memory a smaller dense model is better: " + "; ".join(
-            f"`{v['muse']}` peaks at {v['budget_mib']:,.0f} MiB with test perplexity {v['muse_perplexity']:.2f}, the "
-            f"dense `{v['dense']}` at {v['dense_peak_mib']:,.0f} MiB with {v['dense_perplexity']:.2f}" for v in losses
-        ) + ". "
-    one_lr = len(res["recipe"]["lrs"]) == 1
-    for v in wins:
-        text += (f"`{v['muse']}` ({v['budget_mib']:,.0f} MiB, {v['muse_perplexity']:.2f}) beats every dense model that "
-                 f"fits in its memory (best: `{v['dense']}`, {v['dense_perplexity']:.2f})"
-                 + (f", every model at one learning rate ({res['recipe']['lrs'][0]:g}; the sweep is owed)" if one_lr
-                    else "") + (", provisionally: dense runs are not trained yet" if v["verdict"].endswith(PROVISIONAL)
-                                else "") + ". ")
-    for v in (v for v in budgets if v["verdict"].startswith(BEYOND)):
-        text += (f"`{v['muse']}` reaches {v['muse_perplexity']:.2f}, below every dense model of the grid, but at "
-                 f"{v['budget_mib']:,.0f} MiB, beyond all of them (the best of them: `{v['dense']}`, "
-                 f"{v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} MiB): not an equal-memory win. ")
+            f"{ppl(b):.2f}). At equal memory (B=32, N=512; full-step peaks; test perplexity of the best-validation "
+            f"checkpoint):\n\n" + verdict_table() + "\n\n")
+    owed = []
     if res.get("not_run"):
-        text += f"Not run yet: {', '.join(f'`{x}`' for x in res['not_run'])}. "
-    tied = load(TIED)
-    tied_wins = [v for v in (tied or {}).get("pareto", {}).get("budgets", []) if v["verdict"].startswith(WIN)]
-    for v in sorted(tied_wins, key=lambda v: v["muse_perplexity"])[:1]:  # the best of them
-        lrs = sorted({r["lr"] for r in tied["rows"]})
-        text += (f"Against dense models with tied heads too, `{v['muse']}` ({v['budget_mib']:,.0f} MiB, "
-                 f"{v['muse_perplexity']:.2f}) beats every dense model that fits in its memory (best: "
-                 f"`{v['dense']}`, {v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} MiB)"
-                 + (f", at one learning rate ({lrs[0]:g})" if len(lrs) == 1 else "") + ". ")
-    return text + _equal_memory_sentence() + "See the comparison below."
-
-
-def _equal_memory_sentence() -> str:
-    """Where the equal-memory sweep (every memory feature, the lr sweep) stands, for the headline."""
-    res = load(EQUAL_MEMORY)
-    if res is None:
-        return ""
-    chosen = set(res["selected"])
-    muse = sorted((r for r in res["rows"] if r["label"] in chosen and r["family"] == "muse"
-                   and r["status"] == "complete"), key=ppl)
-    if not muse:
-        return ""
-    m, total = muse[0], len(res["rows"]) + len(res.get("not_run", []))
-    v = next((v for v in res["pareto"]["budgets"] if v["muse"] == m["label"]), None)
-    text = (f"With every memory feature for every model and a {len(res['recipe']['lrs'])}-value learning-rate sweep "
-            f"(`{EQUAL_MEMORY}`, {len(res['rows'])} of {total} runs so far), `{m['group']}` reaches "
-            f"{ppl(m):.2f} at {m['peak_memory_mib']:,.0f} MiB (lr {m['lr']:g}); ")
-    if v and v["dense"]:
-        text += (f"the best trained dense model within that memory, `{v['dense']}`, {v['dense_perplexity']:.2f} at "
-                 f"{v['dense_peak_mib']:,.0f} MiB: {v['verdict']}. ")
-    else:
-        text += "no dense model within that memory is trained yet. "
-    fits, n = _owed_fits(res, m["peak_memory_mib"]), len(res["recipe"]["lrs"])
-    if fits:
-        text += (f"Owed: {sum(n - k for _, _, k in fits)} runs of the {len(fits)} dense models that fit there "
-                 f"(docs/quality-notes.md §5). ")
-    return text
+        owed.append(f"in `{PARETO}`, {', '.join(f'`{x}`' for x in res['not_run'])}")
+    eqm = load(EQUAL_MEMORY)
+    if eqm is not None:
+        total = len(eqm["rows"]) + len(eqm.get("not_run", []))
+        fits = [f for v in eqm["pareto"]["budgets"] for f in _owed_fits(eqm, v["budget_mib"])]
+        n = len(eqm["recipe"]["lrs"])
+        owed.append(f"in `{EQUAL_MEMORY}`, {total - len(eqm['rows'])} of its {total} runs"
+                    + (f", {sum(n - k for _, _, k in set(fits))} of them of the {len(set(fits))} dense models that fit "
+                       f"in a MUSE model's memory there (docs/quality-notes.md §5)" if fits else ""))
+    if owed:
+        text += "Not trained yet: " + "; ".join(owed) + ". "
+    return text + "The comparisons in full: below."
 
 
 def equal_memory_peaks_table() -> str:
@@ -261,8 +274,7 @@ def equal_memory_cells() -> dict[str, str]:
         if v["dense"] is None:
             cells[v["muse"]] = f"none fits in {v['budget_mib']:,.0f} MiB"
             continue
-        dense = v["dense"].replace("baseline+", "").replace("+n_heads=", ", h=").replace("+n_layers=", ", L=")
-        cells[v["muse"]] = (f"`{dense}`: {v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} of "
+        cells[v["muse"]] = (f"{short(v['dense'])}: {v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} of "
                             f"{v['budget_mib']:,.0f} MiB ({v['verdict']})")
     return cells
 

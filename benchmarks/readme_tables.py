@@ -144,11 +144,12 @@ def headline() -> str:
     for results, how in SPEED_RUNS:
         ratios, run, other = throughput_ratios(results)
         if ratios:
-            speed.append(f"{how}, {other} at {ratios[0][1]:.2f}× at N = {ratios[0][0]:,}"
-                         + (f" and {ratios[-1][1]:.2f}× at N = {ratios[-1][0]:,}" if len(ratios) > 1 else "")
-                         + f" ({run['device']}, commit `{short_sha(run)}`)")
+            speed.append(f"| {how} | {other} | " + " | ".join(f"{r:.2f}× at {n:,}" for n, r in (ratios[0], ratios[-1]))
+                         + f" | {run['device']}, `{short_sha(run)}` |")
     if speed:
-        parts.append("**Speed.** Training tokens/s against `baseline`'s: " + "; ".join(speed) + ".")
+        parts.append("**Speed.** Training tokens/s against `baseline`'s (one GPU, B·N tokens per step fixed):\n\n"
+                     "| step | model | shortest N | longest N | device, commit |\n|---|---|---:|---:|---|\n"
+                     + "\n".join(speed))
     dec = newest("decode-gpu.json")
     if dec:
         rows = {r["preset"]: r for r in dec["figures"] if "decode" in r}
@@ -171,10 +172,10 @@ def headline() -> str:
 # preset): the current `standard`'s first, then older runs under the names their presets have now.
 SPEED_RUNS = (
     ("train_throughput-cudagraph-h200.json",
-     "eager with the step captured as one CUDA graph (`train.cuda_graph`, on by default on one CUDA device)"),
+     "eager, captured as one CUDA graph (`train.cuda_graph`, the default on one GPU)"),
     ("train_throughput-compile-default-cudagraph-gpu.json", "compiled and captured"),
     ("train_throughput-cudagraph-gpu.json", "eager and captured"),
-    ("train_throughput-gpu.json", "eager and uncaptured (`train.cuda_graph false`), bound by kernel launches on the host"),
+    ("train_throughput-gpu.json", "eager, not captured (`train.cuda_graph false`): bound by launches on the host"),
 )
 
 

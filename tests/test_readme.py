@@ -87,6 +87,31 @@ def test_presets_table_puts_the_dense_model_of_equal_memory_beside_each_muse_pre
     assert line["baseline"].endswith("| – |")
 
 
+def test_headline_verdicts_are_the_comparisons_own():
+    """The README's verdict table has one row per MUSE model of each WikiText-2 comparison, with
+    the best dense model within its peak and the verdict its results.json records; a derived
+    dense model is named by its overrides alone."""
+    _tables()  # puts benchmarks/ on sys.path
+    import compare_tables as ct
+    assert ct.short("baseline+d_model=384+n_heads=6+n_layers=4+head.kind=tied lr=0.002") == \
+        "`d_model=384, h=6, L=4, tied head`"
+    assert ct.short("standard lr=0.002") == "`standard`" and ct.short("baseline") == "`baseline`"
+    assert ct.verdict_words("MUSE dominates (provisional)") == "**MUSE wins** (provisional)"
+    assert ct.verdict_words("beyond the dense grid").endswith("not a win")
+    table = ct.verdict_table().splitlines()
+    n = 0
+    for name, _ in ct.VERDICT_SOURCES:
+        res = ct.load(name)
+        for b in (res or {}).get("pareto", {}).get("budgets", []):
+            row = table[2 + n]
+            assert ct.short(b["muse"]) in row and f"{b['muse_perplexity']:.2f}" in row
+            assert ct.verdict_words(b["verdict"]) in row
+            if b["dense"]:
+                assert ct.short(b["dense"]) in row and f"{b['dense_perplexity']:.2f}" in row
+            n += 1
+    assert n > 0 and len(table) == 2 + n
+
+
 def test_readme_is_a_guide_not_a_log():
     """Outside its generated tables the README names no commits and no issue numbers: the
     development record lives in docs/performance-notes.md."""
