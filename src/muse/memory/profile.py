@@ -204,6 +204,24 @@ def expected_optimizer_bytes(model: torch.nn.Module, optimizer: str, device_type
     return total
 
 
+def update_temporaries_bytes(model: torch.nn.Module, optimizer: str) -> int:
+    """GPU temporaries of the optimizer update, beyond the parameters, gradients and state.
+
+    torchao's AdamW8bit updates one parameter at a time through a compiled ``single_param_adam``:
+    it dequantises both moments to fp32, requantises them (a block-wise absmax, a reduction) and
+    updates the parameter from the fp32 values, so the two fp32 moments of the parameter being
+    stepped are materialised: 8 bytes per value of the largest 8-bit-quantised parameter. (On an
+    H200, `standard`'s B=2 step with its own recipe, whose tied 5.12 M-value embedding is that
+    parameter, held 40.9 MiB more than parameters, gradients, state and workspace at its peak:
+    `verify-b2-cublas-16-8-h200.json`; this model gives 39.1.) Fused AdamW (CUDA) updates in
+    place, and the offloading optimizer updates on the host: 0.
+    """
+    if optimizer != "adamw8bit":
+        return 0
+    sizes = [(p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters() if p.requires_grad]
+    return 8 * max((n for n in sizes if n >= 4096 and n % 256 == 0), default=0)
+
+
 def build_plan(cfg: Config, plan: StepPlan,
                device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer | None]:
     """The model and (for ``train``) the optimizer of ``cfg`` (a :func:`plan_config`), built as the
@@ -344,12 +362,15 @@ def estimate(cfg: Config, plan: StepPlan, build: Builder = build_single) -> dict
             warnings.filterwarnings("ignore", message="Expected a tensor or a traceable wrapper-subclass")
             grads = plan_step(cfg, plan, model, None, idx)()
         peak = sum(d["Total"] for d in tracker.get_tracker_snapshot("peak").values())
-        state = expected_optimizer_bytes(model, plan.optimizer, "cuda") if plan.mode == "train" else 0
+        train = plan.mode == "train"
+        state = expected_optimizer_bytes(model, plan.optimizer, "cuda") if train else 0
+        # the update holds every parameter, gradient and state and its own temporaries
+        update = params + grads + state + update_temporaries_bytes(model, plan.optimizer) if train else 0
         host = expected_offload_bytes(model) if offload else None
     # the optimizer state is resident through the whole forward and backward of a later step; the
     # cuBLAS workspaces from the first matmul on
     out = _result(cfg, plan, "estimate", "estimate (fake tensors, no device)", params, grads, state,
-                  peak + state + workspace, workspace, cublas)
+                  max(peak + state, update) + workspace, workspace, cublas)
     if host is not None:
         out["offload"] = host
     out["paths"] = paths
