@@ -22,12 +22,17 @@ def read_metrics(run_dir):
 
 
 def test_training_lowers_validation_loss(wt2_args, tmp_path, capsys):
-    assert main(wt2_args(tmp_path / "run")) == 0
-    vals = [m["val_loss"] for m in read_metrics(tmp_path / "run") if "val_loss" in m]
+    assert main(wt2_args(tmp_path / "run", **{"train.progress": "true", "train.device": "cpu"})) == 0
+    metrics = read_metrics(tmp_path / "run")
+    vals = [m["val_loss"] for m in metrics if "val_loss" in m]
     assert len(vals) == 3
     assert vals[-1] < vals[0] - 0.2 and vals[-1] < math.log(512)
     out = capsys.readouterr().out
     assert "muse eval" in out and "muse generate" in out
+    # off CUDA the memory figure is the process's peak resident set, in MiB, and the log says so
+    assert "peak RSS" in out
+    rss = [m["peak_memory_mib"] for m in metrics if "loss" in m]
+    assert 50 < rss[-1] < 64 * 1024 and rss == sorted(rss)
     ck = tmp_path / "run" / "checkpoints"
     assert (ck / "last.json").is_file() and (ck / "best.json").is_file()
     for name in ("model.safetensors", "config.yaml", "tokenizer.json"):

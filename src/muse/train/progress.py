@@ -8,8 +8,9 @@ import sys
 class Progress:
     """A rich progress bar on a terminal; plain log lines otherwise (CI, files, torchrun)."""
 
-    def __init__(self, total: int | None, start: int, enabled: bool):
-        self.enabled = enabled
+    def __init__(self, total: int | None, start: int, enabled: bool, memory: str = "peak"):
+        """``memory``: what the records' ``peak_memory_mib`` is, as the log names it."""
+        self.enabled, self.memory = enabled, memory
         self.bar = None
         if enabled and sys.stderr.isatty():
             from rich.progress import (
@@ -43,13 +44,13 @@ class Progress:
                 if record:
                     self._info += (
                         f"  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"
-                        f"  peak {record['peak_memory_mib']:,.0f} MiB"
+                        f"  {self.memory} {record['peak_memory_mib']:,.0f} MiB"
                     )
             self.bar.update(self.task, completed=step, info=getattr(self, "_info", ""))
         elif self.enabled and record:
             print(
                 f"step {step:>6}  loss {loss:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s  "
-                f"peak {record['peak_memory_mib']:,.0f} MiB", flush=True,
+                f"{self.memory} {record['peak_memory_mib']:,.0f} MiB", flush=True,
             )
 
     def note(self, text: str) -> None:

@@ -67,9 +67,12 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 
 def _peak_memory_mib(device: torch.device) -> float:
+    """CUDA: the peak of allocated tensor memory; elsewhere the process's peak resident set (the
+    interpreter, torch and the data included), which the log calls "peak RSS"."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # macOS reports bytes, Linux KiB
 
 
 class Trainer:
@@ -426,7 +429,8 @@ class Trainer:
         tc = self.cfg.train
         t_start = time.perf_counter()
         start_step = self.step
-        progress = Progress(self.total_steps, self.step, enabled=tc.progress and self.dist.is_main)
+        progress = Progress(self.total_steps, self.step, enabled=tc.progress and self.dist.is_main,
+                            memory="peak" if self.device.type == "cuda" else "peak RSS")
         val_loss = math.nan
         if self.ckpt_dir is not None:  # until this call evaluates: the resumed checkpoint's
             val_loss = float(read_meta(self.ckpt_dir).get("val_loss", math.nan))
