@@ -18,6 +18,7 @@ TIED = "compare-wikitext2-tied"  # the candidate for `standard` against dense mo
 ABLATION = "ablate-standard-components"
 EQUAL_MEMORY = "compare-wikitext2-equal-memory"  # every memory feature for every model (lr sweep owed)
 AUX = "ablate-hamt-aux"  # hamt-100m with and without the auxiliary loss
+HAMT_KNOBS = "compare-tiny-hamt-knobs-cpu"  # hamt-small's knobs, one at a time, on CPUs
 
 
 def load(name: str) -> dict | None:
@@ -52,11 +53,13 @@ def recipe_note(res: dict) -> str:
     devices = ", ".join(sorted({r["device"] for r in rows}))
     shas = ", ".join(sorted({r["git_sha"][:7] for r in rows}))
     dates = ", ".join(sorted({r["date"][:10] for r in rows}))
+    estimated = {r.get("peak_memory_method") for r in rows} == {"estimate"}
+    peak = "estimate (fake tensors, a CUDA step modelled) of the " if estimated else ""
     return (f"WikiText-2, byte-level BPE {rows[0].get('vocab_size', '?'):,} trained on the train split; "
             f"B={rc['batch_size']}, N={', '.join(map(str, rc['seq_lens']))}, {human(rc['max_tokens'])} tokens per "
             f"model on identical batches, lr {', '.join(f'{x:g}' for x in rc['lrs'])} (warm-up {rc['warmup_steps']}, "
             f"cosine), {sets}; test = the best-validation checkpoint on the whole test split. Peak = `muse memory`'s "
-            f"full step at that B and N with that recipe. {devices}; commit {shas}; {dates}.")
+            f"{peak}full step at that B and N with that recipe. {devices}; commit {shas}; {dates}.")
 
 
 def _row_cells(r: dict) -> str:
@@ -201,7 +204,8 @@ def equal_memory_peaks_table() -> str:
     return "\n".join(lines)
 
 
-def _equal_memory_groups(res: dict) -> dict[str, dict[float, dict]]:
+def lr_groups(res: dict) -> dict[str, dict[float, dict]]:
+    """{model: {learning rate: row}} of a comparison's runs."""
     groups: dict[str, dict[float, dict]] = {}
     for r in res["rows"]:
         groups.setdefault(r["group"], {})[r["lr"]] = r
@@ -212,7 +216,7 @@ def _owed_fits(res: dict, budget_mib: float) -> list[tuple[str, float, int]]:
     """Dense models of the equal-memory grid whose measured peak (``memory.json``) fits in
     ``budget_mib`` and whose learning-rate sweep is not complete: (model, peak MiB, runs done)."""
     path = RESULTS / EQUAL_MEMORY / "memory.json"
-    done = {g: len(runs) for g, runs in _equal_memory_groups(res).items()}
+    done = {g: len(runs) for g, runs in lr_groups(res).items()}
     lrs = len(res["recipe"]["lrs"])
     peaks = json.loads(path.read_text())["rows"] if path.exists() else []
     return sorted(((r["model"], r["peak_memory_mib"], done.get(r["model"], 0)) for r in peaks
@@ -240,7 +244,7 @@ def equal_memory_table() -> str:
     lines = ["| model | kind | full-step peak | " + " | ".join(f"val loss, lr {x:g}" for x in lrs) + " | test ppl |",
              "|---|---|---:|" + "---:|" * (len(lrs) + 1)]
     best = {}
-    for group, runs in sorted(_equal_memory_groups(res).items(), key=lambda g: min(r["peak_memory_mib"] or math.inf
+    for group, runs in sorted(lr_groups(res).items(), key=lambda g: min(r["peak_memory_mib"] or math.inf
                                                                                       for r in g[1].values())):
         pick = next(r for r in runs.values() if r["label"] in chosen)
         best[group] = pick
@@ -254,6 +258,38 @@ def equal_memory_table() -> str:
     for m in sorted(muse, key=ppl)[:1]:
         lines[-1] += " " + _owed_text(res, m)
     lines += ["", recipe_note(res)]
+    return "\n".join(lines)
+
+
+def hamt_knobs_table() -> str:
+    """HAMT's knobs at CPU scale: each model's validation loss at every learning rate, the test
+    perplexity of its best-validation run against `hamt-small`'s, and the memory statistics
+    `muse eval` reports for it (fidelity, slot use, effective slots). No peak column: the reused
+    rows' estimates come from an older estimate than the new rows'."""
+    res = load(HAMT_KNOBS)
+    if res is None:
+        return f"_Not run yet: `muse compare @configs/experiments/{HAMT_KNOBS}.args`._"
+    lrs, chosen = res["recipe"]["lrs"], set(res["selected"])
+    groups = lr_groups(res)
+    picks = {g: next(r for r in runs.values() if r["label"] in chosen) for g, runs in groups.items()}
+    ref = ppl(picks["hamt-small"]) if "hamt-small" in picks else math.nan
+    lines = ["| model | " + " | ".join(f"val loss, lr {x:g}" for x in lrs) + " | test ppl | vs `hamt-small` "
+             "| fidelity | slot use | effective slots |",
+             "|---|" + "---:|" * (len(lrs) + 5)]
+    for group, pick in sorted(picks.items(), key=lambda g: ppl(g[1])):
+        runs, t = groups[group], pick.get("test") or {}
+        cells = [("–" if (r := runs.get(x)) is None else
+                  (f"**{r['best_val_loss']:.4f}**" if r is pick else f"{r['best_val_loss']:.4f}")) for x in lrs]
+        slots = pick["config"]["model"]["mixer"]["holographic"]["num_slots"]
+        stats = (f"{t['memory_fidelity']:.3f} | {100 * t['slot_utilisation']:.0f} % | "
+                 f"{t['effective_slots']:.2f} of {slots}" if "memory_fidelity" in t else "– | – | –")
+        name = (f"`{group.removeprefix('hamt-small+').replace('mixer.holographic.', '').replace('+', ', ')}`"
+                if group.startswith("hamt-small") else f"dense {short(group)}")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ppl(pick):.2f} | ×{ppl(pick) / ref:.3f} | {stats} |")
+    r0 = res["rows"][0]
+    lines += ["", f"{len(res['rows'])} runs; " + recipe_note(res).split(" Peak = ")[0] + f" {r0['device']}, torch "
+              f"{r0['torch']}; commit " + ", ".join(sorted({r["git_sha"][:7] for r in res["rows"]})) + "; "
+              + ", ".join(sorted({r["date"][:10] for r in res["rows"]})) + "."]
     return "\n".join(lines)
 
 

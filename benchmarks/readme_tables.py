@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from claims_tables import claims_table, hamt_claims_table  # noqa: E402
 from compare_tables import (  # noqa: E402
-    ablation_table, equal_memory_cells, equal_memory_peaks_table, equal_memory_table, human, quality, quality_headline,
-    quality_table,
+    ablation_table, equal_memory_cells, equal_memory_peaks_table, equal_memory_table, hamt_knobs_table, human, quality,
+    quality_headline, quality_table,
 )
 from inference_tables import decode_markdown, decode_memory_markdown, startup_markdown  # noqa: E402
 from provenance import current_name, is_current, label  # noqa: E402
@@ -282,7 +282,7 @@ TABLES = {"presets-table": presets_table, "headline": headline, "claims-table": 
           "lowrank-ffn-table": lowrank_ffn_table, "decode-table": decode_table,
           "decode-memory-table": decode_memory_table,
           "startup-tuning-table": lambda: _startup(True), "equal-memory-peaks-table": equal_memory_peaks_table,
-          "equal-memory-table": equal_memory_table}
+          "equal-memory-table": equal_memory_table, "hamt-knobs-table": hamt_knobs_table}
 # The files holding the tables; each table of TABLES sits in one (or more) of them.
 TARGETS = ("README.md", "docs/performance-notes.md", "docs/design.md", "docs/quality-notes.md")
 
