@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from muse.config import ModelConfig
 from muse.layers.linear import make_linear
 from muse.mixers.base import Mixer, register_mixer
+from muse.ops import autocast_once
 from muse.ops.holographic import holographic, num_freqs, recurrent_step
 from muse.ops.rmsnorm import rms_norm
 
@@ -78,8 +79,9 @@ class HolographicMixer(Mixer):
         if self.in_proj is not None:
             q, k, v, wl, rl = self.in_proj(x).split(self._widths, dim=-1)
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-            wl, rl = self.slot_proj(x).split(self.S, dim=-1)
+            xs = autocast_once(x)  # four projections read x: one autocast copy of it, not four
+            q, k, v = self.q_proj(xs()), self.k_proj(xs()), self.v_proj(xs())
+            wl, rl = self.slot_proj(xs()).split(self.S, dim=-1)
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         alpha, beta = wl.softmax(-1, dtype=acc), rl.softmax(-1, dtype=acc)  # (B, N, S)
         log_gamma = F.logsigmoid(self.decay_logit.to(acc))  # (S,): log γ < 0 for every θ

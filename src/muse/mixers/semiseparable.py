@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from muse.config import ModelConfig
 from muse.layers.linear import make_linear
 from muse.mixers.base import Mixer, register_mixer
+from muse.ops import autocast_once
 from muse.ops.gates import gate_inputs
 from muse.ops.rmsnorm import rms_norm
 from muse.ops.semiseparable import causal_band, recurrent_step, semiseparable
@@ -78,18 +79,19 @@ class SemiseparableMixer(Mixer):
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None, tuple]:
         B, N, _ = x.shape
         H, p, r = self.H, self.p, self.r
+        xs = autocast_once(x)  # up to five projections read x: one autocast copy of it, not five
         if self.in_proj is not None:
-            z, u, v, gl = self.in_proj(x).split(self._widths, dim=-1)
+            z, u, v, gl = self.in_proj(xs()).split(self._widths, dim=-1)
         else:
-            z, u, v = (m(x) if m is not None else None for m in (self.z_proj, self.u_proj, self.v_proj))
-            gl = self.g_proj(x) if self.g_proj is not None else None
+            z, u, v = (m(xs()) if m is not None else None for m in (self.z_proj, self.u_proj, self.v_proj))
+            gl = self.g_proj(xs()) if self.g_proj is not None else None
         z = (x if self._widths[0] == 0 else z).unflatten(-1, (H, p))  # (B, N, H, p)
         u, v = u.unflatten(-1, (H, r)), v.unflatten(-1, (H, r))  # (B, N, H, r)
         scale = r**-0.5
         if self.s.uv_norm == "l2":
             u, v, scale = F.normalize(u, dim=-1), F.normalize(v, dim=-1), 1.0
         gl = gl.unflatten(-1, (H, self.n_gated)) if self.n_gated else None  # (B, N, H, r − min_rank)
-        dl = self.decay_proj(x) if self.decay_proj is not None else None  # (B, N, H)
+        dl = self.decay_proj(xs()) if self.decay_proj is not None else None  # (B, N, H)
         # gates, scale and −softplus in one fused op: (B, N, H, r), (B, N, H) fp32, gate sums
         u, log_decay, gate_sum, gate_open = gate_inputs(u, gl, dl, scale, impl=self._op_impl)
         if self.decay_logit is not None:
