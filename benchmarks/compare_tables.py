@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from muse.compare.report import BEYOND, PROVISIONAL, WIN
+from muse.compare.report import BEYOND, NO_MUSE, OPEN, PROVISIONAL, WIN, frontier
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARETO = "compare-wikitext2-pareto"
@@ -156,6 +156,29 @@ def verdict_table(links: str = "benchmarks/results/") -> str:
     return "\n".join(lines)
 
 
+def frontier_sentence(name: str) -> str:
+    """Where in memory each side leads in comparison ``name``: the best MUSE model against the best
+    dense model within every memory level (``report.frontier``), as spans of MiB."""
+    res = load(name)
+    if res is None:
+        return ""
+    ranges = res["pareto"].get("frontier")
+    if ranges is None:  # results written before the frontier was reported
+        ranges = frontier(selected(res), untrained_dense=len(res.get("not_run_dense", ())))
+    words = {NO_MUSE: "no MUSE model", "dense wins": "a dense model ahead", OPEN: "open (no dense model trained)",
+             WIN: "**MUSE ahead**", BEYOND: "beyond the largest dense model: MUSE ahead, not a win"}
+    spans: list[list] = []  # [words, from, to]
+    for f in ranges:
+        w = words.get(f["verdict"].removesuffix(PROVISIONAL), f["verdict"])
+        w += " (provisional)" if f["verdict"].endswith(PROVISIONAL) else ""
+        if spans and spans[-1][0] == w:
+            spans[-1][2] = f["to_mib"]
+        else:
+            spans.append([w, f["from_mib"], f["to_mib"]])
+    parts = [(f"{lo:,.0f}–{hi:,.0f} MiB" if hi else f"from {lo:,.0f} MiB") + f": {w}" for w, lo, hi in spans]
+    return f"- `{name}`: " + "; ".join(parts) + "."
+
+
 def quality_headline() -> str | None:
     """The README's answer on quality: `standard` against `baseline` at equal tokens, then the
     verdict table at equal memory and what is still owed."""
@@ -171,6 +194,10 @@ def quality_headline() -> str | None:
             f"`baseline` of the same shape and **×{ppl(s) / ppl(b):.2f} its test perplexity** ({ppl(s):.2f} against "
             f"{ppl(b):.2f}). At equal memory (B=32, N=512; full-step peaks; test perplexity of the best-validation "
             f"checkpoint):\n\n" + verdict_table() + "\n\n")
+    levels = [x for x in (frontier_sentence(PARETO), frontier_sentence(EQUAL_MEMORY)) if x]
+    if levels:
+        text += "At every memory level, the best MUSE model against the best dense model within it:\n\n"
+        text += "\n".join(levels) + "\n\n"
     owed = []
     if res.get("not_run"):
         owed.append(f"in `{PARETO}`, {', '.join(f'`{x}`' for x in res['not_run'])}")

@@ -166,6 +166,32 @@ def test_pareto_is_open_while_dense_runs_are_not_trained():
     assert report.pareto(report.select(rows))["budgets"][0]["verdict"] == "no dense model fits"
 
 
+def test_frontier_takes_the_best_model_of_each_family_at_every_memory_level():
+    """At each level (every complete run's peak), the best MUSE model within it against the best
+    dense model within it; equal neighbours merge into one range. A MUSE model worse than a smaller
+    MUSE one never shows, and from the largest dense model's peak up a lead is not a win."""
+    rows = [
+        _row("dense-small", "dense", 100, 80.0), _row("dense-big", "dense", 300, 50.0),
+        _row("muse-a", "muse", 150, 70.0), _row("muse-b", "muse", 200, 90.0),  # b: worse than a, larger
+        _row("muse-c", "muse", 250, 45.0), _row("muse-huge", "muse", 900, 40.0),
+        _row("muse-cut", "muse", 120, 1.0, status="incomplete"),
+    ]
+    f = report.frontier(report.select(rows))
+    got = [(x["from_mib"], x["to_mib"], x["muse"], x["dense"], x["verdict"]) for x in f]
+    assert got == [
+        (100, 150, None, "dense-small", report.NO_MUSE),
+        (150, 250, "muse-a", "dense-small", report.WIN),  # 200 (muse-b) changes nothing: merged
+        (250, 300, "muse-c", "dense-small", report.WIN),
+        (300, 900, "muse-c", "dense-big", report.BEYOND),  # no dense model above 300 was trained
+        (900, None, "muse-huge", "dense-big", report.BEYOND),
+    ]
+    assert report.pareto(report.select(rows))["frontier"] == f
+    loss = report.frontier(report.select([_row("d", "dense", 100, 50.0), _row("m", "muse", 150, 60.0)]),
+                           untrained_dense=1)
+    assert [x["verdict"] for x in loss] == [report.NO_MUSE, "dense wins"]
+    assert report.frontier(report.select([_row("m", "muse", 150, 60.0)]), untrained_dense=1)[0]["verdict"] == report.OPEN
+
+
 def test_lr_sweep_selects_by_validation_not_test():
     rows = [
         _row("m lr=0.001", "muse", 1, 50.0, val=3.0, group="m", lr=1e-3),

@@ -110,6 +110,11 @@ def test_headline_verdicts_are_the_comparisons_own():
                 assert ct.short(b["dense"]) in row and f"{b['dense_perplexity']:.2f}" in row
             n += 1
     assert n > 0 and len(table) == 2 + n
+    res = ct.load(ct.PARETO)
+    levels = ct.frontier_sentence(ct.PARETO)
+    verdicts = [None] + [f["verdict"] for f in res["pareto"]["frontier"]]
+    for i, f in enumerate(res["pareto"]["frontier"]):  # a span starts wherever the verdict changes
+        assert (f"{f['from_mib']:,.0f}" in levels) == (f["verdict"] != verdicts[i])
 
 
 def test_readme_is_a_guide_not_a_log():

@@ -91,7 +91,48 @@ def pareto(selected: list[dict], untrained_dense: int = 0) -> dict:
                    + (f"; provisional: {untrained_dense} dense run(s) of the comparison are not trained yet "
                       f"(any of them may fit and do better)" if untrained_dense else ""))
     methods = {r.get("peak_memory_method") for r in ok}
-    return {"budgets": out, "summary": summary, "memory": "measured" if methods == {"measured"} else "estimate"}
+    return {"budgets": out, "summary": summary, "memory": "measured" if methods == {"measured"} else "estimate",
+            "frontier": frontier(selected, untrained_dense)}
+
+
+NO_MUSE = "no MUSE model fits"
+
+
+def frontier(selected: list[dict], untrained_dense: int = 0) -> list[dict]:
+    """The question at every memory level of the grid: the best MUSE model within that memory
+    against the best dense model within it (``pareto`` asks it of each MUSE model at its own peak).
+
+    The levels are the peaks of the complete MUSE and dense runs; neighbouring levels with the same
+    two models and verdict are one range, [``from_mib``, ``to_mib``) (``to_mib`` None: upwards).
+    From the largest dense model's peak up a MUSE lead is "beyond the dense grid" (no dense model
+    larger was trained), and while dense runs are untrained a lead is provisional."""
+    ok = [r for r in selected if r["status"] == "complete" and r.get("peak_memory_mib") and ppl(r) < math.inf]
+    muse = [r for r in ok if r["family"] == "muse"]
+    dense = [r for r in ok if r["family"] == "dense"]
+    top = max((r["peak_memory_mib"] for r in dense), default=0.0)
+    ranges: list[dict] = []
+    for level in sorted({r["peak_memory_mib"] for r in muse + dense}):
+        m = min((r for r in muse if r["peak_memory_mib"] <= level), key=ppl, default=None)
+        d = min((r for r in dense if r["peak_memory_mib"] <= level), key=ppl, default=None)
+        if m is None:
+            verdict = NO_MUSE
+        elif d is None:
+            verdict = OPEN if untrained_dense else "no dense model fits"
+        elif ppl(m) >= ppl(d):
+            verdict = "dense wins"
+        else:
+            # from the largest dense model's peak up, a budget has no dense model of its size
+            verdict = (WIN if level < top else BEYOND) + (PROVISIONAL if untrained_dense else "")
+        cell = {"muse": m["label"] if m else None, "muse_perplexity": ppl(m) if m else None,
+                "muse_peak_mib": m["peak_memory_mib"] if m else None,
+                "dense": d["label"] if d else None, "dense_perplexity": ppl(d) if d else None,
+                "dense_peak_mib": d["peak_memory_mib"] if d else None, "verdict": verdict}
+        if ranges and all(ranges[-1][k] == v for k, v in cell.items()):
+            continue
+        if ranges:
+            ranges[-1]["to_mib"] = level
+        ranges.append({"from_mib": level, "to_mib": None, **cell})
+    return ranges
 
 
 def fmt(v, spec: str = ",.0f", none: str = "-") -> str:
@@ -171,6 +212,15 @@ def markdown(meta: dict, rows: list[dict], selected: list[dict], verdict: dict) 
                 f"{v['dense'] or '-'} | {fmt(v['dense_peak_mib'], ',.1f')} | {fmt(v['dense_perplexity'], '.2f')} | "
                 f"{v['verdict']} |"
             )
+        lines.append("")
+    if verdict.get("frontier"):
+        lines += ["## Every memory level: the best MUSE model against the best dense model within it", "",
+                  "| memory (MiB) | best MUSE model within | test ppl | best dense model within | test ppl | verdict |",
+                  "|---|---|---:|---|---:|---|"]
+        for f in verdict["frontier"]:
+            span = f"{fmt(f['from_mib'], ',.1f')} – " + (fmt(f["to_mib"], ",.1f") if f["to_mib"] else "")
+            lines.append(f"| {span} | {f['muse'] or '-'} | {fmt(f['muse_perplexity'], '.2f')} | {f['dense'] or '-'} | "
+                         f"{fmt(f['dense_perplexity'], '.2f')} | {f['verdict']} |")
         lines.append("")
     if len(rc["lrs"]) > 1:
         lines += ["## Learning-rate sweep (best validation loss; the chosen run in bold)", "",
