@@ -25,16 +25,16 @@ class _Alias(torch.autograd.Function):
 
 
 def autocast_once(x: Tensor) -> Callable[[], Tensor]:
-    """``x`` for each of several projections (``inputs()`` once per projection).
+    """A function giving ``x`` to each of several projections: call it once per projection.
 
     Under autocast each matmul casts an fp32 input to the autocast dtype and saves its own copy
-    for the backward (autocast caches the casts of leaf weights only), so k projections of one
-    fp32 activation keep k identical low-precision copies. Here ``x`` is cast once and every call
-    returns an alias of that one copy, each its own autograd node: the matmuls see the values
-    autocast would give them, and the gradients reach ``x`` cast to its dtype one by one and are
-    summed there, in ``x``'s dtype, as autocast's casts do. Outputs and gradients are unchanged
-    bit for bit; the saved copies are one. Outside autocast, or for an input already in the
-    autocast dtype, ``x`` itself."""
+    for the backward (autocast caches its casts of leaves that need grad, the weights, only), so
+    k projections of one fp32 activation keep k identical low-precision copies. Here ``x`` is cast
+    once and every call returns an alias of that one copy, each its own autograd node: the matmuls
+    see the values autocast would give them, and the gradients reach ``x`` cast to its dtype one
+    by one and are summed there, in ``x``'s dtype, as autocast's casts do. Outputs and gradients
+    are unchanged bit for bit; the saved copies are one. Outside autocast, or for an input not in
+    fp32 (which autocast does not cast), ``x`` itself."""
     device = x.device.type
     if not torch.is_autocast_enabled(device) or x.dtype != torch.float32:
         return lambda: x
