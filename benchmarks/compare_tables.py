@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from muse.compare.report import BEYOND, NO_MUSE, OPEN, PROVISIONAL, WIN, frontier
+from muse.compare.report import BEYOND, NO_MUSE, OPEN, PROVISIONAL, WIN
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARETO = "compare-wikitext2-pareto"
@@ -162,9 +162,7 @@ def frontier_sentence(name: str) -> str:
     res = load(name)
     if res is None:
         return ""
-    ranges = res["pareto"].get("frontier")
-    if ranges is None:  # results written before the frontier was reported
-        ranges = frontier(selected(res), untrained_dense=len(res.get("not_run_dense", ())))
+    ranges = res["pareto"].get("frontier", [])
     words = {NO_MUSE: "no MUSE model", "dense wins": "a dense model ahead", OPEN: "open (no dense model trained)",
              WIN: "**MUSE ahead**", BEYOND: "beyond the largest dense model: MUSE ahead, not a win"}
     spans: list[list] = []  # [words, from, to]
@@ -176,7 +174,7 @@ def frontier_sentence(name: str) -> str:
         else:
             spans.append([w, f["from_mib"], f["to_mib"]])
     parts = [(f"{lo:,.0f}–{hi:,.0f} MiB" if hi else f"from {lo:,.0f} MiB") + f": {w}" for w, lo, hi in spans]
-    return f"- `{name}`: " + "; ".join(parts) + "."
+    return f"- `{name}`: " + "; ".join(parts) + "." if parts else ""
 
 
 def quality_headline() -> str | None:
