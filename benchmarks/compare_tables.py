@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from muse.compare.report import BEYOND, NO_MUSE, OPEN, PROVISIONAL, WIN
+from muse.compare.report import BEYOND, PROVISIONAL, WIN, frontier_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARETO = "compare-wikitext2-pareto"
@@ -162,19 +162,8 @@ def frontier_sentence(name: str) -> str:
     res = load(name)
     if res is None:
         return ""
-    ranges = res["pareto"].get("frontier", [])
-    words = {NO_MUSE: "no MUSE model", "dense wins": "a dense model ahead", OPEN: "open (no dense model trained)",
-             WIN: "**MUSE ahead**", BEYOND: "beyond the largest dense model: MUSE ahead, not a win"}
-    spans: list[list] = []  # [words, from, to]
-    for f in ranges:
-        w = words.get(f["verdict"].removesuffix(PROVISIONAL), f["verdict"])
-        w += " (provisional)" if f["verdict"].endswith(PROVISIONAL) else ""
-        if spans and spans[-1][0] == w:
-            spans[-1][2] = f["to_mib"]
-        else:
-            spans.append([w, f["from_mib"], f["to_mib"]])
-    parts = [(f"{lo:,.0f}–{hi:,.0f} MiB" if hi else f"from {lo:,.0f} MiB") + f": {w}" for w, lo, hi in spans]
-    return f"- `{name}`: " + "; ".join(parts) + "." if parts else ""
+    text = frontier_text(res["pareto"].get("frontier", []), strong="**")
+    return f"- `{name}`: {text}." if text else ""
 
 
 def quality_headline() -> str | None:

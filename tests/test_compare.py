@@ -186,6 +186,8 @@ def test_frontier_takes_the_best_model_of_each_family_at_every_memory_level():
         (900, None, "muse-huge", "dense-big", report.BEYOND),
     ]
     assert report.pareto(report.select(rows))["frontier"] == f
+    assert report.frontier_text(f) == ("100–150 MiB: no MUSE model; 150–300 MiB: MUSE ahead; from 300 MiB: beyond the "
+                                       "largest dense model: MUSE ahead, not a win")
     loss = report.frontier(report.select([_row("d", "dense", 100, 50.0), _row("m", "muse", 150, 60.0)]),
                            untrained_dense=1)
     assert [x["verdict"] for x in loss] == [report.NO_MUSE, "dense wins"]
@@ -266,7 +268,9 @@ def test_compare_two_models_writes_everything_and_resumes(corpus, tmp_path, caps
     monkeypatch.setattr(run_mod, "train_and_score", boom)
     capsys.readouterr()
     assert main(argv) == 0
-    assert capsys.readouterr().out.count("kept from an earlier invocation") == 2
+    printed = capsys.readouterr().out
+    assert printed.count("kept from an earlier invocation") == 2
+    assert "at every memory level, the best MUSE model against the best dense model within it: " in printed
 
     # --only: a third model not matched is neither trained nor reported; the done ones still are
     assert main(argv[:3] + [TINY + "+model.ffn.rank=4"] + argv[3:] + ["--only", "nothing*"]) == 0

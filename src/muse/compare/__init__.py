@@ -35,7 +35,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     """Train and score every run not already in ``opts.out`` (resolved by :func:`resolve`),
     then write the reports and plots from all of them; returns results.json's payload."""
     from muse.compare.plots import available, write_plots
-    from muse.compare.report import select, write_reports
+    from muse.compare.report import frontier_text, select, write_reports
     from muse.compare.run import family, load_row, row_path, selected_now, train_and_score, write_json
 
     from muse.model import build_model
@@ -77,6 +77,9 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     elif plots:
         print("muse compare: matplotlib is not installed; plots skipped (pip install 'muse[plot]')", file=sys.stderr)
     _say(payload["pareto"]["summary"])
+    if payload["pareto"]["frontier"]:
+        _say("at every memory level, the best MUSE model against the best dense model within it: "
+             + frontier_text(payload["pareto"]["frontier"]))
     _say("wrote " + ", ".join(str(p) for p in written))
     return payload
 

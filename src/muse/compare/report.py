@@ -135,6 +135,25 @@ def frontier(selected: list[dict], untrained_dense: int = 0) -> list[dict]:
     return ranges
 
 
+FRONTIER_WORDS = {NO_MUSE: "no MUSE model", "dense wins": "a dense model ahead", OPEN: "open (no dense model trained)",
+                  WIN: "MUSE ahead", BEYOND: "beyond the largest dense model: MUSE ahead, not a win"}
+
+
+def frontier_text(ranges: list[dict], strong: str = "") -> str:
+    """``frontier``'s ranges as spans of MiB where one verdict holds, e.g. "485–1,537 MiB: no MUSE
+    model; 1,537–1,683 MiB: a dense model ahead; ..."; ``strong`` wraps "MUSE ahead" (Markdown)."""
+    spans: list[list] = []  # [words, from, to]
+    for f in ranges:
+        words = FRONTIER_WORDS.get(f["verdict"].removesuffix(PROVISIONAL), f["verdict"])
+        words = f"{strong}{words}{strong}" if f["verdict"].startswith(WIN) else words
+        words += " (provisional)" if f["verdict"].endswith(PROVISIONAL) else ""
+        if spans and spans[-1][0] == words:
+            spans[-1][2] = f["to_mib"]
+        else:
+            spans.append([words, f["from_mib"], f["to_mib"]])
+    return "; ".join((f"{lo:,.0f}–{hi:,.0f} MiB" if hi else f"from {lo:,.0f} MiB") + f": {w}" for w, lo, hi in spans)
+
+
 def fmt(v, spec: str = ",.0f", none: str = "-") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return none
