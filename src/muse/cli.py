@@ -299,6 +299,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
         if offload:
             host = offload["host_parameters"] + offload["host_gradients"] + offload["host_optimizer_state"]
             table.add_row("host memory (not in the peak)", fmt_bytes(host))
+        if res.get("peak_phase"):
+            table.add_row("peak reached in", res["peak_phase"])
         if res.get("tokens_per_s"):
             table.add_row("tokens/s", f"{res['tokens_per_s']:,.0f}")
         Console().print(table)

@@ -137,8 +137,10 @@ def test_estimate_matches_the_peak_measured_on_an_h100(preset, as_measured):
     assert row["device"].startswith("NVIDIA H100") and row["peak_memory_method"] == "measured"
     cfg = muse.load_config(preset, {"model.dropout": 0.1})
     plan = StepPlan(batch=32, seq=512, precision="bf16", optimizer="adamw", checkpointing=False)
-    est = estimate(cfg, plan)["peak"] / 2**20
+    res = estimate(cfg, plan)
+    est = res["peak"] / 2**20
     assert math.isclose(est, row["peak_memory_mib"], rel_tol=0.03), (est, row["peak_memory_mib"])
+    assert res["peak_phase"] == "forward and backward"  # B=32: the activations, not the update
 
 
 def test_checkpoint_recomputes_under_the_forwards_modes():
@@ -200,6 +202,7 @@ def test_estimate_holds_the_8bit_update_s_fp32_moments():
     assert math.isclose(est["peak"], row["peak"], rel_tol=0.03), (est["peak"] / 2**20, row["peak"] / 2**20)
     emb = cfg.model.vocab_size * cfg.model.d_model
     assert est["peak"] == est["parameters"] + est["gradients"] + est["optimizer_state"] + 8 * emb + est["workspace"]
+    assert est["peak_phase"] == "optimizer update"
 
 
 def test_update_temporaries_are_the_largest_quantised_parameter_s_moments():

@@ -373,6 +373,8 @@ def estimate(cfg: Config, plan: StepPlan, build: Builder = build_single) -> dict
                   max(peak + state, update) + workspace, workspace, cublas)
     if host is not None:
         out["offload"] = host
+    if train:  # where the step peaks: with the update's temporaries, "activations" holds them
+        out["peak_phase"] = "optimizer update" if update > peak + state else "forward and backward"
     out["paths"] = paths
     return out
 
