@@ -226,6 +226,12 @@ def lr_groups(res: dict) -> dict[str, dict[float, dict]]:
     return groups
 
 
+def val_loss_cells(runs: dict[float, dict], pick: dict, lrs: list[float]) -> list[str]:
+    """One model's best validation loss at each learning rate of the sweep, the chosen run's bold."""
+    return [("–" if (r := runs.get(x)) is None else
+             (f"**{r['best_val_loss']:.4f}**" if r is pick else f"{r['best_val_loss']:.4f}")) for x in lrs]
+
+
 def _owed_fits(res: dict, budget_mib: float) -> list[tuple[str, float, int]]:
     """Dense models of the equal-memory grid whose measured peak (``memory.json``) fits in
     ``budget_mib`` and whose learning-rate sweep is not complete: (model, peak MiB, runs done)."""
@@ -262,8 +268,7 @@ def equal_memory_table() -> str:
                                                                                       for r in g[1].values())):
         pick = next(r for r in runs.values() if r["label"] in chosen)
         best[group] = pick
-        cells = [("–" if (r := runs.get(x)) is None else
-                  (f"**{r['best_val_loss']:.4f}**" if r is pick else f"{r['best_val_loss']:.4f}")) for x in lrs]
+        cells = val_loss_cells(runs, pick, lrs)
         lines.append(f"| `{group}` | {pick['family']} | {pick['peak_memory_mib']:,.1f} MiB | " + " | ".join(cells)
                      + f" | {ppl(pick):.2f} |")
     total = len(res["rows"]) + len(res.get("not_run", []))
@@ -292,8 +297,7 @@ def hamt_knobs_table() -> str:
              "|---|" + "---:|" * (len(lrs) + 5)]
     for group, pick in sorted(picks.items(), key=lambda g: ppl(g[1])):
         runs, t = groups[group], pick.get("test") or {}
-        cells = [("–" if (r := runs.get(x)) is None else
-                  (f"**{r['best_val_loss']:.4f}**" if r is pick else f"{r['best_val_loss']:.4f}")) for x in lrs]
+        cells = val_loss_cells(runs, pick, lrs)
         slots = pick["config"]["model"]["mixer"]["holographic"]["num_slots"]
         stats = (f"{t['memory_fidelity']:.3f} | {100 * t['slot_utilisation']:.0f} % | "
                  f"{t['effective_slots']:.2f} of {slots}" if "memory_fidelity" in t else "– | – | –")

@@ -108,4 +108,3 @@ def test_identity_projections_and_registry():
     mixer = build_mixer(cfg, 0)
     assert sum(p.numel() for p in mixer.parameters()) == 2 * (24 * 3 * 16 + 3 * 16)
     assert {"attention", "semiseparable"} <= set(MIXERS)
-
