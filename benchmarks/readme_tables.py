@@ -75,6 +75,12 @@ def _budget_cells(actual: dict[str, int]) -> tuple[dict[str, list[str]], dict | 
     return cells, src[1]
 
 
+def _ppl_cell(test: dict) -> str:
+    """Token-level and word-level test perplexity: the second compares across tokenizers."""
+    word = test.get("word_perplexity")
+    return f"{test['perplexity']:.2f} · {word:.2f}" if word else f"{test['perplexity']:.2f}"
+
+
 def presets_table() -> str:
     """One row per shipped preset: its parts, parameters, measured peak memory, quality, speed."""
     from muse.config import load_config
@@ -88,7 +94,7 @@ def presets_table() -> str:
     cells = equal_memory_cells()
     lines = [
         "| preset | V · d · L | mixer · embedding · FFN · head | parameters (dense-equivalent) "
-        "| full-step peak memory | WikiText-2 test ppl³ | train tokens/s³ | best dense model within its B=32 peak³ |",
+        "| full-step peak memory | WikiText-2 test ppl · word ppl³ | train tokens/s³ | best dense model within its B=32 peak³ |",
         "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for n in names:
@@ -99,7 +105,7 @@ def presets_table() -> str:
             f"| `{n}` | {m['vocab_size']:,} · {m['d_model']} · {m['n_layers']} | {load_config(n).model.mixer_layout} · "
             f"{m['embedding']['kind']} · {m['ffn']['kind']} · {m['head']['kind']} | {human(r['actual_params'])} "
             f"({human(r['dense_equivalent_params'])}) | {'; '.join(peak) or '–'} "
-            f"| {format(q['test']['perplexity'], '.2f') if q else '–'} "
+            f"| {_ppl_cell(q['test']) if q else '–'} "
             f"| {format(q['tokens_per_s_median'], ',.0f') if q else '–'} | {cells.get(n, '–')} |"
         )
     lines += ["", f"- Parameters: exact counts of the models built on the `meta` device (`benchmarks/params.py`, "
