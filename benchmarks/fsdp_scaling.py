@@ -34,13 +34,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from common import environment, parse_set, pick_device, publish, sync  # noqa: E402
+
 from muse.config import OPTIMIZERS, PRECISIONS, ConfigError, load_config, to_dict  # noqa: E402
 from muse.data import DataError  # noqa: E402
 from muse.distributed import all_reduce_sum  # noqa: E402
+from muse.memory.accounting import (  # noqa: E402
+    expected_optimizer_bytes,
+    optimizer_state_bytes,
+    tensor_bytes,
+)
 from muse.memory.budget import fmt_bytes  # noqa: E402
-from muse.memory.profile import StepPlan, expected_optimizer_bytes, optimizer_state_bytes, tensor_bytes  # noqa: E402
+from muse.memory.profile import StepPlan  # noqa: E402
 from muse.memory.sharded import one_process_bytes  # noqa: E402
 from muse.train.trainer import Trainer  # noqa: E402
 

@@ -206,7 +206,7 @@ def test_estimate_holds_the_8bit_update_s_fp32_moments():
 
 
 def test_update_temporaries_are_the_largest_quantised_parameter_s_moments():
-    from muse.memory.profile import update_temporaries_bytes
+    from muse.memory.accounting import update_temporaries_bytes
 
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 100, bias=False),
                                 torch.nn.Embedding(3, 4096))

@@ -9,7 +9,8 @@ import muse
 from muse.cli import main
 from muse.config import ConfigError
 from muse.memory.budget import fmt_bytes, parse_bytes
-from muse.memory.profile import StepPlan, estimate, expected_optimizer_bytes, optimizer_state_bytes, run
+from muse.memory.accounting import expected_optimizer_bytes, optimizer_state_bytes
+from muse.memory.profile import StepPlan, estimate, run
 
 
 @pytest.mark.parametrize("text, expected", [

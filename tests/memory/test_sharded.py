@@ -16,9 +16,13 @@ import muse
 from muse.cli import main
 from muse.config import ConfigError
 from muse.memory import sharded
-from muse.memory.profile import (
-    StepPlan, expected_optimizer_bytes, optimizer_state_bytes, plan_config, plan_step, run as run_one, tensor_bytes,
+from muse.memory.accounting import (
+    expected_optimizer_bytes,
+    optimizer_state_bytes,
+    tensor_bytes,
 )
+from muse.memory.profile import StepPlan, plan_config, plan_step
+from muse.memory.profile import run as run_one
 
 
 def _tiny(**over):

@@ -30,7 +30,9 @@ import functools
 import torch
 
 from muse.config import Config, ConfigError
-from muse.memory.profile import Built, StepPlan, expected_optimizer_bytes, run as run_one
+from muse.memory.accounting import expected_optimizer_bytes
+from muse.memory.profile import Built, StepPlan
+from muse.memory.profile import run as run_one
 from muse.train.optim import build_optimizer
 from muse.train.step import build_training
 
@@ -62,7 +64,9 @@ def fake_world(nproc: int):
     if dist.is_initialized():
         raise ConfigError("--nproc makes a process group of its own: run muse memory in one process, "
                           "not under torchrun")
-    from torch.testing._internal.distributed.fake_pg import FakeStore  # registers the "fake" backend
+    from torch.testing._internal.distributed.fake_pg import (
+        FakeStore,  # registers the "fake" backend
+    )
 
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=nproc)
     try:
