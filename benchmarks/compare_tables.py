@@ -62,11 +62,20 @@ def recipe_note(res: dict) -> str:
             f"{peak}full step at that B and N with that recipe. {devices}; commit {shas}; {dates}.")
 
 
-def _row_cells(r: dict) -> str:
+def _row_cells(r: dict, usual_device: str | None = None) -> str:
+    """Parameters, peak, tokens/s, test and word perplexity; tokens/s names its device where it is
+    not ``usual_device`` (the comparison's most common one): speeds compare within one device."""
     t = r.get("test") or {}
     peak = r.get("peak_memory_mib")
+    where = f" ({r['device'].removeprefix('NVIDIA ')})" if usual_device and r.get("device") != usual_device else ""
     return (f"{human(r['actual_params'])} | {f'{peak:,.0f} MiB' if peak else '–'} | "
-            f"{r['tokens_per_s_median']:,.0f} | {t.get('perplexity', math.nan):.2f} | {t.get('word_perplexity', math.nan):.2f}")
+            f"{r['tokens_per_s_median']:,.0f}{where} | {t.get('perplexity', math.nan):.2f} | "
+            f"{t.get('word_perplexity', math.nan):.2f}")
+
+
+def _usual_device(rows: list[dict]) -> str | None:
+    devices = [r.get("device") for r in rows]
+    return max(set(devices), key=devices.count) if len(set(devices)) > 1 else None
 
 
 def pareto_table() -> str:
@@ -77,9 +86,10 @@ def pareto_table() -> str:
     apart = any(r["status"] != "complete" for r in rows)  # a status column only where one stopped short
     lines = ["| model | kind | parameters | full-step peak | train tokens/s | test ppl | word ppl |"
              + (" status |" if apart else ""), "|---|---|---:|---:|---:|---:|---:|" + ("---|" if apart else "")]
+    usual = _usual_device(rows)
     for r in rows:
         status = "" if r["status"] == "complete" else f"**{r['status']}**: {r['status_detail']}"
-        lines.append(f"| `{r['label']}` | {r['family']} | {_row_cells(r)} |" + (f" {status} |" if apart else ""))
+        lines.append(f"| `{r['label']}` | {r['family']} | {_row_cells(r, usual)} |" + (f" {status} |" if apart else ""))
     not_run = f" Not run yet: {', '.join(f'`{x}`' for x in res['not_run'])}." if res.get("not_run") else ""
     lines += ["", res["pareto"]["summary"] + "." + not_run, "", recipe_note(res), "",
               f"![test perplexity against full-step peak memory](benchmarks/results/{PARETO}/ppl_vs_memory.png)"]
