@@ -92,7 +92,7 @@ def pareto_table() -> str:
         lines.append(f"| `{r['label']}` | {r['family']} | {_row_cells(r, usual)} |" + (f" {status} |" if apart else ""))
     not_run = f" Not run yet: {', '.join(f'`{x}`' for x in res['not_run'])}." if res.get("not_run") else ""
     lines += ["", res["pareto"]["summary"] + "." + not_run, "", recipe_note(res), "",
-              f"![test perplexity against full-step peak memory](benchmarks/results/{PARETO}/ppl_vs_memory.png)"]
+              f"![test perplexity against full-step peak memory](../benchmarks/results/{PARETO}/ppl_vs_memory.png)"]
     return "\n".join(lines)
 
 
