@@ -443,3 +443,35 @@ def test_rows_survive_new_config_fields_but_not_changed_values():
     saved = to_dict(cfg)
     saved["train"]["warmup_steps"] = 7  # explicit in the row, another value now
     assert not same_run(saved, cfg)
+
+
+def test_jobs_share_the_device_and_keep_its_speed_apart(corpus, tmp_path, capsys):
+    """--jobs 2: two worker processes train an lr sweep; each shared run scores as it would alone
+    and its tokens/s are kept apart; the report borrows the model's solo tokens/s, named so."""
+    out, cache = tmp_path / "jobs", tmp_path / "cache"
+    common = _common(corpus, cache, out)
+    assert main(["compare", TINY, *common, "--lr", "1e-3", "--jobs", "2"]) == 0  # one run: no workers
+    assert main(["compare", TINY, *common, "--lr", "1e-3", "3e-3", "1e-2", "--jobs", "2"]) == 0
+    assert "2 runs to train with 2 workers" in capsys.readouterr().out
+    assert not (out / "claims").exists()
+    rows = {r["lr"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    solo = rows[1e-3]
+    assert "device_shared_by" not in solo and solo["tokens_per_s_median"] > 0
+    for lr in (3e-3, 1e-2):
+        r = rows[lr]
+        assert r["status"] == "complete" and r["device_shared_by"] == 2 and r["tokens_per_s_shared_median"] > 0
+        assert r["tokens_per_s_median"] == solo["tokens_per_s_median"] and r["tokens_per_s_from"]["lr"] == 1e-3
+        [path] = (out / "rows").glob(f"*lr-{lr:g}-*.json")
+        assert json.loads(path.read_text())["tokens_per_s_median"] is None  # the row itself claims no speed
+    assert "(lr 0.001 run)" in (out / "results.md").read_text()
+
+    # quality does not depend on sharing: the same run alone gives the same validation curve
+    alone = tmp_path / "alone"
+    assert main(["compare", TINY, *_common(corpus, cache, alone), "--lr", "3e-3"]) == 0
+    [r] = json.loads((alone / "results.json").read_text())["rows"]
+    assert [v for _, v in r["val_curve"]] == pytest.approx([v for _, v in rows[3e-3]["val_curve"]], rel=1e-4)
+
+
+def test_jobs_must_be_positive(corpus, tmp_path, capsys):
+    assert main(["compare", TINY, *_common(corpus, tmp_path / "c", tmp_path / "o"), "--jobs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "muse: error: --jobs must be >= 1; got 0"

@@ -35,7 +35,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     """Train and score every run not already in ``opts.out`` (resolved by :func:`resolve`),
     then write the reports and plots from all of them; returns results.json's payload."""
     from muse.compare.plots import available, write_plots
-    from muse.compare.report import frontier_text, select, write_reports
+    from muse.compare.report import frontier_text, select, with_solo_speed, write_reports
     from muse.compare.run import family, load_row, row_path, selected_now, train_and_score, write_json
 
     from muse.model import build_model
@@ -47,6 +47,12 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
         except (ValueError, ImportError) as e:
             raise ValueError(f"model {run.label!r}: {e}") from None
     opts.out.mkdir(parents=True, exist_ok=True)
+    if opts.jobs > 1 and len(todo) > 1:
+        from muse.compare.jobs import run_workers
+
+        _say(f"{len(todo)} runs to train with {opts.jobs} workers sharing the device (their tokens/s are "
+             f"kept apart as shared)")
+        run_workers(todo, opts)
     rows, not_run, not_run_dense = [], [], []
     for i, run in enumerate(runs, 1):
         head = f"[{i}/{len(runs)}] {run.label}"
@@ -70,6 +76,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     if not rows:
         _say("no run is done yet: no reports written")
         return {"rows": [], "pareto": {"summary": "no runs"}}
+    rows = with_solo_speed(rows)
     payload = write_reports(opts.out, {**meta, "not_run": not_run, "not_run_dense": not_run_dense}, rows)
     written = [opts.out / n for n in ("results.json", "results.csv", "results.md")]
     if plots and available():

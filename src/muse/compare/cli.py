@@ -47,6 +47,9 @@ def add_recipe_arguments(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--out", default=out, help=f"output folder; rerunning with it skips finished runs (default ./{out})")
     p.add_argument("--runs-dir", help="where training runs and checkpoints go (default OUT/runs)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--jobs", type=int, default=1, metavar="K",
+                   help="train K runs at a time on the device, one process each (small models leave a GPU idle); "
+                        "their tokens/s are marked shared and not reported as the model's speed")
     p.add_argument("--retry-failed", action="store_true", help="train again runs recorded as failed")
     p.add_argument("--only", nargs="+", metavar="PATTERN",
                    help="train only the runs whose label matches one of these shell patterns now; the reports then "
@@ -123,7 +126,7 @@ def run_specs(args, specs, title: str) -> int:
     runs = resolve(specs, recipe)  # every config validated before anything trains
     meta = _meta(args, runs, recipe, title)
     opts = Options(args.out, args.runs_dir, args.device, args.retry_failed, only=tuple(args.only or ()),
-                   command=meta["command"])
+                   command=meta["command"], jobs=args.jobs)
     if args.memory_only:
         from muse.compare import measure_only
 

@@ -41,6 +41,28 @@ def select(rows: list[dict]) -> list[dict]:
     return out
 
 
+def with_solo_speed(rows: list[dict]) -> list[dict]:
+    """Rows whose run shared the device (``muse compare --jobs``: no tokens/s of their own) get the
+    tokens/s of the same model's complete run alone at another learning rate, if there is one (the
+    step does not depend on the learning rate), with ``tokens_per_s_from`` naming that run's lr and
+    device. Other rows are returned as they are."""
+    alone = {}
+    for r in rows:
+        if r.get("tokens_per_s_median") is not None and not r.get("device_shared_by") and r["status"] == "complete":
+            alone.setdefault(r["group"], r)
+    out = []
+    for r in rows:
+        donor = alone.get(r["group"]) if r.get("device_shared_by") and r.get("tokens_per_s_median") is None else None
+        out.append({**r, "tokens_per_s_median": donor["tokens_per_s_median"],
+                    "tokens_per_s_from": {"lr": donor["lr"], "device": donor.get("device")}} if donor else r)
+    return out
+
+
+def speed_device(r: dict) -> str | None:
+    """The device a row's tokens/s were measured on (another run's, see :func:`with_solo_speed`)."""
+    return (r.get("tokens_per_s_from") or {}).get("device") or r.get("device")
+
+
 WIN = "MUSE dominates"
 BEYOND = "beyond the dense grid"
 OPEN = "open: dense runs not trained yet"
@@ -184,11 +206,16 @@ def _table(rows: list[dict], mem_label: str) -> list[str]:
     for r in rows:
         lines.append(
             f"| {r['label']} | {r['family']} | {fmt(r.get('actual_params'))} | {fmt(r.get('dense_equivalent_params'))} "
-            f"| {fmt(r.get('peak_memory_mib'), ',.1f')} | {fmt(r.get('tokens_per_s_median'))} "
+            f"| {fmt(r.get('peak_memory_mib'), ',.1f')} | {_speed(r)} "
             f"| {fmt(_test(r, 'perplexity'), '.2f')} | {fmt(_test(r, 'word_perplexity'), '.2f')} "
             f"| {fmt(_test(r, 'bits_per_byte'), '.4f')} | {fmt(r.get('tokens_seen'))} |"
         )
     return lines
+
+
+def _speed(r: dict) -> str:
+    src = r.get("tokens_per_s_from")
+    return fmt(r.get("tokens_per_s_median")) + (f" (lr {src['lr']:g} run)" if src else "")
 
 
 def markdown(meta: dict, rows: list[dict], selected: list[dict], verdict: dict) -> str:
@@ -263,7 +290,10 @@ def markdown(meta: dict, rows: list[dict], selected: list[dict], verdict: dict) 
         f"torch {', '.join(sorted({r.get('torch', '?') for r in selected}))}. "
         f"Peak memory is `muse memory`'s full step at the comparison's B and N "
         + ("(an estimate: no CUDA device)." if est else "(measured, `torch.cuda.max_memory_allocated`).")
-        + " Tokens/s is the median of the training run's logged windows after warm-up.",
+        + " Tokens/s is the median of the training run's logged windows after warm-up"
+        + ("; a run trained beside others on the device (`--jobs`) shows the tokens/s of the same model's run "
+           "alone at the learning rate named, or none" if any(r.get("device_shared_by") for r in selected) else "")
+        + ".",
         "",
         f"Command that wrote these reports: `{meta.get('command', '')}`"
         + "".join(f"; trained by: `{c}`" for c in dict.fromkeys(r.get("command") for r in selected) if c),

@@ -44,8 +44,12 @@ class Options:
     eval_batch_size: int = 0  # 0: the training batch size
     only: tuple[str, ...] = ()  # shell patterns: train only matching runs now (empty: all)
     command: str = ""  # the invocation that trains: each row records it
+    jobs: int = 1  # worker processes sharing the device (muse.compare.jobs)
+    shared_by: int = 0  # set in a worker: processes this one shares the device with, itself included
 
     def __post_init__(self):
+        if self.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1; got {self.jobs}")
         self.out = Path(self.out)
         self.runs_dir = Path(self.runs_dir) if self.runs_dir else self.out / "runs"
 
@@ -234,6 +238,11 @@ def train_and_score(run: Run, opts: Options) -> dict:
     timed = windows[opts.warmup_windows:] or windows
     row["tokens_per_s_median"] = statistics.median(timed) if timed else None
     row["tokens_per_s_windows"] = len(timed)
+    if opts.shared_by > 1:  # the device's share this run got, not the model's speed (muse.compare.jobs)
+        row["device_shared_by"] = opts.shared_by
+        for k in ("tokens_per_s_median", "step_tokens_per_s"):
+            row[k.replace("tokens_per_s", "tokens_per_s_shared")] = row.pop(k, None)
+        row["tokens_per_s_median"] = None
     row["val_curve"] = [[r["step"] * tokens_per_step, r["val_loss"]] for r in records if "val_loss" in r]
     if "best_val_loss" not in row and row["val_curve"]:
         row["best_val_loss"] = min(v for _, v in row["val_curve"])
