@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from muse.compare.report import BEYOND, PROVISIONAL, WIN, frontier_text
+from muse.compare.report import BEYOND, PROVISIONAL, WIN, frontier_text, speed_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARETO = "compare-wikitext2-pareto"
@@ -27,8 +27,15 @@ def load(name: str) -> dict | None:
 
 
 def selected(res: dict) -> list[dict]:
+    """The run chosen for each model (with an lr sweep, its best-validation run), labelled by the
+    model (``group``); the run's own label, which names its lr, is kept as ``run_label``."""
     chosen = set(res["selected"])
-    return [r for r in res["rows"] if r["label"] in chosen]
+    return [{**r, "label": r["group"], "run_label": r["label"]} for r in res["rows"] if r["label"] in chosen]
+
+
+def model_name(label: str) -> str:
+    """A run's label without its learning rate (``standard lr=0.002`` -> ``standard``)."""
+    return label.split(" lr=")[0]
 
 
 def by_label(res: dict | None) -> dict[str, dict]:
@@ -50,31 +57,36 @@ def human(n: float) -> str:
 def recipe_note(res: dict) -> str:
     rc, rows = res["recipe"], selected(res)
     sets = ", ".join(f"`{k}={v}`" for k, v in rc.get("set", {}).items())
-    devices = ", ".join(sorted({r["device"] for r in rows}))
-    shas = ", ".join(sorted({r["git_sha"][:7] for r in rows}))
+    borrowed = [r["tokens_per_s_from"] for r in rows if r.get("tokens_per_s_from")]
+    devices = ", ".join(sorted({r["device"] for r in rows} | {b["device"] for b in borrowed if b.get("device")}))
+    shas = ", ".join(sorted({r["git_sha"][:7] for r in rows} | {b["git_sha"][:7] for b in borrowed if b.get("git_sha")}))
     dates = ", ".join(sorted({r["date"][:10] for r in rows}))
     estimated = {r.get("peak_memory_method") for r in rows} == {"estimate"}
     peak = "estimate (fake tensors, a CUDA step modelled) of the " if estimated else ""
+    lrs = ", ".join(f"{x:g}" for x in rc["lrs"])
+    lrs = f"lr {lrs}" if len(rc["lrs"]) == 1 else f"each model at lr {lrs}, its best by validation loss shown"
+    shared = (" Runs trained side by side on one GPU (`muse compare --jobs`) show the tokens/s of the same model's "
+              "run alone at another learning rate." if borrowed else "")
     return (f"WikiText-2, byte-level BPE {rows[0].get('vocab_size', '?'):,} trained on the train split; "
             f"B={rc['batch_size']}, N={', '.join(map(str, rc['seq_lens']))}, {human(rc['max_tokens'])} tokens per "
-            f"model on identical batches, lr {', '.join(f'{x:g}' for x in rc['lrs'])} (warm-up {rc['warmup_steps']}, "
+            f"model on identical batches, {lrs} (warm-up {rc['warmup_steps']}, "
             f"cosine), {sets}; test = the best-validation checkpoint on the whole test split. Peak = `muse memory`'s "
-            f"{peak}full step at that B and N with that recipe. {devices}; commit {shas}; {dates}.")
+            f"{peak}full step at that B and N with that recipe.{shared} {devices}; commit {shas}; {dates}.")
 
 
 def _row_cells(r: dict, usual_device: str | None = None) -> str:
     """Parameters, peak, tokens/s, test and word perplexity; tokens/s names its device where it is
     not ``usual_device`` (the comparison's most common one): speeds compare within one device."""
     t = r.get("test") or {}
-    peak = r.get("peak_memory_mib")
-    where = f" ({r['device'].removeprefix('NVIDIA ')})" if usual_device and r.get("device") != usual_device else ""
+    peak, speed, dev = r.get("peak_memory_mib"), r.get("tokens_per_s_median"), speed_device(r)
+    where = f" ({dev.removeprefix('NVIDIA ')})" if usual_device and dev and dev != usual_device else ""
     return (f"{human(r['actual_params'])} | {f'{peak:,.0f} MiB' if peak else '–'} | "
-            f"{r['tokens_per_s_median']:,.0f}{where} | {t.get('perplexity', math.nan):.2f} | "
+            f"{f'{speed:,.0f}{where}' if speed else '–'} | {t.get('perplexity', math.nan):.2f} | "
             f"{t.get('word_perplexity', math.nan):.2f}")
 
 
 def _usual_device(rows: list[dict]) -> str | None:
-    devices = [r.get("device") for r in rows]
+    devices = [speed_device(r) for r in rows]
     return max(set(devices), key=devices.count) if len(set(devices)) > 1 else None
 
 
@@ -84,12 +96,15 @@ def pareto_table() -> str:
         return "_Not measured yet: `muse compare @configs/experiments/compare-wikitext2-pareto.args` on a GPU._"
     rows = sorted(selected(res), key=lambda r: (r["status"] != "complete", ppl(r)))
     apart = any(r["status"] != "complete" for r in rows)  # a status column only where one stopped short
-    lines = ["| model | kind | parameters | full-step peak | train tokens/s | test ppl | word ppl |"
-             + (" status |" if apart else ""), "|---|---|---:|---:|---:|---:|---:|" + ("---|" if apart else "")]
+    sweep = len(res["recipe"]["lrs"]) > 1  # a column for each model's best learning rate
+    lines = ["| model | kind |" + (" best lr |" if sweep else "") + " parameters | full-step peak | train tokens/s "
+             "| test ppl | word ppl |" + (" status |" if apart else ""),
+             "|---|---|" + ("---:|" if sweep else "") + "---:|---:|---:|---:|---:|" + ("---|" if apart else "")]
     usual = _usual_device(rows)
     for r in rows:
         status = "" if r["status"] == "complete" else f"**{r['status']}**: {r['status_detail']}"
-        lines.append(f"| `{r['label']}` | {r['family']} | {_row_cells(r, usual)} |" + (f" {status} |" if apart else ""))
+        lr = f" {r['lr']:g} |" if sweep else ""
+        lines.append(f"| `{r['label']}` | {r['family']} |{lr} {_row_cells(r, usual)} |" + (f" {status} |" if apart else ""))
     not_run = f" Not run yet: {', '.join(f'`{x}`' for x in res['not_run'])}." if res.get("not_run") else ""
     lines += ["", res["pareto"]["summary"] + "." + not_run, "", recipe_note(res), "",
               f"![test perplexity against full-step peak memory](../benchmarks/results/{PARETO}/ppl_vs_memory.png)"]
@@ -115,7 +130,7 @@ def ablation_table() -> str:
 def short(label: str) -> str:
     """A derived model's label without the preset and section names: `baseline+d_model=384+n_heads=6+
     n_layers=4+head.kind=tied lr=0.002` -> `d_model=384, h=6, L=4, tied head`."""
-    name = label.split(" lr=")[0]
+    name = model_name(label)
     if not name.startswith("baseline+"):
         return f"`{name}`"
     return "`" + (name.removeprefix("baseline+").replace("+n_heads=", ", h=").replace("+n_layers=", ", L=")
@@ -204,7 +219,8 @@ def quality_headline() -> str | None:
         fits = [f for v in eqm["pareto"]["budgets"] for f in _owed_fits(eqm, v["budget_mib"])]
         n = len(eqm["recipe"]["lrs"])
         owed.append(f"in `{EQUAL_MEMORY}`, {total - len(eqm['rows'])} of its {total} runs"
-                    + (f", {sum(n - k for _, _, k in set(fits))} of them of the {len(set(fits))} dense models that fit "
+                    + (f", {sum(n - k for _, _, k in set(fits))} of them of the {len(set(fits))} dense "
+                       f"model{'s' if len(set(fits)) > 1 else ''} that fit{'' if len(set(fits)) > 1 else 's'} "
                        f"in a MUSE model's memory there (docs/quality-notes.md §5)" if fits else ""))
     if owed:
         text += "Not trained yet: " + "; ".join(owed) + ". "
@@ -336,9 +352,9 @@ def equal_memory_cells() -> dict[str, str]:
     cells = {}
     for v in ((load(PARETO) or {}).get("pareto", {}).get("budgets", [])):
         if v["dense"] is None:
-            cells[v["muse"]] = f"none fits in {v['budget_mib']:,.0f} MiB"
+            cells[model_name(v["muse"])] = f"none fits in {v['budget_mib']:,.0f} MiB"
             continue
-        cells[v["muse"]] = (f"{short(v['dense'])}: {v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} of "
+        cells[model_name(v["muse"])] = (f"{short(v['dense'])}: {v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} of "
                             f"{v['budget_mib']:,.0f} MiB ({v['verdict']})")
     return cells
 

@@ -400,7 +400,7 @@ def test_plots_from_rows_include_throughput_vs_length(tmp_path):
             r.update(spec_label=label, seq_len=n, tokens_per_s_median=1000.0 * n / 256, val_curve=[[1, 5.0], [2, 4.0]])
             rows.append(r)
     rows.append({**_row("cut", "muse", 30.0, 20.0, status="incomplete"), "val_curve": [[1, 6.0]]})
-    written = write_plots(tmp_path, rows, report.select(rows), (256, 512), "t")
+    written = write_plots(tmp_path, report.select(rows), (256, 512), "t")
     assert sorted(p.name for p in written) == ["ppl_vs_memory.png", "ppl_vs_params.png", "tokens_per_s_vs_seq_len.png",
                                                "val_loss.png"]
     assert all(p.stat().st_size > 1000 for p in written)

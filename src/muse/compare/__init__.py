@@ -80,7 +80,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     payload = write_reports(opts.out, {**meta, "not_run": not_run, "not_run_dense": not_run_dense}, rows)
     written = [opts.out / n for n in ("results.json", "results.csv", "results.md")]
     if plots and available():
-        written += write_plots(opts.out, rows, select(rows), tuple(meta["recipe"]["seq_lens"]), meta.get("title", "compare"))
+        written += write_plots(opts.out, select(rows), tuple(meta["recipe"]["seq_lens"]), meta.get("title", "compare"))
     elif plots:
         print("muse compare: matplotlib is not installed; plots skipped (pip install 'muse[plot]')", file=sys.stderr)
     _say(payload["pareto"]["summary"])

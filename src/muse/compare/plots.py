@@ -1,6 +1,7 @@
 """The comparison's figures (matplotlib, an optional extra: ``pip install 'muse[plot]'``).
 
-- ``val_loss.png``: validation loss against training tokens, one line per run;
+- ``val_loss.png``: validation loss against training tokens, one line per model (its chosen run:
+  with an lr sweep, the best-validation one);
 - ``ppl_vs_memory.png``: test perplexity against full-step peak memory, with the dense
   frontier (the best dense model at or under each memory) as a step line: a MUSE point below it
   beats every dense model that fits in its memory;
@@ -8,6 +9,8 @@
 - ``tokens_per_s_vs_seq_len.png``: training throughput against sequence length (several lengths only).
 
 Incomplete or failed runs are drawn hollow and grey and labelled so; they never join a line.
+Points are labelled by model, shortened (``baseline+d_model=256+n_heads=4`` -> ``baseline
+d=256,h=4``); the memory axis is logarithmic where the peaks span more than 10x.
 """
 
 from __future__ import annotations
@@ -28,18 +31,34 @@ def available() -> bool:
     return True
 
 
+def name(r: dict) -> str:
+    """A point's label: the model (``group``, without the lr), its overrides shortened."""
+    base, *over = r.get("group", r["label"]).split("+")
+    over = [o.replace("d_model=", "d=").replace("n_heads=", "h=").replace("n_layers=", "L=") for o in over]
+    return base + (" " + ",".join(over) if over else "")
+
+
+def _near(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Two points whose labels would overlap on log axes (within 15 % in x and 6 % in y)."""
+    return abs(math.log(a[0] / b[0])) < 0.14 and abs(math.log(a[1] / b[1])) < 0.06
+
+
 def _scatter(ax, rows: list[dict], x_key: str) -> None:
-    for r in rows:
+    placed: list[tuple[float, float]] = []  # labelled points: a near one's label goes below its point
+    for r in sorted(rows, key=lambda r: (r.get(x_key) or 0, ppl(r))):
         x, y = r.get(x_key), ppl(r)
-        if x is None or not math.isfinite(y):
+        if not x or not math.isfinite(y):
             continue
         color, marker = STYLE[r["family"]]
+        below = sum(_near((x, y), p) for p in placed)
+        offset = (4, 3 - 9 * below)
+        placed.append((x, y))
         if r["status"] == "complete":
             ax.scatter([x], [y], color=color, marker=marker, zorder=3)
-            ax.annotate(r["label"], (x, y), fontsize=6, xytext=(4, 3), textcoords="offset points")
+            ax.annotate(name(r), (x, y), fontsize=6, xytext=offset, textcoords="offset points")
         else:
             ax.scatter([x], [y], facecolors="none", edgecolors="grey", marker=marker, zorder=3)
-            ax.annotate(f"{r['label']} ({r['status']})", (x, y), fontsize=7, color="grey", xytext=(4, 3),
+            ax.annotate(f"{name(r)} ({r['status']})", (x, y), fontsize=7, color="grey", xytext=offset,
                         textcoords="offset points")
     for fam, (color, marker) in STYLE.items():
         if any(r["family"] == fam for r in rows):
@@ -60,7 +79,7 @@ def _frontier(rows: list[dict]) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def write_plots(out: Path, rows: list[dict], selected: list[dict], seq_lens: tuple[int, ...], title: str) -> list[Path]:
+def write_plots(out: Path, selected: list[dict], seq_lens: tuple[int, ...], title: str) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,24 +99,28 @@ def write_plots(out: Path, rows: list[dict], selected: list[dict], seq_lens: tup
         written.append(path)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
+    for r in selected:
         curve = r.get("val_curve") or []
         if curve:
             xs, ys = zip(*curve)
             ax.plot(xs, ys, linestyle="-" if r["status"] == "complete" else ":",
-                    label=r["label"] + ("" if r["status"] == "complete" else f" ({r['status']})"))
+                    label=name(r) + ("" if r["status"] == "complete" else f" ({r['status']})"))
     ax.set(xlabel="training tokens", ylabel="validation loss (nats/token)", title="validation loss")
     ax.legend(fontsize=6)
     save(fig, "val_loss.png")
 
     mem = "(estimate)" if any(r.get("peak_memory_method") == "estimate" for r in selected) else "(measured)"
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     _scatter(ax, selected, "peak_memory_mib")
     xs, ys = _frontier(selected)
     if xs:
         right = max(r["peak_memory_mib"] for r in selected if r.get("peak_memory_mib")) * 1.05
         ax.step(xs + [right], ys + ys[-1:], where="post", color="tab:blue", alpha=0.5, label="dense frontier")
     ax.set(xlabel=f"full-step peak memory, MiB {mem}", ylabel="test perplexity", title="test perplexity vs full-step peak memory")
+    peaks = [r["peak_memory_mib"] for r in selected if r.get("peak_memory_mib")]
+    if peaks and max(peaks) > 10 * min(peaks):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(plain)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)

@@ -44,8 +44,8 @@ def select(rows: list[dict]) -> list[dict]:
 def with_solo_speed(rows: list[dict]) -> list[dict]:
     """Rows whose run shared the device (``muse compare --jobs``: no tokens/s of their own) get the
     tokens/s of the same model's complete run alone at another learning rate, if there is one (the
-    step does not depend on the learning rate), with ``tokens_per_s_from`` naming that run's lr and
-    device. Other rows are returned as they are."""
+    step does not depend on the learning rate), with ``tokens_per_s_from`` naming that run's lr,
+    device and commit. Other rows are returned as they are."""
     alone = {}
     for r in rows:
         if r.get("tokens_per_s_median") is not None and not r.get("device_shared_by") and r["status"] == "complete":
@@ -54,7 +54,8 @@ def with_solo_speed(rows: list[dict]) -> list[dict]:
     for r in rows:
         donor = alone.get(r["group"]) if r.get("device_shared_by") and r.get("tokens_per_s_median") is None else None
         out.append({**r, "tokens_per_s_median": donor["tokens_per_s_median"],
-                    "tokens_per_s_from": {"lr": donor["lr"], "device": donor.get("device")}} if donor else r)
+                    "tokens_per_s_from": {"lr": donor["lr"], "device": donor.get("device"),
+                                                  "git_sha": donor.get("git_sha")}} if donor else r)
     return out
 
 
