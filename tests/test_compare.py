@@ -2,7 +2,6 @@
 
 import json
 import math
-import random
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,9 @@ from muse.compare.spec import (
     COMPONENTS, Recipe, grid_specs, one_at_a_time, parse_grid, parse_spec, resolve, split_values,
 )
 from muse.config import ConfigError
+from tests.compare_runs import TINY, common_args, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = "tiny+model.d_model=32+model.n_layers=1+model.n_heads=2"
 
 
 # ----------------------------------------------------------------------------- specs and grids
@@ -218,27 +217,12 @@ def test_markdown_keeps_incomplete_rows_out_of_the_ranking():
 # ----------------------------------------------------------------------------- whole runs (CPU)
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """A small text corpus (documents of random words) that trains a BPE tokenizer in a blink."""
-    rng = random.Random(0)
-    words = [w.strip(",.") for w in (ROOT / "README.md").read_text().split() if w.isalpha()][:400]
-    root = tmp_path_factory.mktemp("corpus")
-    for i in range(40):
-        (root / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(words) for _ in range(300)) + "\n")
-    return root
-
-
-def _common(corpus: Path, cache: Path, out: Path) -> list[str]:
-    return [
-        "--dataset", f"text:{corpus}", "--max-tokens", "4096", "--seq-len", "32", "--batch-size", "8",
-        "--eval-every", "8", "--eval-tokens", "2048", "--warmup-steps", "2", "--out", str(out),
-        "--set", "model.vocab_size=384", "--set", "model.max_seq_len=64", "--set", f"data.cache_dir={cache}",
-        "--set", "train.progress=false", "--set", "train.tensorboard=false", "--set", "train.log_every=2",
-    ]
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def test_compare_two_models_writes_everything_and_resumes(corpus, tmp_path, capsys, monkeypatch):
     out, cache = tmp_path / "cmp", tmp_path / "cache"
-    argv = ["compare", TINY, TINY + "+model.mixer.kind=attention+model.positions=learned", *_common(corpus, cache, out)]
+    argv = ["compare", TINY, TINY + "+model.mixer.kind=attention+model.positions=learned", *common_args(corpus, cache, out)]
     assert main(argv) == 0
     from muse.compare.plots import available
 
@@ -295,7 +279,7 @@ def test_memory_only_measures_each_model_once_and_trains_nothing(corpus, tmp_pat
     monkeypatch.setattr(run_mod, "train_and_score", boom)
     out, cache = tmp_path / "mem", tmp_path / "cache"
     big = TINY.replace("d_model=32", "d_model=64")
-    argv = ["compare", big, TINY, *_common(corpus, cache, out), "--lr", "1e-3", "3e-3", "--memory-only"]
+    argv = ["compare", big, TINY, *common_args(corpus, cache, out), "--lr", "1e-3", "3e-3", "--memory-only"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     res = json.loads((out / "memory.json").read_text())
@@ -315,7 +299,7 @@ def test_memory_only_measures_each_model_once_and_trains_nothing(corpus, tmp_pat
 def test_ablate_2x2_and_a_time_cap_row(corpus, tmp_path, capsys):
     out, cache = tmp_path / "abl", tmp_path / "cache"
     argv = ["ablate", TINY, "--grid", "model.ffn.rank=4,8", "--grid", "model.mixer.semiseparable.max_rank=4,8",
-            *_common(corpus, cache, out)]
+            *common_args(corpus, cache, out)]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert [r["label"].split("+", 4)[-1] for r in res["rows"]] == [
@@ -325,7 +309,7 @@ def test_ablate_2x2_and_a_time_cap_row(corpus, tmp_path, capsys):
 
     # a time cap that stops the run before its token budget: marked, kept out of the ranking, exit 1
     capped = tmp_path / "capped"
-    argv = ["compare", TINY, *_common(corpus, cache, capped)]
+    argv = ["compare", TINY, *common_args(corpus, cache, capped)]
     argv[argv.index("--max-tokens") + 1] = "10000000"
     assert main(argv + ["--max-minutes", "0.0001"]) == 1
     row = json.loads((capped / "results.json").read_text())["rows"][0]
@@ -353,7 +337,7 @@ def test_plots_are_optional(corpus, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(plots, "available", lambda: False)
     out = tmp_path / "np"
-    argv = ["compare", TINY, *_common(corpus, tmp_path / "cache", out)]
+    argv = ["compare", TINY, *common_args(corpus, tmp_path / "cache", out)]
     argv[argv.index("--max-tokens") + 1] = "512"
     assert main(argv) == 0
     assert "matplotlib is not installed; plots skipped" in capsys.readouterr().err
@@ -444,34 +428,3 @@ def test_rows_survive_new_config_fields_but_not_changed_values():
     saved["train"]["warmup_steps"] = 7  # explicit in the row, another value now
     assert not same_run(saved, cfg)
 
-
-def test_jobs_share_the_device_and_keep_its_speed_apart(corpus, tmp_path, capsys):
-    """--jobs 2: two worker processes train an lr sweep; each shared run scores as it would alone
-    and its tokens/s are kept apart; the report borrows the model's solo tokens/s, named so."""
-    out, cache = tmp_path / "jobs", tmp_path / "cache"
-    common = _common(corpus, cache, out)
-    assert main(["compare", TINY, *common, "--lr", "1e-3", "--jobs", "2"]) == 0  # one run: no workers
-    assert main(["compare", TINY, *common, "--lr", "1e-3", "3e-3", "1e-2", "--jobs", "2"]) == 0
-    assert "2 runs to train with 2 workers" in capsys.readouterr().out
-    assert not (out / "claims").exists()
-    rows = {r["lr"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
-    solo = rows[1e-3]
-    assert "device_shared_by" not in solo and solo["tokens_per_s_median"] > 0
-    for lr in (3e-3, 1e-2):
-        r = rows[lr]
-        assert r["status"] == "complete" and r["device_shared_by"] == 2 and r["tokens_per_s_shared_median"] > 0
-        assert r["tokens_per_s_median"] == solo["tokens_per_s_median"] and r["tokens_per_s_from"]["lr"] == 1e-3
-        [path] = (out / "rows").glob(f"*lr-{lr:g}-*.json")
-        assert json.loads(path.read_text())["tokens_per_s_median"] is None  # the row itself claims no speed
-    assert "(lr 0.001 run)" in (out / "results.md").read_text()
-
-    # quality does not depend on sharing: the same run alone gives the same validation curve
-    alone = tmp_path / "alone"
-    assert main(["compare", TINY, *_common(corpus, cache, alone), "--lr", "3e-3"]) == 0
-    [r] = json.loads((alone / "results.json").read_text())["rows"]
-    assert [v for _, v in r["val_curve"]] == pytest.approx([v for _, v in rows[3e-3]["val_curve"]], rel=1e-4)
-
-
-def test_jobs_must_be_positive(corpus, tmp_path, capsys):
-    assert main(["compare", TINY, *_common(corpus, tmp_path / "c", tmp_path / "o"), "--jobs", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "muse: error: --jobs must be >= 1; got 0"

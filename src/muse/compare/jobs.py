@@ -43,7 +43,22 @@ def claim(claims_dir, run: Run) -> bool:
 
 
 def worker(runs: list[Run], opts: Options, index: int) -> None:
-    """One worker: claim, train and score runs until none is left."""
+    """One worker: claim, train and score runs until none is left. A user-facing error ends it
+    with one line and exit code 2, as ``muse`` itself does (the parent goes on)."""
+    from muse.config import ConfigError
+    from muse.data import DataError
+    from muse.train.checkpoint import CheckpointError
+
+    try:
+        _work(runs, opts, index)
+    except (ConfigError, DataError, CheckpointError, ValueError, OSError) as e:
+        print(f"muse: error: [worker {index}] {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _work(runs: list[Run], opts: Options, index: int) -> None:
     import dataclasses
 
     import torch
