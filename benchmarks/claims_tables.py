@@ -94,12 +94,6 @@ def claims_table() -> str:
     return "\n".join(rows)
 
 
-def hamt_claims_table() -> str:
-    """README: the claims table's HAMT rows (the holographic mixer's original claims, measured)."""
-    lines = claims_table().split("\n")
-    return "\n".join(lines[:2] + [r for r in lines[2:] if r.startswith("| HAMT")])
-
-
 def _hamt_quality(r: dict | None) -> str | None:
     """`hamt-100m`'s row of the Pareto comparison, against `baseline`'s."""
     if r is None:

@@ -21,7 +21,7 @@ if str(ROOT / "src") not in sys.path:  # the presets of this checkout (configs/)
     sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from claims_tables import claims_table, hamt_claims_table  # noqa: E402
+from claims_tables import claims_table  # noqa: E402
 from compare_tables import (  # noqa: E402
     ablation_table, equal_memory_cells, equal_memory_peaks_table, equal_memory_table, hamt_knobs_table, human, quality,
     quality_headline, quality_table,
@@ -277,7 +277,6 @@ def _startup(tuning: bool) -> str:
 
 
 TABLES = {"presets-table": presets_table, "headline": headline, "claims-table": claims_table,
-          "hamt-claims-table": hamt_claims_table,
           "quality-table": quality_table, "ablation-table": ablation_table, "memory-table": memory_table,
           "mixers-table": mixers_table, "throughput-table": _throughput("train_throughput-gpu.json"),
           "throughput-compiled-table": _throughput("train_throughput-compile-reduce-overhead-gpu.json"),
