@@ -68,3 +68,13 @@ def test_a_worker_ends_on_a_user_error_with_one_line(corpus, tmp_path, capsys):
     assert e.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("muse: error: [worker 3] ") and "gone" in line  # names what is missing
+
+
+def test_a_shared_run_out_of_memory_is_left_to_train_alone():
+    from muse.compare.jobs import shared_oom
+
+    oom = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert shared_oom({"status": "failed", "status_detail": oom})
+    assert shared_oom({"status": "complete", "status_detail": "20,004,864 tokens", "peak_memory_error": oom})
+    assert not shared_oom({"status": "failed", "status_detail": "the loss is not finite at step 12"})
+    assert not shared_oom({"status": "complete", "status_detail": "4,096 tokens", "peak_memory_error": None})

@@ -16,8 +16,10 @@ lone run, and writes its row. What sharing changes, and what it does not:
   another learning rate, that run's tokens/s (the step does not depend on the learning rate),
   named so.
 
-A run a worker did not finish (the worker crashed or was stopped) has no row: the parent's own
-pass over the comparison trains it alone afterwards, or a later invocation does.
+A run a worker did not finish (the worker crashed or was stopped) has no row, nor has a run that
+ran out of device memory beside the others (:func:`shared_oom`: alone it may fit, so that is
+not its result): the parent's own pass over the comparison trains it alone afterwards, or a
+later invocation does.
 """
 
 from __future__ import annotations
@@ -71,10 +73,21 @@ def _work(runs: list[Run], opts: Options, index: int) -> None:
             continue
         print(f"muse compare: [worker {index}] {run.label}: training (lr {run.lr:g})", flush=True)
         row = train_and_score(run, opts)
+        if shared_oom(row):
+            print(f"muse compare: [worker {index}] {run.label}: out of memory beside the other runs; "
+                  "left to train alone", flush=True)
+            continue
         write_json(row_path(opts.out, run), row)
         t = (row.get("test") or {}).get("perplexity")
         print(f"muse compare: [worker {index}] {run.label}: {row['status']}"
               + (f", test ppl {t:.2f}" if isinstance(t, float) else ""), flush=True)
+
+
+def shared_oom(row: dict) -> bool:
+    """Whether a shared run's row records running out of device memory, in training or in the
+    peak measurement: a fact about the sharing, not the run."""
+    text = " ".join(str(row.get(k) or "") for k in ("status_detail", "peak_memory_error")).lower()
+    return "out of memory" in text or "outofmemory" in text
 
 
 def run_workers(runs: list[Run], opts: Options) -> list[int]:
