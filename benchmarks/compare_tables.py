@@ -219,9 +219,9 @@ def quality_headline() -> str | None:
         fits = [f for v in eqm["pareto"]["budgets"] for f in _owed_fits(eqm, v["budget_mib"])]
         n = len(eqm["recipe"]["lrs"])
         owed.append(f"in `{EQUAL_MEMORY}`, {total - len(eqm['rows'])} of its {total} runs"
-                    + (f", {sum(n - k for _, _, k in set(fits))} of them of the {len(set(fits))} dense "
-                       f"model{'s' if len(set(fits)) > 1 else ''} that fit{'' if len(set(fits)) > 1 else 's'} "
-                       f"in a MUSE model's memory there (docs/quality-notes.md §5)" if fits else ""))
+                    + (f", {sum(n - k for _, _, k in set(fits))} of them of dense models that fit in a MUSE "
+                       f"model's memory there ({', '.join(short(m) for m, _, _ in sorted(set(fits)))}; "
+                       f"docs/quality-notes.md §5)" if fits else ""))
     if owed:
         text += "Not trained yet: " + "; ".join(owed) + ". "
     return text + "The comparisons in full: below."
