@@ -45,7 +45,8 @@ def claims_table() -> str:
         f"`{n}` vs `baseline`: test perplexity ×{x:.2f} ({100 * (x - 1):+.0f} %)" for n, x in rel.items())
         + " at equal training tokens", how)
     speed = [f"×{q['standard']['tokens_per_s_median'] / q['baseline']['tokens_per_s_median']:.2f} tokens/s at N=512 "
-             "(the WikiText-2 runs, `standard` / `baseline`)"] if both else []
+             "(the WikiText-2 runs, `standard` / `baseline`)"] if both and all(
+        q[n].get("tokens_per_s_median") for n in ("standard", "baseline")) else []
     for name, mode in (("train_throughput-cudagraph-h200.json", "eager + captured"),
                        ("train_throughput-compile-default-cudagraph-gpu.json", "compiled + captured"),
                        ("train_throughput-gpu.json", "eager")):

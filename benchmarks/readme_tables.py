@@ -106,7 +106,8 @@ def presets_table() -> str:
             f"{m['embedding']['kind']} · {m['ffn']['kind']} · {m['head']['kind']} | {human(r['actual_params'])} "
             f"({human(r['dense_equivalent_params'])}) | {'; '.join(peak) or '–'} "
             f"| {_ppl_cell(q['test']) if q else '–'} "
-            f"| {format(q['tokens_per_s_median'], ',.0f') if q else '–'} | {cells.get(n, '–')} |"
+            f"| {format(q['tokens_per_s_median'], ',.0f') if q and q.get('tokens_per_s_median') else '–'} "
+            f"| {cells.get(n, '–')} |"
         )
     lines += ["", f"- Parameters: exact counts of the models built on the `meta` device (`benchmarks/params.py`, "
                   f"commit `{short_sha(res)}`, {res['date'][:10]})."]
