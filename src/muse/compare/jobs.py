@@ -28,12 +28,13 @@ import os
 import shutil
 import signal
 import sys
+from pathlib import Path
 
 from muse.compare.run import Options, load_row, row_path, slug, train_and_score, write_json
 from muse.compare.spec import Run
 
 
-def claim(claims_dir, run: Run) -> bool:
+def claim(claims_dir: Path, run: Run) -> bool:
     """Whether this process got ``run`` (exactly one process does: O_EXCL)."""
     try:
         fd = os.open(claims_dir / f"{slug(run.label)}-{run.key[:8]}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
