@@ -14,7 +14,7 @@ from muse.memory.cuda_policy import CudaStepPolicy
 from muse.memory.profile import StepPlan, estimate
 from muse.ops.semiseparable.triton_chunk import HAS_TRITON
 
-PARETO = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "compare-wikitext2-pareto" / "results.json"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 def test_layer_norm_runs_in_fp32_under_autocast_as_on_cuda():
@@ -121,7 +121,7 @@ def test_one_autocast_copy_of_the_mixer_input(monkeypatch, preset, lowrank):
     assert each - once == (copies - 1) * m.n_layers * 4 * 128 * m.d_model * 2
 
 
-PARETO_MEMORY = PARETO.parents[1] / "compare-wikitext2-pareto-memory" / "memory.json"
+PARETO_MEMORY = RESULTS / "compare-wikitext2-pareto-memory" / "memory.json"
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (the estimate models the Triton kernels)")
@@ -164,7 +164,7 @@ def test_checkpoint_recomputes_under_the_forwards_modes():
     torch.testing.assert_close(x.grad, 2 * torch.ops.aten.gelu_backward(torch.ones(4, 4), x.detach()))
 
 
-EQUAL_MEMORY = PARETO.parents[1] / "compare-wikitext2-equal-memory"
+EQUAL_MEMORY = RESULTS / "compare-wikitext2-equal-memory"
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (the estimate models the Triton kernels)")
@@ -182,7 +182,7 @@ def test_estimate_matches_the_checkpointed_peak_measured_on_an_h100(preset, as_m
     assert math.isclose(est, row["peak_memory_mib"], rel_tol=0.03), (est, row["peak_memory_mib"])
 
 
-VERIFY_B2 = PARETO.parents[1] / "verify-b2-cublas-16-8-h200.json"
+VERIFY_B2 = RESULTS / "verify-b2-cublas-16-8-h200.json"
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (the estimate models the Triton kernels)")
