@@ -428,3 +428,23 @@ def test_rows_survive_new_config_fields_but_not_changed_values():
     saved["train"]["warmup_steps"] = 7  # explicit in the row, another value now
     assert not same_run(saved, cfg)
 
+
+
+def test_a_best_rate_at_the_edge_of_the_sweep_is_named():
+    rows = [
+        _row("a lr=0.001", "muse", 1, 50.0, val=3.0, group="a", lr=1e-3),
+        _row("a lr=0.002", "muse", 1, 45.0, val=2.9, group="a", lr=2e-3),  # the largest: named
+        _row("b lr=0.0005", "dense", 1, 50.0, val=2.0, group="b", lr=5e-4),  # the smallest: named
+        _row("b lr=0.001", "dense", 1, 55.0, val=2.5, group="b", lr=1e-3),
+        _row("c lr=0.001", "dense", 1, 55.0, val=2.0, group="c", lr=1e-3),  # inside: not named
+        _row("c lr=0.002", "dense", 1, 55.0, val=2.5, group="c", lr=2e-3),
+    ]
+    lrs = [5e-4, 1e-3, 2e-3]
+    edge = report.lr_at_edge(report.select(rows), lrs)
+    assert edge == {"largest": ["a"], "smallest": ["b"]}
+    assert report.lr_at_edge(report.select(rows), lrs[1:]) == {"largest": [], "smallest": []}  # two rates: all edges
+    text = report.lr_edge_text(edge, 3)
+    assert "1 of 3 models at the largest rate tried (`a`)" in text and "1 of 3 models at the smallest" in text
+    meta = {"recipe": {"tokenizer": "bpe", "batch_size": 2, "seq_lens": [8], "max_tokens": 100, "seed": 0,
+                       "lrs": lrs, "warmup_steps": 1, "min_lr_ratio": 0.1}, "dataset": "x", "torch": "t"}
+    assert text in report.markdown(meta, rows, report.select(rows), report.pareto(report.select(rows)))

@@ -35,7 +35,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     """Train and score every run not already in ``opts.out`` (resolved by :func:`resolve`),
     then write the reports and plots from all of them; returns results.json's payload."""
     from muse.compare.plots import available, write_plots
-    from muse.compare.report import frontier_text, select, with_solo_speed, write_reports
+    from muse.compare.report import frontier_text, lr_edge_text, select, with_solo_speed, write_reports
     from muse.compare.run import family, load_row, row_path, selected_now, train_and_score, write_json
 
     from muse.model import build_model
@@ -87,6 +87,8 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     if payload["pareto"]["frontier"]:
         _say("at every memory level, the best MUSE model against the best dense model within it: "
              + frontier_text(payload["pareto"]["frontier"]))
+    if edge := lr_edge_text(payload["lr_at_edge"], len(payload["selected"])):
+        _say(edge)
     _say("wrote " + ", ".join(str(p) for p in written))
     return payload
 

@@ -64,6 +64,25 @@ def speed_device(r: dict) -> str | None:
     return (r.get("tokens_per_s_from") or {}).get("device") or r.get("device")
 
 
+def lr_at_edge(selected: list[dict], lrs: list[float]) -> dict[str, list[str]]:
+    """With a sweep of three or more rates: the models whose chosen (complete) run is at the grid's
+    largest or smallest rate, {"largest": [...], "smallest": [...]}; their best rate may lie beyond
+    the grid, so a fairer sweep would extend it there."""
+    if len(lrs) < 3:
+        return {"largest": [], "smallest": []}
+    done = [r for r in selected if r["status"] == "complete"]
+    return {"largest": [r["group"] for r in done if r["lr"] == max(lrs)],
+            "smallest": [r["group"] for r in done if r["lr"] == min(lrs)]}
+
+
+def lr_edge_text(edge: dict[str, list[str]], models: int) -> str:
+    """``lr_at_edge`` as a sentence ('' where no model chose an edge)."""
+    parts = [f"{len(g)} of {models} models at the {side} rate tried ({', '.join(f'`{x}`' for x in g)})"
+             for side, g in edge.items() if g]
+    return ("Chose a rate at the edge of the grid: " + "; ".join(parts)
+            + ". Their best rate may lie beyond it: a sweep extended there would tell.") if parts else ""
+
+
 WIN = "MUSE dominates"
 BEYOND = "beyond the dense grid"
 OPEN = "open: dense runs not trained yet"
@@ -283,6 +302,8 @@ def markdown(meta: dict, rows: list[dict], selected: list[dict], verdict: dict) 
                 cells.append(f"**{v}**" if r is not None and id(r) in chosen else v)
             lines.append(f"| {group} | " + " | ".join(cells) + " |")
         lines.append("")
+        edge = lr_edge_text(lr_at_edge(selected, rc["lrs"]), len(selected))
+        lines += [edge, ""] if edge else []
     devices = sorted({r.get("device", "?") for r in selected})
     shas = sorted({r.get("git_sha", "?")[:7] for r in selected})
     dates = sorted({r.get("date", "?")[:10] for r in selected})
@@ -309,7 +330,8 @@ def write_reports(out, meta: dict, rows: list[dict]) -> dict:
     verdict = pareto(selected, untrained_dense=len(meta.get("not_run_dense", ())))
     chosen = {id(r) for r in selected}
     payload = {**meta, "rows": [{**r, "selected": id(r) in chosen} for r in rows],
-               "selected": [r["label"] for r in selected], "pareto": verdict}
+               "selected": [r["label"] for r in selected], "pareto": verdict,
+               "lr_at_edge": lr_at_edge(selected, meta["recipe"]["lrs"])}
     write_json(out / "results.json", payload)
     for name, text in (("results.csv", csv_text(rows, selected)), ("results.md", markdown(meta, rows, selected, verdict))):
         write_text(out / name, text)
