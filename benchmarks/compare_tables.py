@@ -33,10 +33,6 @@ def selected(res: dict) -> list[dict]:
     return [{**r, "label": r["group"], "run_label": r["label"]} for r in res["rows"] if r["label"] in chosen]
 
 
-def model_name(label: str) -> str:
-    """A run's label without its learning rate (``standard lr=0.002`` -> ``standard``)."""
-    return label.split(" lr=")[0]
-
 
 def by_label(res: dict | None) -> dict[str, dict]:
     return {r["label"]: r for r in selected(res)} if res else {}
@@ -127,10 +123,9 @@ def ablation_table() -> str:
     return "\n".join(lines)
 
 
-def short(label: str) -> str:
-    """A derived model's label without the preset and section names: `baseline+d_model=384+n_heads=6+
-    n_layers=4+head.kind=tied lr=0.002` -> `d_model=384, h=6, L=4, tied head`."""
-    name = model_name(label)
+def short(name: str) -> str:
+    """A derived dense model's name without the preset and section names: `baseline+d_model=384+
+    n_heads=6+n_layers=4+head.kind=tied` -> `d_model=384, h=6, L=4, tied head`."""
     if not name.startswith("baseline+"):
         return f"`{name}`"
     return "`" + (name.removeprefix("baseline+").replace("+n_heads=", ", h=").replace("+n_layers=", ", L=")
@@ -175,8 +170,8 @@ def verdict_table(links: str = "benchmarks/results/") -> str:
         for i, v in enumerate(res["pareto"]["budgets"]):
             how = how if i == 0 else ""  # once per comparison
             dense = ("none trained" if v["dense"] is None else
-                     f"{short(v['dense'])} | {v['dense_peak_mib']:,.0f} MiB | {v['dense_perplexity']:.2f}")
-            lines.append(f"| {how} | {short(v['muse'])} | {v['budget_mib']:,.0f} MiB | {v['muse_perplexity']:.2f} | "
+                     f"{short(v['dense_model'])} | {v['dense_peak_mib']:,.0f} MiB | {v['dense_perplexity']:.2f}")
+            lines.append(f"| {how} | {short(v['muse_model'])} | {v['budget_mib']:,.0f} MiB | {v['muse_perplexity']:.2f} | "
                          + (dense if v["dense"] else f"{dense} | – | –") + f" | {verdict_words(v['verdict'])} |")
     return "\n".join(lines)
 
@@ -352,9 +347,9 @@ def equal_memory_cells() -> dict[str, str]:
     cells = {}
     for v in ((load(PARETO) or {}).get("pareto", {}).get("budgets", [])):
         if v["dense"] is None:
-            cells[model_name(v["muse"])] = f"none fits in {v['budget_mib']:,.0f} MiB"
+            cells[v["muse_model"]] = f"none fits in {v['budget_mib']:,.0f} MiB"
             continue
-        cells[model_name(v["muse"])] = (f"{short(v['dense'])}: {v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} of "
+        cells[v["muse_model"]] = (f"{short(v['dense_model'])}: {v['dense_perplexity']:.2f} at {v['dense_peak_mib']:,.0f} of "
                             f"{v['budget_mib']:,.0f} MiB ({v['verdict']})")
     return cells
 

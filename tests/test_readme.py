@@ -81,12 +81,10 @@ def test_presets_table_puts_the_dense_model_of_equal_memory_beside_each_muse_pre
     mod = _tables()
     res = json.loads((ROOT / "benchmarks/results/compare-wikitext2-pareto/results.json").read_text())
     line = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([\w-]+)` \|.*$", mod.presets_table(), re.M)}
-    import compare_tables as ct
-
-    presets = [b for b in res["pareto"]["budgets"] if "+" not in b["muse"]]  # derived models have no row here
-    assert {"standard", "compact"} <= {ct.model_name(b["muse"]) for b in presets}
+    presets = [b for b in res["pareto"]["budgets"] if "+" not in b["muse_model"]]  # derived models: no row here
+    assert {"standard", "compact"} <= {b["muse_model"] for b in presets}
     for b in presets:
-        cell = line[ct.model_name(b["muse"])].rstrip(" |").rsplit("| ", 1)[1]
+        cell = line[b["muse_model"]].rstrip(" |").rsplit("| ", 1)[1]
         assert f"{b['dense_perplexity']:.2f}" in cell and f"({b['verdict']})" in cell
     assert line["baseline"].endswith("| – |")
 
@@ -97,9 +95,8 @@ def test_headline_verdicts_are_the_comparisons_own():
     dense model is named by its overrides alone."""
     _tables()  # puts benchmarks/ on sys.path
     import compare_tables as ct
-    assert ct.short("baseline+d_model=384+n_heads=6+n_layers=4+head.kind=tied lr=0.002") == \
-        "`d_model=384, h=6, L=4, tied head`"
-    assert ct.short("standard lr=0.002") == "`standard`" and ct.short("baseline") == "`baseline`"
+    assert ct.short("baseline+d_model=384+n_heads=6+n_layers=4+head.kind=tied") == "`d_model=384, h=6, L=4, tied head`"
+    assert ct.short("standard") == "`standard`" and ct.short("baseline") == "`baseline`"
     assert ct.verdict_words("MUSE dominates (provisional)") == "**MUSE wins** (provisional)"
     assert ct.verdict_words("beyond the dense grid").endswith("not a win")
     table = ct.verdict_table().splitlines()
@@ -108,10 +105,10 @@ def test_headline_verdicts_are_the_comparisons_own():
         res = ct.load(name)
         for b in (res or {}).get("pareto", {}).get("budgets", []):
             row = table[2 + n]
-            assert ct.short(b["muse"]) in row and f"{b['muse_perplexity']:.2f}" in row
+            assert ct.short(b["muse_model"]) in row and f"{b['muse_perplexity']:.2f}" in row
             assert ct.verdict_words(b["verdict"]) in row
             if b["dense"]:
-                assert ct.short(b["dense"]) in row and f"{b['dense_perplexity']:.2f}" in row
+                assert ct.short(b["dense_model"]) in row and f"{b['dense_perplexity']:.2f}" in row
             n += 1
     assert n > 0 and len(table) == 2 + n
     res = ct.load(ct.PARETO)

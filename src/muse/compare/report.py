@@ -112,9 +112,10 @@ def pareto(selected: list[dict], untrained_dense: int = 0) -> dict:
         else:
             verdict = WIN if len(fits) < len(dense) else BEYOND
             verdict += PROVISIONAL if untrained_dense else ""
-        out.append({
-            "muse": m["label"], "budget_mib": m["peak_memory_mib"], "muse_perplexity": ppl(m),
-            "dense": best["label"] if best else None, "dense_perplexity": ppl(best) if best else None,
+        out.append({  # labels name the runs (with their lr in a sweep), models the groups
+            "muse": m["label"], "muse_model": m["group"], "budget_mib": m["peak_memory_mib"], "muse_perplexity": ppl(m),
+            "dense": best["label"] if best else None, "dense_model": best["group"] if best else None,
+            "dense_perplexity": ppl(best) if best else None,
             "dense_peak_mib": best["peak_memory_mib"] if best else None, "verdict": verdict,
         })
     wins = sum(v["verdict"].startswith(WIN) for v in out)
@@ -165,9 +166,10 @@ def frontier(selected: list[dict], untrained_dense: int = 0) -> list[dict]:
         else:
             # from the largest dense model's peak up, a budget has no dense model of its size
             verdict = (WIN if level < top else BEYOND) + (PROVISIONAL if untrained_dense else "")
-        cell = {"muse": m["label"] if m else None, "muse_perplexity": ppl(m) if m else None,
-                "muse_peak_mib": m["peak_memory_mib"] if m else None,
-                "dense": d["label"] if d else None, "dense_perplexity": ppl(d) if d else None,
+        cell = {"muse": m["label"] if m else None, "muse_model": m["group"] if m else None,
+                "muse_perplexity": ppl(m) if m else None, "muse_peak_mib": m["peak_memory_mib"] if m else None,
+                "dense": d["label"] if d else None, "dense_model": d["group"] if d else None,
+                "dense_perplexity": ppl(d) if d else None,
                 "dense_peak_mib": d["peak_memory_mib"] if d else None, "verdict": verdict}
         if ranges and all(ranges[-1][k] == v for k, v in cell.items()):
             continue
