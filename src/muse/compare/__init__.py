@@ -35,7 +35,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     """Train and score every run not already in ``opts.out`` (resolved by :func:`resolve`),
     then write the reports and plots from all of them; returns results.json's payload."""
     from muse.compare.plots import available, write_plots
-    from muse.compare.report import frontier_text, lr_edge_text, select, with_solo_speed, write_reports
+    from muse.compare.report import frontier_text, lr_edge_text, select, write_reports
     from muse.compare.run import family, load_row, row_path, selected_now, train_and_score, write_json
 
     from muse.model import build_model
@@ -76,11 +76,10 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     if not rows:
         _say("no run is done yet: no reports written")
         return {"rows": [], "pareto": {"summary": "no runs"}}
-    rows = with_solo_speed(rows)
     payload = write_reports(opts.out, {**meta, "not_run": not_run, "not_run_dense": not_run_dense}, rows)
     written = [opts.out / n for n in ("results.json", "results.csv", "results.md")]
     if plots and available():
-        written += write_plots(opts.out, select(rows), tuple(meta["recipe"]["seq_lens"]), meta.get("title", "compare"))
+        written += write_plots(opts.out, select(payload["rows"]), tuple(meta["recipe"]["seq_lens"]), meta.get("title", "compare"))
     elif plots:
         print("muse compare: matplotlib is not installed; plots skipped (pip install 'muse[plot]')", file=sys.stderr)
     _say(payload["pareto"]["summary"])

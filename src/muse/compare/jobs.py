@@ -91,9 +91,8 @@ def shared_oom(row: dict) -> bool:
     return "out of memory" in text or "outofmemory" in text
 
 
-def run_workers(runs: list[Run], opts: Options) -> list[int]:
-    """Train ``runs`` (those without a row) with ``opts.jobs`` worker processes; returns their
-    exit codes. Stopping the parent (SIGTERM, Ctrl-C) stops the workers: a stopped run resumes
+def run_workers(runs: list[Run], opts: Options) -> None:
+    """Train ``runs`` (those without a row) with ``opts.jobs`` worker processes. Stopping the parent (SIGTERM, Ctrl-C) stops the workers: a stopped run resumes
     from its last checkpoint next time."""
     import multiprocessing
 
@@ -115,12 +114,10 @@ def run_workers(runs: list[Run], opts: Options) -> list[int]:
                 p.join()
         signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(claims, ignore_errors=True)
-    codes = [p.exitcode for p in procs]
-    for i, c in enumerate(codes):
-        if c:
-            print(f"muse compare: worker {i} exited with code {c}; runs it left unfinished train alone next",
-                  file=sys.stderr, flush=True)
-    return codes
+    for i, p in enumerate(procs):
+        if p.exitcode:
+            print(f"muse compare: worker {i} exited with code {p.exitcode}; runs it left unfinished train alone "
+                  "next", file=sys.stderr, flush=True)
 
 
 def _stop(signum, frame):

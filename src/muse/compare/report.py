@@ -327,7 +327,9 @@ def markdown(meta: dict, rows: list[dict], selected: list[dict], verdict: dict) 
 
 
 def write_reports(out, meta: dict, rows: list[dict]) -> dict:
-    """results.json, results.csv, results.md under ``out``; returns the results payload."""
+    """results.json, results.csv, results.md under ``out``; returns the results payload, whose rows
+    are ``rows`` with their solo speeds filled in (:func:`with_solo_speed`)."""
+    rows = with_solo_speed(rows)
     selected = select(rows)
     verdict = pareto(selected, untrained_dense=len(meta.get("not_run_dense", ())))
     chosen = {id(r) for r in selected}
