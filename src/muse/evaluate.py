@@ -16,40 +16,18 @@ import numpy as np
 import torch
 
 from muse.data import eval_windows
-from muse.mixers import stats_mask
 
 
-IGNORE = -100  # a target the loss skips (``muse.layers.head.lm_loss``, transformers alike)
-
-
-def _padded_batches(windows, batch_size: int, seq_len: int):
-    """The windows as (x, y, mask) batches of one shape, (batch_size, seq_len) (fewer rows when the
-    whole split has fewer windows): the short last window is padded at its end with ignored
-    targets, and a short last batch with wholly ignored rows. A causal model's outputs at the real
-    positions are those of the unpadded batch, and no kernel is compiled or autotuned for the
-    tail's shapes, which would cost more than the whole split takes to score. ``mask`` (B, N) bool
-    marks the real tokens, for the mixers' statistics."""
-    rows: list = []
-    full = False  # whether a batch of batch_size rows came before
-    for x, y in windows:  # each (1, n), n <= seq_len
-        pad = seq_len - x.size(1)
-        if pad:
-            x = torch.cat([x, x.new_zeros(1, pad)], dim=1)  # any valid id: its outputs are ignored
-            y = torch.cat([y, y.new_full((1, pad), IGNORE)], dim=1)
-        rows.append((x, y))
-        if len(rows) == batch_size:
-            yield _stack(rows, len(rows))
-            rows, full = [], True
-    if rows:
-        yield _stack(rows, batch_size if full else len(rows))
-
-
-def _stack(rows: list, n_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x, y = torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])  # (b, N)
-    if n_rows > len(rows):
-        x = torch.cat([x, x.new_zeros(n_rows - len(rows), x.size(1))])
-        y = torch.cat([y, y.new_full((n_rows - len(rows), y.size(1)), IGNORE)])
-    return x, y, y != IGNORE
+def _batched(windows, batch_size: int):
+    """Group equal-length windows so the full ones run as batches and the short tail alone."""
+    batch: list = []
+    for x, y in windows:
+        if batch and (len(batch) == batch_size or batch[0][0].shape != x.shape):
+            yield torch.cat([b[0] for b in batch]), torch.cat([b[1] for b in batch])
+            batch = []
+        batch.append((x, y))
+    if batch:
+        yield torch.cat([b[0] for b in batch]), torch.cat([b[1] for b in batch])
 
 
 @torch.no_grad()
@@ -87,12 +65,10 @@ def total_nll(
     keys: list[str] = []  # the mixers' statistics, known after the first forward (the same on every rank)
     sums = torch.zeros(0, dtype=torch.float64, device=device)  # their token-weighted sums
 
-    def score(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weight: float) -> None:
-        """Adds the batch's NLL: its mean loss (over the real targets) times ``weight``, their number
-        (0 for a process's filler forward)."""
+    def score(x: torch.Tensor, y: torch.Tensor, weight: float) -> None:
         nonlocal keys, sums
-        x, y, mask = (t.to(device, non_blocking=True) for t in (x, y, mask))
-        with autocast or contextlib.nullcontext(), stats_mask(mask if want_stats else None):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast or contextlib.nullcontext():
             loss = model(x, y).loss
         totals[0] += loss.double() * weight
         totals[1] += weight
@@ -107,11 +83,11 @@ def total_nll(
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     first, batches, mine = None, 0, 0
-    for i, (x, y, mask) in enumerate(_padded_batches(eval_windows(tokens, seq_len, max_tokens), batch_size, seq_len)):
+    for i, (x, y) in enumerate(_batched(eval_windows(tokens, seq_len, max_tokens), batch_size)):
         batches += 1
-        first = first or (x, y, mask)
+        first = first or (x, y)
         if i % world == rank:
-            score(x, y, mask, float(mask.sum()))
+            score(x, y, float(y.numel()))
             mine += 1
     for _ in range(-(-batches // world) - mine):  # as many forwards as the process with the most
         score(*first, 0.0)
@@ -148,7 +124,7 @@ def score(model, tokens: np.ndarray, stats: dict, seq_len: int, dev: torch.devic
           max_tokens: int) -> dict:
     """``metrics`` of ``model`` on one prepared split (its token memmap and its ``stats``), plus
     the peak GPU memory: what ``muse eval`` reports for a run and for ``--hf`` alike."""
-    if batch_size < 1:  # _padded_batches would put the whole split into one batch
+    if batch_size < 1:  # _batched would put the whole split into one batch
         raise ValueError(f"--batch-size must be >= 1; got {batch_size}")
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)

@@ -17,45 +17,17 @@ same entry points, so a Block never needs to know which kind it holds:
   and dtypes; its tensors may be the given ones updated in place (a KV cache) or new ones.
 
 Without gradients, ``prefill`` and ``step`` agree with ``forward`` at every position.
-``stats()`` returns detached diagnostics from the last forward (e.g. effective rank), means over
-its tokens (``token_mean``): over those of ``stats_mask`` when one is active, so that evaluation's
-padding (``muse.evaluate``) does not count.
+``stats()`` returns detached diagnostics from the last forward (e.g. effective rank).
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
-from contextvars import ContextVar
-from typing import Callable, Iterator
+from typing import Callable
 
 from torch import Tensor, nn
 
 from muse.config import ModelConfig
-
-
-_STATS_MASK: ContextVar[Tensor | None] = ContextVar("muse_stats_mask", default=None)
-
-
-@contextlib.contextmanager
-def stats_mask(mask: Tensor | None) -> Iterator[None]:
-    """Within it, the mixers' statistics count only the tokens where ``mask`` (B, N) bool is true."""
-    token = _STATS_MASK.set(mask)
-    try:
-        yield
-    finally:
-        _STATS_MASK.reset(token)
-
-
-def token_mean(t: Tensor) -> Tensor:
-    """Mean of t (B, N, ...) over every dim but its last, or over all of them when t is (B, N):
-    per token, over the tokens of the active ``stats_mask`` (all of them without one)."""
-    dims = tuple(range(max(t.dim() - 1, 2)))
-    mask = _STATS_MASK.get()
-    if mask is None:
-        return t.mean(dims)
-    w = mask.reshape(*mask.shape, *([1] * (t.dim() - 2))).to(t.dtype).expand_as(t)  # (B, N, ...)
-    return (t * w).sum(dims) / w.sum(dims).clamp_min(1)
 
 
 class Mixer(nn.Module, abc.ABC):

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from muse.config import ModelConfig
 from muse.layers.linear import make_linear
-from muse.mixers.base import Mixer, register_mixer, token_mean
+from muse.mixers.base import Mixer, register_mixer
 from muse.ops import autocast_once
 from muse.ops.holographic import holographic, num_freqs, recurrent_step
 from muse.ops.rmsnorm import rms_norm
@@ -100,12 +100,11 @@ class HolographicMixer(Mixer):
     def _aux(self, v_hat: Tensor, v: Tensor, alpha: Tensor) -> Tensor | None:
         """λ_aux · mean(1 − cos(v̂_t, v_t)) for the recall v̂ (B, N, D): v_t unbound from the memory
         with the token's own key, reading the slots with its own write weights."""
-        cos = F.cosine_similarity(v_hat.float(), v.float(), dim=-1, eps=1e-8)  # (B, N)
-        fidelity = cos.mean()
+        fidelity = F.cosine_similarity(v_hat.float(), v.float(), dim=-1, eps=1e-8).mean()  # over (B, N)
         if not torch.compiler.is_compiling():
             # for stats() only; under torch.compile a module attribute set inside a checkpointed
             # block is a side effect dynamo cannot keep
-            self._last = {"fidelity": token_mean(cos.detach()), "write_mass": token_mean(alpha.detach())}  # (), (S,)
+            self._last = {"fidelity": fidelity.detach(), "write_mass": alpha.detach().flatten(0, -2).mean(0)}
         return (1.0 - fidelity) * self.h.aux_weight if self.h.aux_weight > 0 else None
 
     # ------------------------------------------------------------------ Mixer API

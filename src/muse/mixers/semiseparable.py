@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from muse.config import ModelConfig
 from muse.layers.linear import make_linear
-from muse.mixers.base import Mixer, register_mixer, token_mean
+from muse.mixers.base import Mixer, register_mixer
 from muse.ops import autocast_once
 from muse.ops.gates import gate_inputs
 from muse.ops.rmsnorm import rms_norm
@@ -112,7 +112,7 @@ class SemiseparableMixer(Mixer):
         if not torch.compiler.is_compiling():
             # for stats() only; under torch.compile a module attribute set inside a checkpointed
             # block is a side effect dynamo cannot keep, which would break the graph at every block
-            self._last = {"gate_sum_per_row": token_mean(gate_sum.detach()).mean(), "open": token_mean(gate_open).mean()}
+            self._last = {"gate_sum_per_row": per_row.detach(), "open": gate_open.mean()}
         return per_row * (self.s.gate_l1 / self.n_gated)
 
     # ------------------------------------------------------------------ Mixer API
