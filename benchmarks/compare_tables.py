@@ -296,7 +296,7 @@ def equal_memory_table() -> str:
     lines += ["", f"{len(res['rows'])} of {total} runs trained. {res['pareto']['summary']}."]
     muse = [r for r in best.values() if r["family"] == "muse" and r["status"] == "complete"]
     for m in sorted(muse, key=ppl)[:1]:
-        lines[-1] += " " + _owed_text(res, m)
+        lines[-1] = " ".join(x for x in (lines[-1], _owed_text(res, m)) if x)
     lines += ["", recipe_note(res)]
     return "\n".join(lines)
 

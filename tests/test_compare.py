@@ -156,13 +156,29 @@ def test_pareto_is_open_while_dense_runs_are_not_trained():
     known, and a win may be overturned by one of them: open, and provisional."""
     rows = [_row("dense-small", "dense", 100, 80.0), _row("dense-big", "dense", 300, 50.0),
             _row("muse-a", "muse", 150, 70.0), _row("muse-b", "muse", 90, 60.0)]
-    v = report.pareto(report.select(rows), untrained_dense=2)
+    v = report.pareto(report.select(rows), untrained_dense=[None, None])
     by = {b["muse"]: b for b in v["budgets"]}
     assert by["muse-b"]["verdict"] == report.OPEN
     assert by["muse-a"]["verdict"] == "MUSE dominates" + report.PROVISIONAL
     assert v["summary"].startswith("MUSE beats the best dense model that fits in the same memory at 1 of 2 budgets")
     assert "open at 1" in v["summary"] and "provisional: 2 dense run(s)" in v["summary"]
     assert report.pareto(report.select(rows))["budgets"][0]["verdict"] == "no dense model fits"
+
+
+def test_an_untrained_dense_run_counts_only_where_its_measured_peak_fits():
+    """A dense run not trained yet whose ``--memory-only`` peak is known leaves the budgets below
+    that peak decided; from it up, "no dense model fits" is open and a lead provisional."""
+    rows = [_row("dense-small", "dense", 100, 80.0), _row("dense-big", "dense", 300, 50.0),
+            _row("muse-a", "muse", 90, 60.0), _row("muse-b", "muse", 150, 70.0), _row("muse-c", "muse", 400, 40.0)]
+    v = report.pareto(report.select(rows), untrained_dense=[200.0, 500.0])
+    by = {b["muse"]: b["verdict"] for b in v["budgets"]}
+    assert by == {"muse-a": "no dense model fits", "muse-b": "MUSE dominates",
+                  "muse-c": report.BEYOND + report.PROVISIONAL}
+    assert "provisional: 1 dense run(s)" in v["summary"]
+    assert "1 dense run(s) not trained yet peak above every MUSE model" in v["summary"]
+    got = [(x["from_mib"], x["to_mib"], x["verdict"]) for x in v["frontier"]]
+    assert got == [(90, 100, "no dense model fits"), (100, 200, report.WIN), (200, 300, report.WIN + report.PROVISIONAL),
+                   (300, 400, "dense wins"), (400, None, report.BEYOND + report.PROVISIONAL)]
 
 
 def test_frontier_takes_the_best_model_of_each_family_at_every_memory_level():
@@ -187,10 +203,15 @@ def test_frontier_takes_the_best_model_of_each_family_at_every_memory_level():
     assert report.pareto(report.select(rows))["frontier"] == f
     assert report.frontier_text(f) == ("100–150 MiB: no MUSE model; 150–300 MiB: MUSE ahead; from 300 MiB: beyond the "
                                        "largest dense model: MUSE ahead, not a win")
+    narrow = [{"verdict": report.WIN, "from_mib": 100, "to_mib": 627.26},
+              {"verdict": report.WIN + report.PROVISIONAL, "from_mib": 627.26, "to_mib": 627.3},
+              {"verdict": report.BEYOND, "from_mib": 627.3, "to_mib": None}]
+    assert report.frontier_text(narrow) == ("100–627 MiB: MUSE ahead; from 627 MiB: beyond the largest dense model: "
+                                            "MUSE ahead, not a win")  # no "627–627"
     loss = report.frontier(report.select([_row("d", "dense", 100, 50.0), _row("m", "muse", 150, 60.0)]),
-                           untrained_dense=1)
+                           untrained_dense=[None])
     assert [x["verdict"] for x in loss] == [report.NO_MUSE, "dense wins"]
-    assert report.frontier(report.select([_row("m", "muse", 150, 60.0)]), untrained_dense=1)[0]["verdict"] == report.OPEN
+    assert report.frontier(report.select([_row("m", "muse", 150, 60.0)]), untrained_dense=[None])[0]["verdict"] == report.OPEN
 
 
 def test_lr_sweep_selects_by_validation_not_test():
@@ -294,6 +315,24 @@ def test_memory_only_measures_each_model_once_and_trains_nothing(corpus, tmp_pat
     table = [line.split()[0] for line in printed.splitlines() if line.startswith("tiny")]
     assert table == [TINY.replace("model.", ""), big.replace("model.", "")]  # smallest peak first
     assert not (out / "rows").exists() and not (out / "results.json").exists()
+
+
+def test_an_untrained_dense_run_is_reported_with_its_measured_peak(corpus, tmp_path, capsys):
+    """``--only`` leaves a dense model untrained: the reports carry its ``--memory-only`` peak, so
+    the budgets it cannot fit in are decided."""
+    out, cache = tmp_path / "cmp", tmp_path / "cache"
+    dense = "baseline+model.d_model=32+model.n_layers=1+model.n_heads=2"
+    argv = ["compare", dense, TINY, *common_args(corpus, cache, out), "--lr", "1e-3"]
+    assert main(argv + ["--memory-only"]) == 0
+    peaks = {r["model"]: r["peak_memory_mib"] for r in json.loads((out / "memory.json").read_text())["rows"]}
+    assert main(argv + ["--only", "tiny*"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    label = dense.replace("model.", "")
+    assert res["not_run_dense"] == [{"label": label, "group": label, "peak_memory_mib": peaks[label]}]
+    (out / "memory.json").unlink()  # not measured: it may fit anywhere
+    assert main(argv + ["--only", "tiny*"]) == 0
+    assert json.loads((out / "results.json").read_text())["not_run_dense"][0]["peak_memory_mib"] is None
+    capsys.readouterr()
 
 
 def test_ablate_2x2_and_a_time_cap_row(corpus, tmp_path, capsys):

@@ -36,7 +36,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
     then write the reports and plots from all of them; returns results.json's payload."""
     from muse.compare.plots import available, write_plots
     from muse.compare.report import frontier_text, lr_edge_text, select, write_reports
-    from muse.compare.run import family, load_row, row_path, selected_now, train_and_score, write_json
+    from muse.compare.run import family, load_row, planned_peak, row_path, selected_now, train_and_score, write_json
 
     from muse.model import build_model
 
@@ -64,7 +64,9 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
         elif not selected_now(opts, run):
             _say(f"{head}: not run now (--only); left out of the reports")
             not_run.append(run.label)
-            not_run_dense += [run.label] if family(run.config) == "dense" else []
+            if family(run.config) == "dense":  # with its --memory-only peak: the budgets it could change
+                not_run_dense.append({"label": run.label, "group": run.group,
+                                      "peak_memory_mib": planned_peak(opts.out, run)})
             continue
         else:
             _say(f"{head}: measuring the step's memory, then training ({run.config.train.batch_size} x "
@@ -73,6 +75,9 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
             write_json(row_path(opts.out, run), row)
             _say(f"{head}: {_summary(row)}")
         rows.append(row)
+    trained = {r["group"]: r["peak_memory_mib"] for r in rows if r.get("peak_memory_mib")}
+    for d in not_run_dense:  # the model trained at another rate: the peak its run measured (the rate changes none)
+        d["peak_memory_mib"] = trained.get(d["group"], d["peak_memory_mib"])
     if not rows:
         _say("no run is done yet: no reports written")
         return {"rows": [], "pareto": {"summary": "no runs"}}

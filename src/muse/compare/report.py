@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Sequence
 
 from muse.compare.run import ppl, write_json, write_text
 
@@ -89,29 +90,37 @@ OPEN = "open: dense runs not trained yet"
 PROVISIONAL = " (provisional)"
 
 
-def pareto(selected: list[dict], untrained_dense: int = 0) -> dict:
+def _owed(untrained_dense: Sequence[float | None], budget_mib: float) -> int:
+    """How many untrained dense runs may fit in ``budget_mib``: those whose peak is not known, or
+    is known to fit."""
+    return sum(p is None or p <= budget_mib for p in untrained_dense)
+
+
+def pareto(selected: list[dict], untrained_dense: Sequence[float | None] = ()) -> dict:
     """For every complete MUSE row: the best complete dense row whose peak fits in its memory,
     and whether MUSE's test perplexity is lower there (MUSE *dominates at budget M*).
 
     A win counts only where the dense grid reaches the budget: where every dense model of the
     grid fits in MUSE's memory, a dense model as large as that memory allows was never trained,
     so a lower perplexity there is "beyond the dense grid", not a win (a loss is a loss anywhere:
-    a dense model in less memory did better). ``untrained_dense``: dense runs of the comparison
-    not trained yet (``--only``); any of them may fit and do better, so while there are some,
-    "no dense model fits" is "open" and a win is marked provisional."""
+    a dense model in less memory did better). ``untrained_dense``: the peaks of the dense runs of
+    the comparison not trained yet (``--only``), None where not measured (``--memory-only``). One
+    that may fit in a budget may do better there, so at that budget "no dense model fits" is
+    "open" and a win is provisional; one measured above it changes nothing."""
     ok = [r for r in selected if r["status"] == "complete" and r.get("peak_memory_mib") and ppl(r) < math.inf]
     dense = [r for r in ok if r["family"] == "dense"]
     out = []
     for m in sorted((r for r in ok if r["family"] == "muse"), key=lambda r: r["peak_memory_mib"]):
         fits = [d for d in dense if d["peak_memory_mib"] <= m["peak_memory_mib"]]
         best = min(fits, key=ppl) if fits else None
+        owed = _owed(untrained_dense, m["peak_memory_mib"])
         if best is None:
-            verdict = OPEN if untrained_dense else "no dense model fits"
+            verdict = OPEN if owed else "no dense model fits"
         elif ppl(m) >= ppl(best):
             verdict = "dense wins"
         else:
             verdict = WIN if len(fits) < len(dense) else BEYOND
-            verdict += PROVISIONAL if untrained_dense else ""
+            verdict += PROVISIONAL if owed else ""
         out.append({  # labels name the runs (with their lr in a sweep), models the groups
             "muse": m["label"], "muse_model": m["group"], "budget_mib": m["peak_memory_mib"], "muse_perplexity": ppl(m),
             "dense": best["label"] if best else None, "dense_model": best["group"] if best else None,
@@ -131,41 +140,52 @@ def pareto(selected: list[dict], untrained_dense: int = 0) -> dict:
                    + (f"; at {beyond} MUSE is ahead of every dense model of the grid, all of which use less "
                       f"memory (no dense model that large was trained: not a win)" if beyond else "")
                    + (f"; open at {opened}: no trained dense model fits there yet" if opened else "")
-                   + (f"; provisional: {untrained_dense} dense run(s) of the comparison are not trained yet "
-                      f"(any of them may fit and do better)" if untrained_dense else ""))
+                   + _owed_text(untrained_dense, max(v["budget_mib"] for v in out)))
     methods = {r.get("peak_memory_method") for r in ok}
     return {"budgets": out, "summary": summary, "memory": "measured" if methods == {"measured"} else "estimate",
             "frontier": frontier(selected, untrained_dense)}
 
 
+def _owed_text(untrained_dense: Sequence[float | None], top_mib: float) -> str:
+    owed = _owed(untrained_dense, top_mib)
+    above = len(untrained_dense) - owed
+    text = (f"; provisional: {owed} dense run(s) of the comparison are not trained yet "
+            f"(any of them may fit and do better)" if owed else "")
+    return text + (f"; {above} dense run(s) not trained yet peak above every MUSE model (memory.json)" if above else "")
+
+
 NO_MUSE = "no MUSE model fits"
 
 
-def frontier(selected: list[dict], untrained_dense: int = 0) -> list[dict]:
+def frontier(selected: list[dict], untrained_dense: Sequence[float | None] = ()) -> list[dict]:
     """The question at every memory level of the grid: the best MUSE model within that memory
     against the best dense model within it (``pareto`` asks it of each MUSE model at its own peak).
 
-    The levels are the peaks of the complete MUSE and dense runs; neighbouring levels with the same
-    two models and verdict are one range, [``from_mib``, ``to_mib``) (``to_mib`` None: upwards).
+    The levels are the peaks of the complete MUSE and dense runs and the measured peaks of the
+    untrained dense runs; neighbouring levels with the same two models and verdict are one range,
+    [``from_mib``, ``to_mib``) (``to_mib`` None: upwards).
     From the largest dense model's peak up a MUSE lead is "beyond the dense grid" (no dense model
-    larger was trained), and while dense runs are untrained a lead is provisional."""
+    larger was trained), and while an untrained dense run may fit in a level (``pareto``), a lead
+    there is provisional."""
     ok = [r for r in selected if r["status"] == "complete" and r.get("peak_memory_mib") and ppl(r) < math.inf]
     muse = [r for r in ok if r["family"] == "muse"]
     dense = [r for r in ok if r["family"] == "dense"]
     top = max((r["peak_memory_mib"] for r in dense), default=0.0)
     ranges: list[dict] = []
-    for level in sorted({r["peak_memory_mib"] for r in muse + dense}):
+    # an untrained dense run's measured peak is a level too: from there up, it may fit
+    known = {p for p in untrained_dense if p is not None} if muse or dense else set()
+    for level in sorted({r["peak_memory_mib"] for r in muse + dense} | known):
         m = min((r for r in muse if r["peak_memory_mib"] <= level), key=ppl, default=None)
         d = min((r for r in dense if r["peak_memory_mib"] <= level), key=ppl, default=None)
         if m is None:
             verdict = NO_MUSE
         elif d is None:
-            verdict = OPEN if untrained_dense else "no dense model fits"
+            verdict = OPEN if _owed(untrained_dense, level) else "no dense model fits"
         elif ppl(m) >= ppl(d):
             verdict = "dense wins"
         else:
             # from the largest dense model's peak up, a budget has no dense model of its size
-            verdict = (WIN if level < top else BEYOND) + (PROVISIONAL if untrained_dense else "")
+            verdict = (WIN if level < top else BEYOND) + (PROVISIONAL if _owed(untrained_dense, level) else "")
         cell = {"muse": m["label"] if m else None, "muse_model": m["group"] if m else None,
                 "muse_perplexity": ppl(m) if m else None, "muse_peak_mib": m["peak_memory_mib"] if m else None,
                 "dense": d["label"] if d else None, "dense_model": d["group"] if d else None,
@@ -195,6 +215,8 @@ def frontier_text(ranges: list[dict], strong: str = "") -> str:
             spans[-1][2] = f["to_mib"]
         else:
             spans.append([words, f["from_mib"], f["to_mib"]])
+    # a span narrower than the MiB it is printed in (e.g. 627.26–627.30) would read "627–627"
+    spans = [x for x in spans if x[2] is None or f"{x[1]:,.0f}" != f"{x[2]:,.0f}"]
     return "; ".join((f"{lo:,.0f}–{hi:,.0f} MiB" if hi else f"from {lo:,.0f} MiB") + f": {w}" for w, lo, hi in spans)
 
 
@@ -331,7 +353,7 @@ def write_reports(out, meta: dict, rows: list[dict]) -> dict:
     are ``rows`` with their solo speeds filled in (:func:`with_solo_speed`)."""
     rows = with_solo_speed(rows)
     selected = select(rows)
-    verdict = pareto(selected, untrained_dense=len(meta.get("not_run_dense", ())))
+    verdict = pareto(selected, untrained_dense=[d["peak_memory_mib"] for d in meta.get("not_run_dense", ())])
     chosen = {id(r) for r in selected}
     payload = {**meta, "rows": [{**r, "selected": id(r) in chosen} for r in rows],
                "selected": [r["label"] for r in selected], "pareto": verdict,

@@ -93,6 +93,23 @@ def load_row(out: Path, run: Run) -> dict | None:
     return None
 
 
+def planned_peak(out: Path, run: Run) -> float | None:
+    """The full-step peak that ``--memory-only`` measured in ``out/memory.json`` for this run's model
+    at its recipe (B, N, precision, optimizer, checkpointing), or None: how a run not trained yet
+    can be told apart from the budgets it cannot fit in."""
+    path = out / "memory.json"
+    if not path.exists():
+        return None
+    cfg = run.config
+    want = {"model": run.group, "seq_len": run.seq_len, "batch_size": cfg.train.batch_size,
+            "precision": cfg.train.precision, "optimizer": cfg.train.optimizer,
+            "checkpointing": cfg.model.checkpointing}
+    for row in json.loads(path.read_text()).get("rows", []):
+        if all(row.get(k) == v for k, v in want.items()):
+            return row.get("peak_memory_mib")
+    return None
+
+
 def write_text(path: Path, text: str) -> None:
     """Temp file, then rename: a crash never leaves half a file where a whole one was."""
     path.parent.mkdir(parents=True, exist_ok=True)
