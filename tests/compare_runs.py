@@ -1,7 +1,8 @@
-"""What the whole-run tests of ``muse compare`` share: a tiny model, a corpus, a recipe."""
+"""What the tests of ``muse compare`` share: a tiny model, a corpus, a recipe, a results row."""
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -26,3 +27,15 @@ def common_args(corpus: Path, cache: Path, out: Path) -> list[str]:
         "--set", "model.vocab_size=384", "--set", "model.max_seq_len=64", "--set", f"data.cache_dir={cache}",
         "--set", "train.progress=false", "--set", "train.tensorboard=false", "--set", "train.log_every=2",
     ]
+
+
+def result_row(label, family, peak, test_ppl, status="complete", val=None, group=None, lr=1e-3) -> dict:
+    """A results row as ``muse compare`` writes one, with what the ranking rules read."""
+    return {
+        "label": label, "group": group or label, "spec_label": group or label, "family": family, "status": status,
+        "status_detail": status, "peak_memory_mib": peak, "peak_memory_method": "measured", "lr": lr,
+        "best_val_loss": val if val is not None else math.log(test_ppl), "seq_len": 512,
+        "test": {"perplexity": test_ppl, "word_perplexity": 2 * test_ppl, "bits_per_byte": 1.0, "loss": math.log(test_ppl)},
+        "tokens_seen": 100, "actual_params": 10, "dense_equivalent_params": 20, "tokens_per_s_median": 1.0,
+        "device": "d", "git_sha": "abcdef0", "date": "2026-12-06",
+    }

@@ -13,6 +13,7 @@ from muse.compare.spec import (
 )
 from muse.config import ConfigError
 from tests.compare_runs import TINY, common_args, write_corpus
+from tests.compare_runs import result_row as _row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,17 +112,6 @@ def test_resolve_runs_every_length_and_lr_with_distinct_keys():
 
 
 # ----------------------------------------------------------------------------- ranking rules
-def _row(label, family, peak, test_ppl, status="complete", val=None, group=None, lr=1e-3):
-    return {
-        "label": label, "group": group or label, "spec_label": group or label, "family": family, "status": status,
-        "status_detail": status, "peak_memory_mib": peak, "peak_memory_method": "measured", "lr": lr,
-        "best_val_loss": val if val is not None else math.log(test_ppl), "seq_len": 512,
-        "test": {"perplexity": test_ppl, "word_perplexity": 2 * test_ppl, "bits_per_byte": 1.0, "loss": math.log(test_ppl)},
-        "tokens_seen": 100, "actual_params": 10, "dense_equivalent_params": 20, "tokens_per_s_median": 1.0,
-        "device": "d", "git_sha": "abcdef0", "date": "2026-12-06",
-    }
-
-
 def test_pareto_verdict_uses_only_complete_rows_that_fit():
     rows = [
         _row("dense-small", "dense", 100, 80.0), _row("dense-big", "dense", 300, 50.0),
@@ -409,24 +399,6 @@ def test_shipped_experiments_resolve(monkeypatch):
             assert all(r.config.train.device == "cpu" for r in runs), f
         else:
             assert all(r.config.train.max_tokens == 20_000_000 for r in runs), f
-
-
-def test_plots_from_rows_include_throughput_vs_length(tmp_path):
-    pytest.importorskip("matplotlib")
-    from muse.compare.plots import write_plots
-
-    rows = []
-    for n in (256, 512):
-        for fam, label in (("dense", "d"), ("muse", "m")):
-            r = _row(f"{label}@{n}", fam, 100.0 if fam == "dense" else 50.0, 40.0 if fam == "dense" else 45.0,
-                     group=f"{label}@{n}")
-            r.update(spec_label=label, seq_len=n, tokens_per_s_median=1000.0 * n / 256, val_curve=[[1, 5.0], [2, 4.0]])
-            rows.append(r)
-    rows.append({**_row("cut", "muse", 30.0, 20.0, status="incomplete"), "val_curve": [[1, 6.0]]})
-    written = write_plots(tmp_path, report.select(rows), (256, 512), "t")
-    assert sorted(p.name for p in written) == ["ppl_vs_memory.png", "ppl_vs_params.png", "tokens_per_s_vs_seq_len.png",
-                                               "val_loss.png"]
-    assert all(p.stat().st_size > 1000 for p in written)
 
 
 def test_a_model_that_cannot_be_built_fails_before_training(tmp_path, capsys, monkeypatch):

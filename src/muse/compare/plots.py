@@ -38,21 +38,43 @@ def name(r: dict) -> str:
     return base + (" " + ",".join(over) if over else "")
 
 
-def _near(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """Two points whose labels would overlap on log axes (within 15 % in x and 6 % in y)."""
-    return abs(math.log(a[0] / b[0])) < 0.14 and abs(math.log(a[1] / b[1])) < 0.06
+# where a point's label may go, in points from the point, with its alignment: first the usual
+# place (above right), then below, then to the left, then further out
+PLACES = [((4, 3), "left"), ((4, -9), "left"), ((-4, 3), "right"), ((-4, -9), "right"),
+          ((4, 12), "left"), ((4, -18), "left"), ((-4, 12), "right"), ((-4, -18), "right")]
+
+
+def declutter(fig) -> None:
+    """Puts each point label (left to right) at the first of ``PLACES`` where it stays inside the
+    axes and overlaps no label placed before it and no other point: measured in display space
+    after the layout, whatever the axes' scales. Where none is free, the usual place."""
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    r = 4 * fig.dpi / 72  # a marker's half-width in pixels
+    for ax in fig.axes:
+        frame = ax.get_window_extent(renderer)
+        points = [ax.transData.transform(t.xy) for t in ax.texts]
+        placed: list = []
+        for i, t in enumerate(ax.texts):  # the point labels, in the order _scatter drew them
+            others = placed + [Bbox.from_extents(x - r, y - r, x + r, y + r) for j, (x, y) in enumerate(points) if j != i]
+            for xy, ha in PLACES + PLACES[:1]:
+                t.xyann = xy
+                t.set_horizontalalignment(ha)
+                box = t.get_window_extent(renderer)
+                if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) \
+                        and not any(box.overlaps(o) for o in others):
+                    break
+            placed.append(box)
 
 
 def _scatter(ax, rows: list[dict], x_key: str) -> None:
-    placed: list[tuple[float, float]] = []  # labelled points: a near one's label goes below its point
+    offset = (4, 3)  # points; declutter moves a label that would overlap another
     for r in sorted(rows, key=lambda r: (r.get(x_key) or 0, ppl(r))):
         x, y = r.get(x_key), ppl(r)
         if not x or not math.isfinite(y):
             continue
         color, marker = STYLE[r["family"]]
-        below = sum(_near((x, y), p) for p in placed)
-        offset = (4, 3 - 9 * below)
-        placed.append((x, y))
         if r["status"] == "complete":
             ax.scatter([x], [y], color=color, marker=marker, zorder=3)
             ax.annotate(name(r), (x, y), fontsize=6, xytext=offset, textcoords="offset points")
@@ -94,6 +116,7 @@ def write_plots(out: Path, selected: list[dict], seq_lens: tuple[int, ...], titl
         path = out / name
         fig.suptitle(title if len(title) <= 90 else title[:87] + "...", fontsize=8)
         fig.tight_layout()
+        declutter(fig)
         fig.savefig(path, dpi=130)
         plt.close(fig)
         written.append(path)
