@@ -64,9 +64,7 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
         elif not selected_now(opts, run):
             _say(f"{head}: not run now (--only); left out of the reports")
             not_run.append(run.label)
-            if family(run.config) == "dense":  # with its --memory-only peak: the budgets it could change
-                not_run_dense.append({"label": run.label, "group": run.group,
-                                      "peak_memory_mib": planned_peak(opts.out, run)})
+            not_run_dense += [run] if family(run.config) == "dense" else []
             continue
         else:
             _say(f"{head}: measuring the step's memory, then training ({run.config.train.batch_size} x "
@@ -75,9 +73,11 @@ def compare(runs: list[Run], opts, meta: dict, plots: bool = True) -> dict:
             write_json(row_path(opts.out, run), row)
             _say(f"{head}: {_summary(row)}")
         rows.append(row)
+    # an untrained dense run with its peak, which tells the budgets it could change: that of its
+    # model's run at another rate (the rate changes none), else --memory-only's, else unknown
     trained = {r["group"]: r["peak_memory_mib"] for r in rows if r.get("peak_memory_mib")}
-    for d in not_run_dense:  # the model trained at another rate: the peak its run measured (the rate changes none)
-        d["peak_memory_mib"] = trained.get(d["group"], d["peak_memory_mib"])
+    not_run_dense = [{"label": run.label, "group": run.group,
+                      "peak_memory_mib": trained.get(run.group) or planned_peak(opts.out, run)} for run in not_run_dense]
     if not rows:
         _say("no run is done yet: no reports written")
         return {"rows": [], "pareto": {"summary": "no runs"}}

@@ -151,7 +151,7 @@ def _owed_text(untrained_dense: Sequence[float | None], top_mib: float) -> str:
     above = len(untrained_dense) - owed
     text = (f"; provisional: {owed} dense run(s) of the comparison are not trained yet "
             f"(any of them may fit and do better)" if owed else "")
-    return text + (f"; {above} dense run(s) not trained yet peak above every MUSE model (memory.json)" if above else "")
+    return text + (f"; {above} dense run(s) not trained yet peak above every MUSE model" if above else "")
 
 
 NO_MUSE = "no MUSE model fits"
